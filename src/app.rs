@@ -1,0 +1,84 @@
+//! Runs a parsed command line: validated configuration in, library calls,
+//! signals and output wired up. The one place that knows both the CLI and
+//! the protocol side.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Command, RecvArgs, SendArgs};
+use crate::error::{describe_io, Error};
+use crate::progress::{Reporter, Role};
+use crate::receiver::Server;
+
+/// Runs one `xfer` command to completion.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Send(args) => send(&args).await,
+        Command::Recv(args) => recv(&args).await,
+    }
+}
+
+async fn send(args: &SendArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send));
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        on_signal.cancel();
+    });
+    let result = crate::sender::send(&config, reporter.clone(), cancel).await;
+    reporter.clear_bars();
+    let summary = result?;
+    reporter.sent(&summary);
+    Ok(())
+}
+
+async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let listen = config.listen;
+    let once = config.once;
+    let server = Server::new(config)?;
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another 'xfer recv' running? pick another port with --listen)"
+        } else {
+            ""
+        };
+        Error::Listen {
+            addr: listen.to_string(),
+            detail: format!("{}{hint}", describe_io(&e)),
+        }
+    })?;
+    let local = listener.local_addr()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv));
+    reporter.listening(&local);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        log::debug!("stop requested; finishing");
+        on_signal.cancel();
+    });
+    let report = server.serve(listener, reporter, shutdown).await?;
+    if once && report.failed_sessions > 0 {
+        anyhow::bail!("the sender's session did not store every file (see the messages above)");
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

@@ -1,0 +1,276 @@
+//! The command line: clap types, and their validation into the configurations
+//! the library runs on.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+use crate::progress::OutputMode;
+use crate::receiver::RecvConfig;
+use crate::sender::{Destination, SendConfig};
+
+/// The port used when an address names none.
+pub const DEFAULT_PORT: u16 = 7171;
+
+/// Move files between machines on a LAN over TCP, verified with SHA-256.
+#[derive(Debug, Parser)]
+#[command(name = "xfer", version, propagate_version = true)]
+pub struct Cli {
+    /// Log debugging detail to stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send files and directories to a running `xfer recv`.
+    Send(SendArgs),
+    /// Receive files into a directory, serving senders until stopped.
+    Recv(RecvArgs),
+}
+
+/// Output flags shared by both subcommands.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print JSON Lines events on stdout instead of human output.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bars, per-file lines or summaries (errors still print).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files and directories to send (directories are sent recursively).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Receiver as HOST:PORT, [IPv6]:PORT, or HOST alone for port 7171.
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+
+    /// Give up when the receiver sends nothing for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub idle_timeout: u64,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Directory to store received files in (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7171")]
+    pub listen: String,
+
+    /// Exit after the first sender's session; exit 0 only if all its files verified.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Replace an existing file with different content instead of keeping
+    /// both (the new one is otherwise saved as "name (1).ext").
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Most senders served at once; further ones wait.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections: usize,
+
+    /// Drop a sender that sends nothing for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub idle_timeout: u64,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl OutputArgs {
+    pub fn mode(&self) -> OutputMode {
+        OutputMode {
+            json: self.json,
+            quiet: self.quiet,
+        }
+    }
+}
+
+fn idle(secs: u64) -> Result<Duration, Error> {
+    if secs == 0 {
+        return Err(Error::Usage(
+            "--idle-timeout must be at least 1 second".into(),
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+impl SendArgs {
+    /// Checks the values clap cannot.
+    pub fn to_config(&self) -> Result<SendConfig, Error> {
+        Ok(SendConfig {
+            paths: self.paths.clone(),
+            destination: parse_destination(&self.addr)?,
+            idle_timeout: idle(self.idle_timeout)?,
+        })
+    }
+}
+
+impl RecvArgs {
+    /// Checks the values clap cannot.
+    pub fn to_config(&self) -> Result<RecvConfig, Error> {
+        if self.max_connections == 0 {
+            return Err(Error::Usage("--max-connections must be at least 1".into()));
+        }
+        Ok(RecvConfig {
+            dir: self.dir.clone(),
+            listen: parse_listen(&self.listen)?,
+            once: self.once,
+            overwrite: self.overwrite,
+            max_connections: self.max_connections,
+            idle_timeout: idle(self.idle_timeout)?,
+        })
+    }
+}
+
+/// `HOST:PORT`, `[IPv6]:PORT`, `HOST`, `[IPv6]` or a bare IPv6 address.
+pub fn parse_destination(raw: &str) -> Result<Destination, Error> {
+    let bad = |why: &str| Error::Usage(format!("invalid address '{raw}': {why}"));
+    let port_of = |p: &str| match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad("the port must be a number from 1 to 65535")),
+        Ok(port) => Ok(port),
+    };
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+        host.parse::<Ipv6Addr>()
+            .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+        let port = match tail {
+            "" => DEFAULT_PORT,
+            t => port_of(
+                t.strip_prefix(':')
+                    .ok_or_else(|| bad("expected ':PORT' after ']'"))?,
+            )?,
+        };
+        return Ok(Destination {
+            host: host.to_owned(),
+            port,
+        });
+    }
+    match raw.matches(':').count() {
+        0 if !raw.is_empty() => Ok(Destination {
+            host: raw.to_owned(),
+            port: DEFAULT_PORT,
+        }),
+        0 => Err(bad("empty")),
+        1 => {
+            let (host, port) = raw.split_once(':').unwrap_or((raw, ""));
+            if host.is_empty() {
+                return Err(bad("the host is missing"));
+            }
+            Ok(Destination {
+                host: host.to_owned(),
+                port: port_of(port)?,
+            })
+        }
+        _ => match raw.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(Destination {
+                host: raw.to_owned(),
+                port: DEFAULT_PORT,
+            }),
+            Err(_) => Err(bad("write IPv6 addresses with a port as [ADDR]:PORT")),
+        },
+    }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or an IP alone for the default port.
+pub fn parse_listen(raw: &str) -> Result<SocketAddr, Error> {
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = raw.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, DEFAULT_PORT)).map_err(|_| {
+        Error::Usage(format!(
+            "invalid listen address '{raw}': expected IP:PORT, e.g. 0.0.0.0:{DEFAULT_PORT} or [::]:{DEFAULT_PORT}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn destinations_parse() {
+        let d = |h: &str, p| Destination {
+            host: h.into(),
+            port: p,
+        };
+        assert_eq!(parse_destination("host:9").unwrap(), d("host", 9));
+        assert_eq!(
+            parse_destination("10.0.0.5").unwrap(),
+            d("10.0.0.5", DEFAULT_PORT)
+        );
+        assert_eq!(parse_destination("[::1]:8000").unwrap(), d("::1", 8000));
+        assert_eq!(
+            parse_destination("[fe80::1]").unwrap(),
+            d("fe80::1", DEFAULT_PORT)
+        );
+        assert_eq!(parse_destination("::1").unwrap(), d("::1", DEFAULT_PORT));
+        assert_eq!(
+            parse_destination("[::1]:8000").unwrap().to_string(),
+            "[::1]:8000"
+        );
+        for bad in [
+            "",
+            ":80",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:http",
+            "[::1",
+            "[nope]:1",
+            "a:b:c",
+            "[::1]x",
+        ] {
+            assert!(
+                matches!(parse_destination(bad), Err(Error::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert_eq!(parse_listen("[::]:99").unwrap().port(), 99);
+        assert_eq!(parse_listen("::1").unwrap().port(), DEFAULT_PORT);
+        assert!(parse_listen("localhost:1").is_err());
+        assert!(parse_listen("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn send_takes_paths_then_address() {
+        let cli = Cli::try_parse_from(["xfer", "send", "a", "b/", "host:1"]).unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!(args.paths, [PathBuf::from("a"), PathBuf::from("b/")]);
+        assert_eq!(args.addr, "host:1");
+        assert!(Cli::try_parse_from(["xfer", "send", "host:1"]).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The few error kinds a caller branches on, and the exit code of each.
+//!
+//! Everything else travels as `anyhow::Error` with context; `main` looks for one
+//! of these in the chain to pick the exit code.
+
+use std::io;
+
+/// Exit code: every file verified and persisted (or the receiver stopped cleanly).
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the transfer ran but not every file was verified, or a local error.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad command line (also what clap uses).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: could not reach the peer, or the connection broke.
+pub const EXIT_NETWORK: u8 = 3;
+/// Exit code: the peer spoke something other than this xfer protocol version.
+pub const EXIT_PROTOCOL: u8 = 4;
+/// Exit code: interrupted by SIGINT, as shells expect (128 + 2).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// An error whose kind decides the exit code or the caller's next step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command-line values that clap cannot check by itself.
+    #[error("{0}")]
+    Usage(String),
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {detail} (is 'xfer recv' running there?)")]
+    Connect { addr: String, detail: String },
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {detail}")]
+    Listen { addr: String, detail: String },
+    /// The connection broke, closed early, or went silent.
+    #[error("connection with {peer} lost: {detail}")]
+    ConnectionLost { peer: String, detail: String },
+    /// The peer sent bytes that are not valid xfer protocol.
+    #[error("protocol error from {peer}: {detail}")]
+    Protocol { peer: String, detail: String },
+    /// Both sides speak xfer, but different versions.
+    #[error(
+        "{peer} speaks xfer protocol version {theirs}, this xfer speaks version {ours}; \
+         install the same xfer release on both machines"
+    )]
+    Version {
+        peer: String,
+        ours: u32,
+        theirs: u32,
+    },
+    /// The peer ended the session on purpose.
+    #[error("{peer} aborted the session: {reason}")]
+    PeerAborted { peer: String, reason: String },
+    /// The session completed but some files were not stored.
+    #[error("{failed} of {total} files were not stored; first failure: {first}")]
+    Incomplete {
+        failed: u64,
+        total: u64,
+        first: String,
+    },
+    /// The user pressed Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// The process exit code for this kind.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => EXIT_USAGE,
+            Error::Connect { .. } | Error::Listen { .. } | Error::ConnectionLost { .. } => {
+                EXIT_NETWORK
+            }
+            Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
+            Error::PeerAborted { .. } | Error::Incomplete { .. } => EXIT_FAILED,
+            Error::Interrupted => EXIT_INTERRUPTED,
+        }
+    }
+}
+
+/// The exit code for any error: the first typed kind in its chain decides.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Error>())
+        .map_or(EXIT_FAILED, Error::exit_code)
+}
+
+/// An I/O error as a user reads it: "Connection refused", not
+/// "Connection refused (os error 111)".
+pub fn describe_io(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}

@@ -1,0 +1,44 @@
+//! Diagnostics on stderr through the `log` facade: warnings always, debug
+//! detail with `-v`. Messages are escaped, since they may quote a peer.
+
+use log::{Level, LevelFilter, Metadata, Record};
+
+use crate::paths::escape_for_terminal;
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if self.enabled(record.metadata()) {
+            let label = match record.level() {
+                Level::Error => "error",
+                Level::Warn => "warning",
+                Level::Info => "info",
+                Level::Debug | Level::Trace => "debug",
+            };
+            eprintln!(
+                "{label}: {}",
+                escape_for_terminal(&record.args().to_string())
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+/// Installs the logger; `verbose` adds debug messages.
+pub fn init(verbose: bool) {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(if verbose {
+            LevelFilter::Debug
+        } else {
+            LevelFilter::Warn
+        });
+    }
+}

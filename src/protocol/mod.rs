@@ -1,0 +1,36 @@
+//! The wire protocol: a fixed-layout hello, then length-prefixed bincode frames
+//! interleaved with raw file bodies. `docs/PROTOCOL.md` documents every byte.
+
+pub mod codec;
+pub mod connection;
+pub mod message;
+
+pub use connection::{handshake, FrameReader, FrameWriter};
+pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
+
+/// The first bytes either side writes. Chosen so that a stray HTTP client, a
+/// text protocol or an older binary format cannot be mistaken for xfer.
+pub const MAGIC: [u8; 8] = *b"XFER\r\n\x1a\n";
+
+/// Bumped whenever the bytes on the wire change incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Capability bits announced in the hello. None are defined yet; unknown bits
+/// are ignored so that newer peers can advertise optional features.
+pub const CAPABILITIES: u32 = 0;
+
+/// Length of the hello: magic, version (u32 BE), capabilities (u32 BE).
+pub const HELLO_LEN: usize = 16;
+
+/// Largest control frame payload either side accepts. A batch of headers is the
+/// biggest message; the sender keeps batches well below this.
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// Most entries one offer (and so one plan) may carry.
+pub const MAX_BATCH_ENTRIES: usize = 1024;
+
+/// Longest reason string a peer may put in a message.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// A SHA-256 digest as carried on the wire.
+pub type Digest = [u8; 32];

@@ -1,0 +1,130 @@
+//! The receiving server: a bounded accept loop, one task per sender, and a
+//! clean stop on shutdown. Session logic lives in [`session`].
+
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::Observer;
+use crate::storage::Storage;
+
+/// How long sessions get to wind down after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// A validated `xfer recv` invocation.
+#[derive(Debug, Clone)]
+pub struct RecvConfig {
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Stop after the first sender's session.
+    pub once: bool,
+    /// Replace an existing different file instead of keeping both.
+    pub overwrite: bool,
+    /// Senders served at once; more wait for a free slot.
+    pub max_connections: usize,
+    /// Longest wait for any byte from a sender.
+    pub idle_timeout: Duration,
+}
+
+/// How serving ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServeReport {
+    pub sessions: u64,
+    pub failed_sessions: u64,
+}
+
+/// The receiving side: DIR opened, ready to serve a bound listener.
+pub struct Server {
+    storage: Arc<Storage>,
+    config: RecvConfig,
+}
+
+impl Server {
+    /// Opens (creating if needed) the receiving directory.
+    pub fn new(config: RecvConfig) -> anyhow::Result<Server> {
+        let storage = Storage::open(&config.dir, config.overwrite).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use '{}' as the receiving directory: {}",
+                config.dir.display(),
+                crate::error::describe_io(&e)
+            )
+        })?;
+        Ok(Server {
+            storage: Arc::new(storage),
+            config,
+        })
+    }
+
+    /// Serves senders on `listener` until `shutdown` fires (or, with `once`,
+    /// until the first session ends). One session's failure is logged with
+    /// its peer and never stops the server.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        observer: Arc<dyn Observer>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<ServeReport> {
+        let limit = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let tracker = TaskTracker::new();
+        let mut report = ServeReport::default();
+        let mut next_session = 1u64;
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&limit).acquire_owned() => permit?,
+                _ = shutdown.cancelled() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off, keep serving.
+                        log::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let context = session::Context {
+                storage: Arc::clone(&self.storage),
+                observer: Arc::clone(&observer),
+                idle_timeout: self.config.idle_timeout,
+                shutdown: shutdown.child_token(),
+                session: next_session,
+            };
+            next_session += 1;
+            report.sessions += 1;
+            let task = tracker.spawn(async move {
+                let _permit = permit;
+                session::serve_one(stream, peer, context).await
+            });
+            if self.config.once {
+                let ok = tokio::select! {
+                    ended = task => ended.unwrap_or(false),
+                    _ = shutdown.cancelled() => false,
+                };
+                report.failed_sessions += u64::from(!ok);
+                break;
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            log::warn!(
+                "some sessions did not stop within {} s",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,745 @@
+//! One sender's session on the receiving side.
+//!
+//! The async side reads frames and body bytes and answers plans; a blocking
+//! sink thread hashes and writes bodies and commits verified files in groups
+//! (one filesystem sync per group, not per file); a writer task sends plans
+//! and verdicts back while bodies keep arriving.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{describe_io, Error};
+use crate::events::{Event, FileReport, Observer, Summary};
+use crate::hashing::Hasher;
+use crate::paths::{escape_for_terminal, WirePath};
+use crate::protocol::{
+    handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
+    Plan, Verdict, MAX_BATCH_ENTRIES,
+};
+use crate::storage::{FilePlan, Metadata, Partial, Storage};
+
+/// Body bytes handed to the sink at a time.
+const BODY_CHUNK: usize = 1024 * 1024;
+/// Offered-but-unfinished entries a sender may have outstanding.
+const MAX_OUTSTANDING: usize = 4 * MAX_BATCH_ENTRIES;
+/// Verified files committed together, at most.
+const GROUP_FILES: usize = 256;
+/// Verified bytes committed together, at most.
+const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What a session needs from the server.
+pub(super) struct Context {
+    pub storage: Arc<Storage>,
+    pub observer: Arc<dyn Observer>,
+    pub idle_timeout: Duration,
+    pub shutdown: CancellationToken,
+    pub session: u64,
+}
+
+/// Runs one session to its end, logs how it ended, and reports whether every
+/// file it offered was stored.
+pub(super) async fn serve_one(stream: TcpStream, peer: SocketAddr, context: Context) -> bool {
+    let started = Instant::now();
+    let observer = Arc::clone(&context.observer);
+    let session = context.session;
+    observer.event(Event::SessionStarted {
+        session,
+        peer: peer.to_string(),
+    });
+    let result = run(stream, peer, context).await;
+    let (mut summary, error) = match result {
+        Ok(summary) => (summary, None),
+        Err((summary, e)) => {
+            log::warn!(
+                "session with {peer} ended: {}",
+                escape_for_terminal(&e.to_string())
+            );
+            (summary, Some(e.to_string()))
+        }
+    };
+    summary.secs = started.elapsed().as_secs_f64();
+    let ok = error.is_none() && summary.failed == 0;
+    observer.event(Event::SessionEnded {
+        session,
+        peer: peer.to_string(),
+        summary,
+        error,
+    });
+    ok
+}
+
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: Context,
+) -> Result<Summary, (Summary, Error)> {
+    let _ = stream.set_nodelay(true);
+    let name: Arc<str> = peer.to_string().into();
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half, Arc::clone(&name), context.idle_timeout);
+    let mut writer = FrameWriter::new(write_half, Arc::clone(&name));
+    if let Err(e) = handshake(&mut reader, &mut writer).await {
+        return Err((Summary::default(), e));
+    }
+    log::debug!("session with {peer} started");
+
+    let (out_tx, out_rx) = mpsc::channel(256);
+    let replies = tokio::spawn(write_replies(writer, out_rx));
+    let (sink_tx, sink_rx) = mpsc::channel(16);
+    let sink = Sink {
+        storage: Arc::clone(&context.storage),
+        out: out_tx.clone(),
+        observer: Arc::clone(&context.observer),
+        session: context.session,
+        peer: name.to_string(),
+        current: None,
+        group: Vec::new(),
+        group_bytes: 0,
+        summary: Summary::default(),
+    };
+    let sink_thread = tokio::task::spawn_blocking(move || sink.run(sink_rx));
+    let mut receive = Receive {
+        reader,
+        out: out_tx,
+        sink: sink_tx,
+        context,
+        planned: BTreeMap::new(),
+        dirs: Vec::new(),
+        next_offer_id: 0,
+        last_body_id: None,
+        skipped: 0,
+    };
+    let outcome = receive.run().await;
+    let skipped = receive.skipped;
+    let Receive {
+        out, sink: sink_tx, ..
+    } = receive;
+    match outcome {
+        Ok(mut summary) => {
+            summary.files += skipped;
+            summary.skipped += skipped;
+            drop(out);
+            drop(sink_tx);
+            let _ = sink_thread.await;
+            match replies.await {
+                Ok(Ok(())) => Ok(summary),
+                Ok(Err(e)) => Err((summary, e)),
+                Err(e) => Err((
+                    summary,
+                    Error::ConnectionLost {
+                        peer: name.to_string(),
+                        detail: e.to_string(),
+                    },
+                )),
+            }
+        }
+        Err(e) => {
+            // Tell the sender why, if the connection still carries frames.
+            let _ = out.try_send(Message::Abort {
+                reason: e.to_string(),
+            });
+            drop(out);
+            drop(sink_tx);
+            let summary = sink_thread.await.unwrap_or_default();
+            let _ = tokio::time::timeout(Duration::from_secs(1), replies).await;
+            Err((summary, e))
+        }
+    }
+}
+
+/// Sends plans and verdicts in order, flushing whenever nothing else is queued.
+async fn write_replies(
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Message>,
+) -> Result<(), Error> {
+    while let Some(message) = rx.recv().await {
+        writer.send(&message).await?;
+        if rx.is_empty() {
+            writer.flush().await?;
+        }
+    }
+    writer.shutdown().await
+}
+
+/// An offered file waiting for its body or an `Identical`.
+struct Planned {
+    path: WirePath,
+    entry: Entry,
+    /// Set for `Action::Compare`: the existing file it was compared with.
+    existing: Option<String>,
+}
+
+/// The reading side of a session.
+struct Receive {
+    reader: FrameReader<OwnedReadHalf>,
+    out: mpsc::Sender<Message>,
+    sink: mpsc::Sender<SinkCommand>,
+    context: Context,
+    planned: BTreeMap<u64, Planned>,
+    dirs: Vec<(WirePath, Metadata)>,
+    next_offer_id: u64,
+    last_body_id: Option<u64>,
+    skipped: u64,
+}
+
+impl Receive {
+    fn protocol(&self, detail: String) -> Error {
+        Error::Protocol {
+            peer: self.reader.peer().to_owned(),
+            detail,
+        }
+    }
+
+    fn lost(&self, detail: &str) -> Error {
+        Error::ConnectionLost {
+            peer: self.reader.peer().to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<Option<Message>, Error> {
+        tokio::select! {
+            m = self.reader.read_message() => m,
+            _ = self.context.shutdown.cancelled() => Err(self.lost("the receiver is shutting down")),
+        }
+    }
+
+    async fn reply(&self, message: Message) -> Result<(), Error> {
+        self.out
+            .send(message)
+            .await
+            .map_err(|_| self.lost("cannot reply: the connection is closed"))
+    }
+
+    async fn to_sink(&self, command: SinkCommand) -> Result<(), Error> {
+        self.sink
+            .send(command)
+            .await
+            .map_err(|_| self.lost("the file writer stopped"))
+    }
+
+    async fn run(&mut self) -> Result<Summary, Error> {
+        loop {
+            match self.next_message().await? {
+                None => {
+                    return Err(self.lost("the sender closed the connection before it was done"))
+                }
+                Some(Message::Offer(offer)) => self.plan(offer).await?,
+                Some(Message::FileBegin { id, offset }) => self.receive_body(id, offset).await?,
+                Some(Message::Identical { id }) => self.identical(id).await?,
+                Some(Message::Done) => return self.finish().await,
+                Some(Message::Abort { reason }) => {
+                    return Err(Error::PeerAborted {
+                        peer: self.reader.peer().to_owned(),
+                        reason,
+                    })
+                }
+                Some(other) => {
+                    return Err(
+                        self.protocol(format!("unexpected {} from the sender", other.kind_name()))
+                    )
+                }
+            }
+        }
+    }
+
+    async fn plan(&mut self, offer: Offer) -> Result<(), Error> {
+        let count = offer.entries.len();
+        if offer.first_id != self.next_offer_id {
+            return Err(self.protocol(format!(
+                "offer numbered from {} where {} was expected",
+                offer.first_id, self.next_offer_id
+            )));
+        }
+        if count == 0 || count > MAX_BATCH_ENTRIES {
+            return Err(self.protocol(format!(
+                "offer of {count} entries (1 to {MAX_BATCH_ENTRIES} allowed)"
+            )));
+        }
+        if self.planned.len() + count > MAX_OUTSTANDING {
+            return Err(self.protocol("too many offered files without bodies".into()));
+        }
+        let storage = Arc::clone(&self.context.storage);
+        let entries = offer.entries;
+        let decided = tokio::task::spawn_blocking(move || decide(&storage, entries))
+            .await
+            .map_err(|e| self.lost(&e.to_string()))?;
+        let mut actions = Vec::with_capacity(count);
+        for (id, (entry, decision)) in (offer.first_id..).zip(decided) {
+            let action = match decision {
+                Decision::Refuse(reason) => {
+                    log::warn!(
+                        "{}: refused '{}': {}",
+                        self.reader.peer(),
+                        escape_for_terminal(&entry.path),
+                        reason
+                    );
+                    Action::Refuse { reason }
+                }
+                Decision::Dir(path) => {
+                    self.dirs.push((path, metadata_of(&entry)));
+                    Action::DirReady
+                }
+                Decision::File(path, FilePlan::Receive) => {
+                    self.planned.insert(
+                        id,
+                        Planned {
+                            path,
+                            entry,
+                            existing: None,
+                        },
+                    );
+                    Action::Send { offset: 0 }
+                }
+                Decision::File(path, FilePlan::Compare { existing, sha256 }) => {
+                    self.planned.insert(
+                        id,
+                        Planned {
+                            path,
+                            entry,
+                            existing: Some(existing),
+                        },
+                    );
+                    Action::Compare { sha256 }
+                }
+                Decision::File(_, FilePlan::Skip { existing }) => {
+                    self.report_skip(&entry, existing.clone(), entry.sha256.unwrap_or_default());
+                    Action::Skip { path: existing }
+                }
+            };
+            actions.push(action);
+        }
+        self.next_offer_id += count as u64;
+        self.reply(Message::Plan(Plan {
+            first_id: offer.first_id,
+            actions,
+        }))
+        .await
+    }
+
+    fn report_skip(&mut self, entry: &Entry, existing: String, sha256: Digest) {
+        self.skipped += 1;
+        self.context.observer.event(Event::FileDone {
+            session: self.context.session,
+            peer: self.reader.peer().to_owned(),
+            report: FileReport {
+                path: entry.path.clone(),
+                stored_as: existing,
+                size: entry.size,
+                sha256,
+                skipped: true,
+                digest_in_header: entry.sha256.is_some(),
+            },
+        });
+    }
+
+    /// The planned entry for `id`. Ids only grow: entries planned before it
+    /// that never got a body are ones the sender could not read, and are dropped.
+    fn take_planned(&mut self, id: u64) -> Result<Planned, Error> {
+        if self.last_body_id.is_some_and(|last| id <= last) {
+            return Err(self.protocol(format!("file {id} out of order")));
+        }
+        let rest = self.planned.split_off(&id);
+        self.planned = rest;
+        self.last_body_id = Some(id);
+        self.planned
+            .remove(&id)
+            .ok_or_else(|| self.protocol(format!("body for file {id}, which was not planned")))
+    }
+
+    async fn receive_body(&mut self, id: u64, offset: u64) -> Result<(), Error> {
+        let planned = self.take_planned(id)?;
+        if offset != 0 {
+            return Err(self.protocol(format!(
+                "file {id} sent from offset {offset}, which was not offered"
+            )));
+        }
+        let size = planned.entry.size;
+        self.context.observer.event(Event::FileStarted {
+            session: self.context.session,
+            path: planned.path.to_string(),
+            size,
+        });
+        self.to_sink(SinkCommand::Begin {
+            id,
+            meta: metadata_of(&planned.entry),
+            header_sha256: planned.entry.sha256,
+            size,
+            path: planned.path,
+        })
+        .await?;
+        let mut remaining = size;
+        while remaining > 0 {
+            let want = remaining.min(BODY_CHUNK as u64) as usize;
+            let chunk = tokio::select! {
+                c = self.reader.read_body(want) => c?,
+                _ = self.context.shutdown.cancelled() => return Err(self.lost("the receiver is shutting down")),
+            };
+            remaining -= chunk.len() as u64;
+            self.context.observer.event(Event::Progress {
+                session: self.context.session,
+                bytes: chunk.len() as u64,
+            });
+            self.to_sink(SinkCommand::Data(chunk)).await?;
+        }
+        match self.next_message().await? {
+            Some(Message::FileEnd { sha256, error }) => {
+                self.to_sink(SinkCommand::End { sha256, error }).await
+            }
+            Some(other) => Err(self.protocol(format!(
+                "expected FileEnd after a body, got {}",
+                other.kind_name()
+            ))),
+            None => {
+                Err(self.lost("the sender closed the connection after a body, before its trailer"))
+            }
+        }
+    }
+
+    async fn identical(&mut self, id: u64) -> Result<(), Error> {
+        let planned = self.take_planned(id)?;
+        let Some(existing) = planned.existing else {
+            return Err(self.protocol(format!(
+                "Identical for file {id}, which was not up for comparison"
+            )));
+        };
+        let sha256 = planned.entry.sha256.unwrap_or_default();
+        self.report_skip(&planned.entry, existing.clone(), sha256);
+        self.reply(Message::Verdict(Verdict {
+            id,
+            outcome: Outcome::Skipped { path: existing },
+        }))
+        .await
+    }
+
+    async fn finish(&mut self) -> Result<Summary, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.to_sink(SinkCommand::Finish(tx)).await?;
+        let summary = rx.await.map_err(|_| self.lost("the file writer stopped"))?;
+        // Directory times last: adding files to a directory changes its mtime.
+        let storage = Arc::clone(&self.context.storage);
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        tokio::task::spawn_blocking(move || {
+            for (path, meta) in dirs {
+                if let Err(e) = storage.set_dir_metadata(&path, &meta) {
+                    log::warn!(
+                        "cannot set times on '{}': {}",
+                        escape_for_terminal(path.as_str()),
+                        describe_io(&e)
+                    );
+                }
+            }
+        })
+        .await
+        .map_err(|e| self.lost(&e.to_string()))?;
+        self.reply(Message::Bye {
+            files: summary.files + self.skipped,
+            bytes: summary.bytes,
+        })
+        .await?;
+        Ok(summary)
+    }
+}
+
+fn metadata_of(entry: &Entry) -> Metadata {
+    Metadata {
+        mode: entry.mode,
+        mtime_secs: entry.mtime_secs,
+        mtime_nanos: entry.mtime_nanos,
+    }
+}
+
+enum Decision {
+    Dir(WirePath),
+    File(WirePath, FilePlan),
+    Refuse(String),
+}
+
+/// Plans one offer against DIR: path safety, free space, existing files.
+fn decide(storage: &Storage, entries: Vec<Entry>) -> Vec<(Entry, Decision)> {
+    let mut free = storage.free_space().unwrap_or(u64::MAX);
+    entries
+        .into_iter()
+        .map(|entry| {
+            let decision = match (WirePath::parse(&entry.path), entry.kind) {
+                (Err(e), _) => Decision::Refuse(format!("unsafe path: {e}")),
+                (Ok(path), EntryKind::Dir) => match storage.make_dirs(Some(path.as_str())) {
+                    Ok(_) => Decision::Dir(path),
+                    Err(e) => Decision::Refuse(describe_io(&e)),
+                },
+                (Ok(_), EntryKind::File) if entry.size > free => Decision::Refuse(format!(
+                    "not enough free space on the receiver: {} bytes needed, {} available",
+                    entry.size, free
+                )),
+                (Ok(path), EntryKind::File) => {
+                    match storage.plan_file(&path, entry.size, entry.sha256) {
+                        Ok(plan) => {
+                            if plan == FilePlan::Receive {
+                                free -= entry.size;
+                            }
+                            Decision::File(path, plan)
+                        }
+                        Err(e) => Decision::Refuse(describe_io(&e)),
+                    }
+                }
+            };
+            (entry, decision)
+        })
+        .collect()
+}
+
+/// Work for the sink thread, in stream order.
+enum SinkCommand {
+    Begin {
+        id: u64,
+        path: WirePath,
+        size: u64,
+        meta: Metadata,
+        header_sha256: Option<Digest>,
+    },
+    Data(Bytes),
+    End {
+        sha256: Digest,
+        error: Option<String>,
+    },
+    Finish(oneshot::Sender<Summary>),
+}
+
+/// The file being received right now.
+struct Current {
+    id: u64,
+    path: WirePath,
+    size: u64,
+    meta: Metadata,
+    header_sha256: Option<Digest>,
+    partial: Option<Partial>,
+    hasher: Hasher,
+    error: Option<String>,
+}
+
+/// A verified partial waiting for its group commit.
+struct Verified {
+    id: u64,
+    partial: Partial,
+    size: u64,
+    sha256: Digest,
+    digest_in_header: bool,
+}
+
+/// Hashes, writes and commits bodies on a blocking thread.
+struct Sink {
+    storage: Arc<Storage>,
+    out: mpsc::Sender<Message>,
+    observer: Arc<dyn Observer>,
+    session: u64,
+    peer: String,
+    current: Option<Current>,
+    group: Vec<Verified>,
+    group_bytes: u64,
+    summary: Summary,
+}
+
+impl Sink {
+    fn run(mut self, mut commands: mpsc::Receiver<SinkCommand>) -> Summary {
+        loop {
+            let command = match commands.try_recv() {
+                Ok(c) => c,
+                // Nothing queued: a good moment to make finished files durable.
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.commit();
+                    match commands.blocking_recv() {
+                        Some(c) => c,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            match command {
+                SinkCommand::Begin {
+                    id,
+                    path,
+                    size,
+                    meta,
+                    header_sha256,
+                } => {
+                    let (partial, error) = match self.storage.begin(&path) {
+                        Ok(p) => (Some(p), None),
+                        Err(e) => (
+                            None,
+                            Some(format!("cannot create the file: {}", describe_io(&e))),
+                        ),
+                    };
+                    self.current = Some(Current {
+                        id,
+                        path,
+                        size,
+                        meta,
+                        header_sha256,
+                        partial,
+                        hasher: Hasher::new(),
+                        error,
+                    });
+                }
+                SinkCommand::Data(bytes) => self.write(&bytes),
+                SinkCommand::End { sha256, error } => self.end(sha256, error),
+                SinkCommand::Finish(reply) => {
+                    self.commit();
+                    let _ = reply.send(self.summary);
+                }
+            }
+            if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES {
+                self.commit();
+            }
+        }
+        // Files verified before the connection ended are still worth keeping.
+        self.commit();
+        self.summary
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
+        current.hasher.update(bytes);
+        if current.error.is_some() {
+            return;
+        }
+        if let Some(partial) = current.partial.as_mut() {
+            if let Err(e) = partial.write(bytes) {
+                current.error = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
+                    "the receiver's disk is full".to_owned()
+                } else {
+                    format!("cannot write the file: {}", describe_io(&e))
+                });
+                if let Some(p) = current.partial.take() {
+                    p.discard();
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, sender_sha256: Digest, sender_error: Option<String>) {
+        let Some(mut current) = self.current.take() else {
+            return;
+        };
+        let received = current.hasher.finish();
+        let failure = if let Some(e) = sender_error {
+            Some(format!("the sender could not read it: {e}"))
+        } else if let Some(e) = current.error.take() {
+            Some(e)
+        } else if received != sender_sha256 {
+            Some("SHA-256 mismatch: the data was corrupted in transit".to_owned())
+        } else if current.header_sha256.is_some_and(|h| h != received) {
+            Some("SHA-256 differs from the digest announced in its header".to_owned())
+        } else {
+            None
+        };
+        let partial = current.partial.take();
+        match (failure, partial) {
+            (None, Some(mut partial)) => match partial.set_metadata(&current.meta) {
+                Ok(()) => {
+                    self.group_bytes += current.size;
+                    self.group.push(Verified {
+                        id: current.id,
+                        partial,
+                        size: current.size,
+                        sha256: received,
+                        digest_in_header: current.header_sha256.is_some(),
+                    });
+                }
+                Err(e) => {
+                    partial.discard();
+                    self.failed(
+                        current.id,
+                        &current.path,
+                        format!("cannot set its metadata: {}", describe_io(&e)),
+                    );
+                }
+            },
+            (failure, partial) => {
+                if let Some(p) = partial {
+                    p.discard();
+                }
+                let reason = failure.unwrap_or_else(|| "the file was not written".to_owned());
+                self.failed(current.id, &current.path, reason);
+            }
+        }
+    }
+
+    fn failed(&mut self, id: u64, path: &WirePath, reason: String) {
+        log::warn!(
+            "{}: '{}' not stored: {}",
+            self.peer,
+            escape_for_terminal(path.as_str()),
+            reason
+        );
+        self.summary.failed += 1;
+        self.observer.event(Event::FileFailed {
+            session: self.session,
+            path: path.to_string(),
+            reason: reason.clone(),
+        });
+        let _ = self.out.blocking_send(Message::Verdict(Verdict {
+            id,
+            outcome: Outcome::Failed { reason },
+        }));
+    }
+
+    fn commit(&mut self) {
+        if self.group.is_empty() {
+            return;
+        }
+        let group = std::mem::take(&mut self.group);
+        self.group_bytes = 0;
+        let mut meta = Vec::with_capacity(group.len());
+        let mut partials = Vec::with_capacity(group.len());
+        for v in group {
+            meta.push((
+                v.id,
+                v.partial.wire_path().clone(),
+                v.size,
+                v.sha256,
+                v.digest_in_header,
+            ));
+            partials.push(v.partial);
+        }
+        let results = self.storage.commit(partials);
+        for ((id, path, size, sha256, digest_in_header), result) in meta.into_iter().zip(results) {
+            match result {
+                Ok(stored_as) => {
+                    self.summary.files += 1;
+                    self.summary.bytes += size;
+                    self.observer.event(Event::FileDone {
+                        session: self.session,
+                        peer: self.peer.clone(),
+                        report: FileReport {
+                            path: path.to_string(),
+                            stored_as: stored_as.clone(),
+                            size,
+                            sha256,
+                            skipped: false,
+                            digest_in_header,
+                        },
+                    });
+                    let _ = self.out.blocking_send(Message::Verdict(Verdict {
+                        id,
+                        outcome: Outcome::Stored {
+                            path: stored_as,
+                            sha256,
+                        },
+                    }));
+                }
+                Err(e) => self.failed(id, &path, format!("cannot store it: {}", describe_io(&e))),
+            }
+        }
+    }
+}

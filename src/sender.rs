@@ -1,0 +1,603 @@
+//! One sending session: walk, connect, offer batches, stream bodies, collect
+//! verdicts. No terminal code: progress leaves as [`Event`]s.
+//!
+//! Two tasks share the connection. This one writes: it keeps one offer ahead
+//! of the bodies it is sending, so the receiver's plan for the next batch is
+//! on its way back while the current bodies flow. The reply reader collects
+//! plans and verdicts concurrently, so verdicts never back up behind bodies.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{describe_io, Error};
+use crate::events::{Event, FileReport, Observer, Summary};
+use crate::hashing::{self, Hasher};
+use crate::protocol::{
+    handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
+    Plan,
+};
+use crate::source::{self, Batch, Prepared};
+
+/// Body bytes per read from a large file.
+const CHUNK: usize = 256 * 1024;
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an interrupted sender waits for a blocked write before closing.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Where to send: a host name or IP literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A validated `xfer send` invocation.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    pub paths: Vec<std::path::PathBuf>,
+    pub destination: Destination,
+    /// Longest wait for any byte from the receiver.
+    pub idle_timeout: Duration,
+}
+
+/// Sends every path to the receiver. `Ok` only if each file was verified
+/// and persisted there (or was already present, identical).
+pub async fn send(
+    config: &SendConfig,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let paths = config.paths.clone();
+    let entries = tokio::task::spawn_blocking(move || source::collect(&paths)).await??;
+    let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
+    let bytes = entries.iter().map(|e| e.size).sum();
+    observer.event(Event::Totals {
+        session: 0,
+        files,
+        bytes,
+    });
+
+    let stream = tokio::select! {
+        s = connect(&config.destination) => s?,
+        _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
+    };
+    let peer: Arc<str> = config.destination.to_string().into();
+    observer.event(Event::SessionStarted {
+        session: 0,
+        peer: peer.to_string(),
+    });
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half, Arc::clone(&peer), config.idle_timeout);
+    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer));
+    tokio::select! {
+        r = handshake(&mut reader, &mut writer) => { r?; }
+        _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
+    }
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let (plan_tx, plan_rx) = mpsc::channel(4);
+    let replies = tokio::spawn(read_replies(
+        reader,
+        plan_tx,
+        Arc::clone(&ledger),
+        Arc::clone(&observer),
+    ));
+    let (batch_tx, batch_rx) = mpsc::channel(2);
+    tokio::task::spawn_blocking(move || source::prepare_batches(entries, batch_tx));
+
+    let mut session = Session {
+        writer,
+        plans: plan_rx,
+        ledger: Arc::clone(&ledger),
+        observer,
+        cancel: cancel.clone(),
+        peer: Arc::clone(&peer),
+        mid_body: false,
+    };
+    let written = tokio::select! {
+        r = session.run(batch_rx) => r,
+        _ = async { cancel.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
+            Err(Error::Interrupted)
+        }
+    };
+    if let Err(e) = written {
+        return Err(session.fail(e, replies).await.into());
+    }
+    match replies.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::anyhow!("reply reader failed: {e}")),
+    }
+
+    let ledger = ledger
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ledger lock poisoned"))?;
+    if !ledger.awaiting.is_empty() {
+        return Err(Error::Protocol {
+            peer: peer.to_string(),
+            detail: format!(
+                "session ended without verdicts for {} files",
+                ledger.awaiting.len()
+            ),
+        }
+        .into());
+    }
+    let mut summary = ledger.summary;
+    summary.secs = started.elapsed().as_secs_f64();
+    if summary.failed > 0 {
+        return Err(Error::Incomplete {
+            failed: summary.failed,
+            total: files,
+            first: ledger.first_failure.clone().unwrap_or_default(),
+        }
+        .into());
+    }
+    Ok(summary)
+}
+
+async fn connect(destination: &Destination) -> Result<TcpStream, Error> {
+    let addr = destination.to_string();
+    let connect_error = |detail: String| Error::Connect {
+        addr: addr.clone(),
+        detail,
+    };
+    let candidates = tokio::net::lookup_host((destination.host.as_str(), destination.port))
+        .await
+        .map_err(|e| connect_error(format!("cannot resolve host: {}", describe_io(&e))))?;
+    let mut last = "the host name has no addresses".to_owned();
+    for candidate in candidates {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(candidate)).await {
+            Ok(Ok(stream)) => {
+                stream
+                    .set_nodelay(true)
+                    .map_err(|e| connect_error(describe_io(&e)))?;
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = describe_io(&e),
+            Err(_) => last = format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
+        }
+    }
+    Err(connect_error(last))
+}
+
+/// Files whose verdict is awaited, and the running totals.
+#[derive(Default)]
+struct Ledger {
+    awaiting: HashMap<u64, Pending>,
+    summary: Summary,
+    first_failure: Option<String>,
+}
+
+struct Pending {
+    path: String,
+    size: u64,
+    sha256: Option<Digest>,
+    digest_in_header: bool,
+}
+
+impl Ledger {
+    fn fail(&mut self, observer: &dyn Observer, path: &str, reason: String) {
+        self.summary.failed += 1;
+        if self.first_failure.is_none() {
+            self.first_failure = Some(format!("{path}: {reason}"));
+        }
+        observer.event(Event::FileFailed {
+            session: 0,
+            path: path.to_owned(),
+            reason,
+        });
+    }
+}
+
+/// Reads plans, verdicts and the final word from the receiver.
+async fn read_replies(
+    mut reader: FrameReader<OwnedReadHalf>,
+    plans: mpsc::Sender<Plan>,
+    ledger: Arc<Mutex<Ledger>>,
+    observer: Arc<dyn Observer>,
+) -> Result<(), Error> {
+    let peer = reader.peer().to_owned();
+    let protocol = |detail: String| Error::Protocol {
+        peer: peer.clone(),
+        detail,
+    };
+    loop {
+        match reader.expect_message("the receiver's final word").await? {
+            Message::Plan(plan) => {
+                // The writer may have stopped; the error that stopped it wins.
+                let _ = plans.send(plan).await;
+            }
+            Message::Verdict(verdict) => {
+                let mut ledger = ledger
+                    .lock()
+                    .map_err(|_| protocol("ledger lock poisoned".into()))?;
+                let pending = ledger.awaiting.remove(&verdict.id).ok_or_else(|| {
+                    protocol(format!("verdict for file {} that awaits none", verdict.id))
+                })?;
+                let (stored_as, sha256, skipped) = match verdict.outcome {
+                    Outcome::Stored { path, sha256 } => (path, sha256, false),
+                    Outcome::Skipped { path } => (path, pending.sha256.unwrap_or_default(), true),
+                    Outcome::Failed { reason } => {
+                        ledger.fail(observer.as_ref(), &pending.path, reason);
+                        continue;
+                    }
+                };
+                ledger.summary.files += 1;
+                ledger.summary.skipped += u64::from(skipped);
+                observer.event(Event::FileDone {
+                    session: 0,
+                    peer: peer.clone(),
+                    report: FileReport {
+                        path: pending.path,
+                        stored_as,
+                        size: pending.size,
+                        sha256,
+                        skipped,
+                        digest_in_header: pending.digest_in_header,
+                    },
+                });
+            }
+            Message::Bye { .. } => return Ok(()),
+            Message::Abort { reason } => return Err(Error::PeerAborted { peer, reason }),
+            other => {
+                return Err(protocol(format!(
+                    "unexpected {} from the receiver",
+                    other.kind_name()
+                )))
+            }
+        }
+    }
+}
+
+/// The writing half of a session.
+struct Session {
+    writer: FrameWriter<OwnedWriteHalf>,
+    plans: mpsc::Receiver<Plan>,
+    ledger: Arc<Mutex<Ledger>>,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+    peer: Arc<str>,
+    /// Raw body bytes are owed: no frame (not even Abort) may be written.
+    mid_body: bool,
+}
+
+impl Session {
+    async fn run(&mut self, mut batches: mpsc::Receiver<Batch>) -> Result<(), Error> {
+        let mut offered = VecDeque::new();
+        let mut exhausted = false;
+        loop {
+            while !exhausted && offered.len() < 2 {
+                match batches.recv().await {
+                    Some(batch) => {
+                        self.offer(&batch).await?;
+                        offered.push_back(batch);
+                    }
+                    None => exhausted = true,
+                }
+            }
+            let Some(batch) = offered.pop_front() else {
+                break;
+            };
+            self.writer.flush().await?;
+            let plan = tokio::select! {
+                plan = self.plans.recv() => plan.ok_or_else(|| self.lost("the receiver stopped answering"))?,
+                _ = self.cancel.cancelled() => return Err(Error::Interrupted),
+            };
+            self.execute(batch, plan).await?;
+        }
+        self.writer.send(&Message::Done).await?;
+        self.writer.flush().await
+    }
+
+    fn lost(&self, detail: &str) -> Error {
+        Error::ConnectionLost {
+            peer: self.peer.to_string(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn protocol(&self, detail: String) -> Error {
+        Error::Protocol {
+            peer: self.peer.to_string(),
+            detail,
+        }
+    }
+
+    /// After the writing side failed: tell the receiver when we can, and
+    /// prefer the reply reader's error, which usually says why.
+    async fn fail(
+        &mut self,
+        error: Error,
+        replies: tokio::task::JoinHandle<Result<(), Error>>,
+    ) -> Error {
+        if matches!(error, Error::Interrupted) {
+            if !self.mid_body {
+                let abort = Message::Abort {
+                    reason: "the sender was interrupted".into(),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    self.writer.send(&abort).await?;
+                    self.writer.shutdown().await
+                })
+                .await;
+            }
+            replies.abort();
+            return error;
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(1), replies).await;
+        match reply {
+            Ok(Ok(Err(reply_error))) => reply_error,
+            _ => error,
+        }
+    }
+
+    async fn offer(&mut self, batch: &Batch) -> Result<(), Error> {
+        let entries = batch
+            .items
+            .iter()
+            .map(|p| Entry {
+                path: p.entry.wire_path.clone(),
+                kind: p.entry.kind,
+                size: p.entry.size,
+                mode: p.entry.mode,
+                mtime_secs: p.entry.mtime_secs,
+                mtime_nanos: p.entry.mtime_nanos,
+                sha256: p.sha256,
+            })
+            .collect();
+        self.writer
+            .send(&Message::Offer(Offer {
+                first_id: batch.first_id,
+                entries,
+            }))
+            .await
+    }
+
+    async fn execute(&mut self, batch: Batch, plan: Plan) -> Result<(), Error> {
+        if plan.first_id != batch.first_id || plan.actions.len() != batch.items.len() {
+            return Err(self.protocol("the plan does not match the offer".into()));
+        }
+        for (id, (item, action)) in
+            (batch.first_id..).zip(batch.items.into_iter().zip(plan.actions))
+        {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            match (item.entry.kind, action) {
+                (EntryKind::Dir, Action::DirReady) => {}
+                (_, Action::Refuse { reason }) => {
+                    self.local_failure(&item.entry.wire_path, reason)?
+                }
+                (EntryKind::File, Action::Send { offset }) if offset <= item.entry.size => {
+                    self.send_body(id, item, offset).await?
+                }
+                (EntryKind::File, Action::Compare { sha256 }) => {
+                    self.compare(id, item, sha256).await?
+                }
+                (EntryKind::File, Action::Skip { path }) => {
+                    let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+                    ledger.summary.files += 1;
+                    ledger.summary.skipped += 1;
+                    self.observer.event(Event::FileDone {
+                        session: 0,
+                        peer: self.peer.to_string(),
+                        report: FileReport {
+                            path: item.entry.wire_path,
+                            stored_as: path,
+                            size: item.entry.size,
+                            sha256: item.sha256.unwrap_or_default(),
+                            skipped: true,
+                            digest_in_header: item.sha256.is_some(),
+                        },
+                    });
+                }
+                (_, action) => {
+                    return Err(self.protocol(format!(
+                        "plan action {action:?} does not fit '{}'",
+                        item.entry.wire_path
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn local_failure(&self, path: &str, reason: String) -> Result<(), Error> {
+        let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+        ledger.fail(self.observer.as_ref(), path, reason);
+        Ok(())
+    }
+
+    fn expect_verdict(
+        &self,
+        id: u64,
+        item: &Prepared,
+        sha256: Option<Digest>,
+    ) -> Result<(), Error> {
+        let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+        ledger.awaiting.insert(
+            id,
+            Pending {
+                path: item.entry.wire_path.clone(),
+                size: item.entry.size,
+                sha256,
+                digest_in_header: item.sha256.is_some(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The receiver holds a same-sized file: send ours only if it differs.
+    async fn compare(&mut self, id: u64, item: Prepared, theirs: Digest) -> Result<(), Error> {
+        let ours = match item.sha256 {
+            Some(d) => Ok(d),
+            None => {
+                let local = item.entry.local.clone();
+                tokio::task::spawn_blocking(move || {
+                    File::open(local).and_then(|mut f| hashing::hash_reader(&mut f))
+                })
+                .await
+                .map_err(|e| self.lost(&e.to_string()))?
+                .map(|(d, _)| d)
+            }
+        };
+        match ours {
+            Ok(ours) if ours == theirs => {
+                self.expect_verdict(id, &item, Some(ours))?;
+                self.writer.send(&Message::Identical { id }).await
+            }
+            Ok(_) => self.send_body(id, item, 0).await,
+            Err(e) => self.local_failure(
+                &item.entry.wire_path,
+                format!("cannot read: {}", describe_io(&e)),
+            ),
+        }
+    }
+
+    async fn send_body(&mut self, id: u64, item: Prepared, offset: u64) -> Result<(), Error> {
+        let size = item.entry.size;
+        self.observer.event(Event::FileStarted {
+            session: 0,
+            path: item.entry.wire_path.clone(),
+            size,
+        });
+        if let (Some(content), Some(sha256)) = (&item.content, item.sha256) {
+            self.expect_verdict(id, &item, None)?;
+            self.writer.send(&Message::FileBegin { id, offset }).await?;
+            self.writer.send_raw(&content[offset as usize..]).await?;
+            self.writer
+                .send(&Message::FileEnd {
+                    sha256,
+                    error: None,
+                })
+                .await?;
+            self.observer.event(Event::Progress {
+                session: 0,
+                bytes: size - offset,
+            });
+            self.add_bytes(size - offset)?;
+            return Ok(());
+        }
+        let file = match File::open(&item.entry.local) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.local_failure(
+                    &item.entry.wire_path,
+                    format!("cannot read: {}", describe_io(&e)),
+                )
+            }
+        };
+        self.expect_verdict(id, &item, None)?;
+        self.writer.send(&Message::FileBegin { id, offset }).await?;
+        self.mid_body = true;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let reader = tokio::task::spawn_blocking(move || stream_file(file, offset, size, tx));
+        let mut remaining = size - offset;
+        while let Some(chunk) = rx.recv().await {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            self.writer.send_raw(&chunk).await?;
+            remaining -= chunk.len() as u64;
+            self.observer.event(Event::Progress {
+                session: 0,
+                bytes: chunk.len() as u64,
+            });
+        }
+        let read = reader.await.map_err(|e| self.lost(&e.to_string()))?;
+        let (sha256, error) = match (read, item.sha256) {
+            (Ok(d), Some(expected)) if d != expected => {
+                (d, Some("the file changed while being sent".to_owned()))
+            }
+            (Ok(d), _) => (d, None),
+            (Err(e), _) => ([0; 32], Some(e)),
+        };
+        // A short read still owes the declared length; pad it and say why.
+        let zeros = vec![0u8; CHUNK];
+        while remaining > 0 {
+            let n = remaining.min(CHUNK as u64) as usize;
+            self.writer.send_raw(&zeros[..n]).await?;
+            remaining -= n as u64;
+        }
+        self.mid_body = false;
+        self.writer
+            .send(&Message::FileEnd { sha256, error })
+            .await?;
+        self.add_bytes(size - offset)
+    }
+
+    fn add_bytes(&self, n: u64) -> Result<(), Error> {
+        let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+        ledger.summary.bytes += n;
+        Ok(())
+    }
+}
+
+/// Reads `file` from `offset` to `size`, hashing the whole file (the prefix
+/// locally, without sending it). Runs on a blocking thread. Errors say what
+/// went wrong in words for the receiver and the user.
+fn stream_file(
+    mut file: File,
+    offset: u64,
+    size: u64,
+    out: mpsc::Sender<Bytes>,
+) -> Result<Digest, String> {
+    let io_err = |e: io::Error| format!("cannot read: {}", describe_io(&e));
+    let before = file.metadata().map_err(io_err)?;
+    let mut hasher = Hasher::new();
+    if offset > 0 {
+        let mut prefix = (&mut file).take(offset);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = prefix.read(&mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    }
+    let mut remaining = size - offset;
+    while remaining > 0 {
+        let mut chunk = BytesMut::zeroed(remaining.min(CHUNK as u64) as usize);
+        let n = match file.read(&mut chunk) {
+            Ok(0) => return Err("the file shrank while being sent".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        chunk.truncate(n);
+        hasher.update(&chunk);
+        remaining -= n as u64;
+        if out.blocking_send(chunk.freeze()).is_err() {
+            return Err("sending stopped".into());
+        }
+    }
+    let after = file.metadata().map_err(io_err)?;
+    if after.len() != size || after.modified().ok() != before.modified().ok() {
+        return Err("the file changed while being sent".into());
+    }
+    Ok(hasher.finish())
+}

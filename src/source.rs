@@ -1,0 +1,304 @@
+//! What the sender reads: the command-line paths walked into entries, then
+//! prepared in batches on a blocking thread, with small files read and hashed
+//! ahead while earlier batches are on the wire.
+
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::hashing;
+use crate::protocol::{Digest, EntryKind};
+
+/// Files up to this size are read and hashed ahead, so their digest travels
+/// in the header and their bytes are sent from memory.
+pub const HASH_AHEAD_MAX: u64 = 1024 * 1024;
+/// Most entries per offer.
+pub const BATCH_MAX_ENTRIES: usize = 256;
+/// Most bytes of small-file content held in memory per batch.
+pub const BATCH_MAX_INLINE: usize = 4 * 1024 * 1024;
+/// Most path bytes per offer, keeping frames far below the frame limit.
+pub const BATCH_MAX_PATH_BYTES: usize = 256 * 1024;
+
+/// One local file or directory to send.
+#[derive(Debug, Clone)]
+pub struct LocalEntry {
+    /// Relative, `/`-separated name it will have under the receiver's DIR.
+    pub wire_path: String,
+    pub local: PathBuf,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+}
+
+impl LocalEntry {
+    fn new(wire_path: String, local: PathBuf, meta: &Metadata) -> LocalEntry {
+        let kind = if meta.is_dir() {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        };
+        LocalEntry {
+            wire_path,
+            local,
+            kind,
+            size: if meta.is_dir() { 0 } else { meta.len() },
+            mode: meta.permissions().mode() & 0o7777,
+            mtime_secs: meta.mtime(),
+            mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        }
+    }
+}
+
+/// An entry ready to offer: digest and content when it was cheap to know them.
+#[derive(Debug)]
+pub struct Prepared {
+    pub entry: LocalEntry,
+    pub sha256: Option<Digest>,
+    pub content: Option<Bytes>,
+}
+
+/// One offer's worth of prepared entries, numbered from `first_id`.
+#[derive(Debug)]
+pub struct Batch {
+    pub first_id: u64,
+    pub items: Vec<Prepared>,
+}
+
+/// Walks the command-line paths. A file arrives as its file name, a directory
+/// as its name plus everything under it; directories come before their
+/// contents. Symlinks named on the command line are followed; symlinks and
+/// special files inside a directory are skipped with a warning, so a walk
+/// never leaves the tree it was given.
+pub fn collect(paths: &[PathBuf]) -> Result<Vec<LocalEntry>, anyhow::Error> {
+    let mut entries = Vec::new();
+    let mut top_names = std::collections::HashSet::new();
+    for path in paths {
+        let meta = fs::metadata(path).map_err(|e| {
+            Error::Usage(format!(
+                "cannot send '{}': {}",
+                path.display(),
+                crate::error::describe_io(&e)
+            ))
+        })?;
+        let name = top_level_name(path)?;
+        if !top_names.insert(name.clone()) {
+            return Err(Error::Usage(format!(
+                "two of the paths would both arrive as '{name}'; send them separately"
+            ))
+            .into());
+        }
+        if meta.is_dir() {
+            entries.push(LocalEntry::new(name.clone(), path.clone(), &meta));
+            walk(path, &name, &mut entries)?;
+        } else if meta.is_file() {
+            entries.push(LocalEntry::new(name, path.clone(), &meta));
+        } else {
+            return Err(Error::Usage(format!(
+                "cannot send '{}': not a regular file or directory",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    Ok(entries)
+}
+
+fn top_level_name(path: &Path) -> Result<String, Error> {
+    let named = match path.file_name() {
+        Some(name) => Some(name.to_owned()),
+        None => path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_owned())),
+    };
+    let Some(name) = named else {
+        return Err(Error::Usage(format!(
+            "cannot send '{}' as a whole; name a directory inside it",
+            path.display()
+        )));
+    };
+    name.into_string()
+        .map_err(|raw| Error::Usage(format!("cannot send {raw:?}: the name is not valid UTF-8")))
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<LocalEntry>) -> Result<(), anyhow::Error> {
+    let read = |e: io::Error| {
+        anyhow::anyhow!(
+            "cannot read directory '{}': {}",
+            dir.display(),
+            crate::error::describe_io(&e)
+        )
+    };
+    let mut children: Vec<_> = fs::read_dir(dir)
+        .map_err(read)?
+        .collect::<Result<_, _>>()
+        .map_err(read)?;
+    children.sort_by_key(|c| c.file_name());
+    for child in children {
+        let local = child.path();
+        let Ok(name) = child.file_name().into_string() else {
+            log::warn!(
+                "skipping '{}': the name is not valid UTF-8",
+                local.display()
+            );
+            continue;
+        };
+        let meta = fs::symlink_metadata(&local).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read '{}': {}",
+                local.display(),
+                crate::error::describe_io(&e)
+            )
+        })?;
+        let wire_path = format!("{prefix}/{name}");
+        if meta.file_type().is_symlink() {
+            log::warn!(
+                "skipping symlink '{}' (links inside a directory are not followed)",
+                local.display()
+            );
+        } else if meta.is_dir() {
+            out.push(LocalEntry::new(wire_path.clone(), local.clone(), &meta));
+            walk(&local, &wire_path, out)?;
+        } else if meta.is_file() {
+            out.push(LocalEntry::new(wire_path, local, &meta));
+        } else {
+            log::warn!(
+                "skipping '{}': not a regular file or directory",
+                local.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Cuts `entries` into batches, reading and hashing small files ahead, and
+/// hands them to the session. Runs on a blocking thread; returns when the
+/// session stops taking batches or all are prepared.
+pub fn prepare_batches(entries: Vec<LocalEntry>, out: mpsc::Sender<Batch>) {
+    let mut next_id = 0u64;
+    let mut items = Vec::new();
+    let (mut inline, mut path_bytes) = (0usize, 0usize);
+    for entry in entries {
+        let prepared = prepare(entry, inline < BATCH_MAX_INLINE);
+        inline += prepared.content.as_ref().map_or(0, Bytes::len);
+        path_bytes += prepared.entry.wire_path.len();
+        items.push(prepared);
+        if items.len() >= BATCH_MAX_ENTRIES
+            || inline >= BATCH_MAX_INLINE
+            || path_bytes >= BATCH_MAX_PATH_BYTES
+        {
+            let batch = Batch {
+                first_id: next_id,
+                items: std::mem::take(&mut items),
+            };
+            next_id += batch.items.len() as u64;
+            (inline, path_bytes) = (0, 0);
+            if out.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+    }
+    if !items.is_empty() {
+        let _ = out.blocking_send(Batch {
+            first_id: next_id,
+            items,
+        });
+    }
+}
+
+fn prepare(mut entry: LocalEntry, may_inline: bool) -> Prepared {
+    if entry.kind == EntryKind::Dir || entry.size > HASH_AHEAD_MAX || !may_inline {
+        return Prepared {
+            entry,
+            sha256: None,
+            content: None,
+        };
+    }
+    // A file that cannot be read now is offered without a digest; reading it
+    // again at send time reports the error against the file.
+    match read_small(&entry.local) {
+        Ok((content, meta)) if content.len() as u64 <= HASH_AHEAD_MAX => {
+            entry.size = content.len() as u64;
+            entry.mtime_secs = meta.mtime();
+            entry.mtime_nanos = meta.mtime_nsec().clamp(0, 999_999_999) as u32;
+            Prepared {
+                entry,
+                sha256: Some(hashing::digest(&content)),
+                content: Some(content.into()),
+            }
+        }
+        _ => Prepared {
+            entry,
+            sha256: None,
+            content: None,
+        },
+    }
+}
+
+fn read_small(path: &Path) -> io::Result<(Vec<u8>, Metadata)> {
+    let mut file = File::open(path)?;
+    let meta = file.metadata()?;
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    file.by_ref()
+        .take(HASH_AHEAD_MAX + 1)
+        .read_to_end(&mut content)?;
+    Ok((content, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collect_walks_directories_in_order_and_skips_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("top");
+        fs::create_dir_all(root.join("b/empty")).unwrap();
+        fs::write(root.join("a.txt"), b"x").unwrap();
+        fs::write(root.join("b/c.txt"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let names: Vec<_> = collect(&[root])
+            .unwrap()
+            .into_iter()
+            .map(|e| e.wire_path)
+            .collect();
+        assert_eq!(
+            names,
+            ["top", "top/a.txt", "top/b", "top/b/c.txt", "top/b/empty"]
+        );
+    }
+
+    #[test]
+    fn collect_rejects_missing_paths_and_duplicate_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = collect(&[tmp.path().join("nope")]).unwrap_err();
+        assert!(err.to_string().contains("No such file"), "{err}");
+        fs::create_dir_all(tmp.path().join("x")).unwrap();
+        fs::create_dir_all(tmp.path().join("y/x")).unwrap();
+        let err = collect(&[tmp.path().join("x"), tmp.path().join("y/x")]).unwrap_err();
+        assert!(err.to_string().contains("both arrive as 'x'"), "{err}");
+    }
+
+    #[test]
+    fn small_files_are_hashed_ahead_and_large_ones_are_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = tmp.path().join("small");
+        let large = tmp.path().join("large");
+        fs::write(&small, b"tiny").unwrap();
+        fs::write(&large, vec![7u8; HASH_AHEAD_MAX as usize + 1]).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        prepare_batches(collect(&[small, large]).unwrap(), tx);
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(batch.items[0].sha256, Some(hashing::digest(b"tiny")));
+        assert_eq!(batch.items[0].content.as_deref(), Some(&b"tiny"[..]));
+        assert_eq!(batch.items[1].sha256, None);
+        assert!(batch.items[1].content.is_none());
+    }
+}

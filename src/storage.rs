@@ -1,0 +1,480 @@
+//! Everything that touches the receiver's DIR: directories, hidden partial
+//! files, conflicts, and the sync-then-rename that makes a file visible.
+//!
+//! Rules (DESIGN §3): bytes land in a hidden `.NAME.xfer-part` beside the
+//! destination; only a verified partial is synced and moved to its final name,
+//! and the rename is synced too, so a visible file is always complete.
+//! Nothing is written through a symlink: directories are walked one component
+//! at a time refusing links, partials are opened with `O_NOFOLLOW`, and the
+//! final name is taken with `link(2)`, which never follows or replaces one.
+
+use std::collections::HashSet;
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::hashing;
+use crate::paths::{WirePath, MAX_COMPONENT_LEN, PARTIAL_SUFFIX};
+use crate::protocol::Digest;
+
+/// How many `name (n).ext` candidates are tried before giving up.
+const MAX_CONFLICT_SUFFIX: u32 = 9999;
+
+/// The receiver's DIR and the partials being written into it right now.
+pub struct Storage {
+    root: PathBuf,
+    overwrite: bool,
+    root_handle: File,
+    active: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// What to do with an offered file, as far as DIR is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilePlan {
+    /// Receive the body.
+    Receive,
+    /// A file of the same name and size exists; the sender compares digests.
+    Compare { existing: String, sha256: Digest },
+    /// Identical content is already stored here.
+    Skip { existing: String },
+}
+
+/// Unix permission bits and modification time to give a stored entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Metadata {
+    pub mode: u32,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+}
+
+impl Metadata {
+    fn mtime(&self) -> SystemTime {
+        let nanos = Duration::from_nanos(u64::from(self.mtime_nanos.min(999_999_999)));
+        if self.mtime_secs >= 0 {
+            UNIX_EPOCH + Duration::from_secs(self.mtime_secs as u64) + nanos
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.mtime_secs.unsigned_abs()) + nanos
+        }
+    }
+
+    /// Only permission bits travel: set-id and sticky bits from a peer are dropped.
+    fn permissions(&self) -> Permissions {
+        Permissions::from_mode(self.mode & 0o777)
+    }
+}
+
+/// A hidden file being received. Dropping it leaves the bytes on disk (a later
+/// session may resume from them); [`Partial::discard`] removes them.
+pub struct Partial {
+    file: File,
+    partial_path: PathBuf,
+    wire: WirePath,
+    active: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(&self.partial_path);
+        }
+    }
+}
+
+impl Partial {
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    /// Gives the file its final permissions and mtime (before the sync).
+    pub fn set_metadata(&mut self, meta: &Metadata) -> io::Result<()> {
+        self.file
+            .set_times(FileTimes::new().set_modified(meta.mtime()))?;
+        self.file.set_permissions(meta.permissions())
+    }
+
+    /// Removes the partial file.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.partial_path);
+    }
+
+    /// The wire path this partial will be stored under.
+    pub fn wire_path(&self) -> &WirePath {
+        &self.wire
+    }
+}
+
+impl Storage {
+    /// Opens (creating if needed) the receiving directory.
+    pub fn open(root: &Path, overwrite: bool) -> io::Result<Storage> {
+        fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let root_handle = File::open(&root)?;
+        Ok(Storage {
+            root,
+            overwrite,
+            root_handle,
+            active: Arc::default(),
+        })
+    }
+
+    /// The canonical receiving directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes available to us on DIR's filesystem.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is open for the life of `self` and `stat` is a valid out-pointer.
+        let rc = unsafe { libc::fstatvfs(self.root_handle.as_raw_fd(), &mut stat) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        #[allow(clippy::useless_conversion)] // the field types differ between libc targets
+        let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+        Ok(blocks.saturating_mul(size))
+    }
+
+    /// Creates `path` and its parents as directories, refusing symlinks and
+    /// non-directories on the way. Returns the directory's full path.
+    pub fn make_dirs(&self, path: Option<&str>) -> io::Result<PathBuf> {
+        let mut dir = self.root.clone();
+        for component in path.into_iter().flat_map(|p| p.split('/')) {
+            dir.push(component);
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(io::Error::other(format!(
+                        "'{}' is a symlink; refusing to write through it",
+                        self.relative(&dir)
+                    )))
+                }
+                Ok(_) => {
+                    return Err(io::Error::other(format!(
+                        "'{}' exists and is not a directory",
+                        self.relative(&dir)
+                    )))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    // Created concurrently by another session: check it again.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if !fs::symlink_metadata(&dir)?.is_dir() {
+                            return Err(io::Error::other(format!(
+                                "'{}' exists and is not a directory",
+                                self.relative(&dir)
+                            )));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Applies mode and mtime to a directory received in this session.
+    pub fn set_dir_metadata(&self, path: &WirePath, meta: &Metadata) -> io::Result<()> {
+        let full = path.under(&self.root);
+        if !fs::symlink_metadata(&full)?.is_dir() {
+            return Ok(());
+        }
+        let dir = File::open(&full)?;
+        // Keep the owner able to write, or a later session could not add files.
+        dir.set_permissions(Permissions::from_mode((meta.mode & 0o777) | 0o700))?;
+        dir.set_times(FileTimes::new().set_modified(meta.mtime()))
+    }
+
+    /// Decides, from what DIR holds now, whether an offered file must be sent.
+    /// Walks the conflict names (`name`, `name (1)`, ...) looking for the same
+    /// content, so the same file is never stored twice.
+    pub fn plan_file(
+        &self,
+        path: &WirePath,
+        size: u64,
+        sha256: Option<Digest>,
+    ) -> io::Result<FilePlan> {
+        let dir = path.parent().map_or_else(
+            || self.root.clone(),
+            |p| {
+                let mut d = self.root.clone();
+                d.extend(p.split('/'));
+                d
+            },
+        );
+        for n in 0..=MAX_CONFLICT_SUFFIX {
+            let name = conflict_name(path.file_name(), n);
+            let candidate = dir.join(&name);
+            let meta = match fs::symlink_metadata(&candidate) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FilePlan::Receive),
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(FilePlan::Receive),
+                Err(e) => return Err(e),
+            };
+            if !meta.is_file() || meta.len() != size {
+                continue;
+            }
+            let existing = self.relative(&candidate);
+            let (theirs, _) = hashing::hash_reader(&mut File::open(&candidate)?)?;
+            match sha256 {
+                Some(ours) if ours == theirs => return Ok(FilePlan::Skip { existing }),
+                Some(_) => continue,
+                None => {
+                    return Ok(FilePlan::Compare {
+                        existing,
+                        sha256: theirs,
+                    })
+                }
+            }
+        }
+        Ok(FilePlan::Receive)
+    }
+
+    /// Creates (truncating) the hidden partial for `path`, creating parent
+    /// directories. Fails if another session is receiving the same path.
+    pub fn begin(&self, path: &WirePath) -> io::Result<Partial> {
+        let dir = self.make_dirs(path.parent())?;
+        let partial_path = dir.join(partial_name(path.file_name()));
+        if !self
+            .active
+            .lock()
+            .map_err(|_| io::Error::other("lock poisoned"))?
+            .insert(partial_path.clone())
+        {
+            return Err(io::Error::other(
+                "the same path is being received from another sender right now",
+            ));
+        }
+        let opened = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial_path);
+        match opened {
+            Ok(file) => Ok(Partial {
+                file,
+                partial_path,
+                wire: path.clone(),
+                active: Arc::clone(&self.active),
+            }),
+            Err(e) => {
+                if let Ok(mut active) = self.active.lock() {
+                    active.remove(&partial_path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a group of verified partials durable and visible: one filesystem
+    /// sync for all their data, the renames, one more sync for the renames.
+    /// Returns, per partial, where it was stored (relative to DIR).
+    pub fn commit(&self, group: Vec<Partial>) -> Vec<io::Result<String>> {
+        if group.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = self.sync_filesystem() {
+            let reason = format!("syncing data to disk failed: {e}");
+            return group
+                .into_iter()
+                .map(|p| {
+                    p.discard();
+                    Err(io::Error::other(reason.clone()))
+                })
+                .collect();
+        }
+        let results: Vec<io::Result<String>> = group
+            .into_iter()
+            .map(|partial| {
+                let stored = self.publish(&partial);
+                if stored.is_err() {
+                    partial.discard();
+                }
+                stored
+            })
+            .collect();
+        if let Err(e) = self.sync_filesystem() {
+            let reason = format!("syncing directory entries to disk failed: {e}");
+            return results
+                .into_iter()
+                .map(|_| Err(io::Error::other(reason.clone())))
+                .collect();
+        }
+        results
+    }
+
+    /// Moves one synced partial to its final name, honouring the conflict rule.
+    fn publish(&self, partial: &Partial) -> io::Result<String> {
+        let dir = partial.partial_path.parent().unwrap_or(&self.root);
+        let name = partial.wire.file_name();
+        if self.overwrite {
+            let target = dir.join(name);
+            fs::rename(&partial.partial_path, &target)?;
+            return Ok(self.relative(&target));
+        }
+        for n in 0..=MAX_CONFLICT_SUFFIX {
+            let target = dir.join(conflict_name(name, n));
+            match fs::hard_link(&partial.partial_path, &target) {
+                Ok(()) => {
+                    fs::remove_file(&partial.partial_path)?;
+                    return Ok(self.relative(&target));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(_) => {
+                    // No hard links on this filesystem: check, then rename.
+                    match fs::symlink_metadata(&target) {
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            fs::rename(&partial.partial_path, &target)?;
+                            return Ok(self.relative(&target));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(io::Error::other(format!(
+            "too many files named like '{name}'"
+        )))
+    }
+
+    fn sync_filesystem(&self) -> io::Result<()> {
+        // SAFETY: the fd is open for the life of `self`.
+        if unsafe { libc::syncfs(self.root_handle.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `full` relative to DIR, `/`-separated, for reports.
+    fn relative(&self, full: &Path) -> String {
+        let rel = full.strip_prefix(&self.root).unwrap_or(full);
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// `name`, then `name (1).ext`, `name (2).ext`, ... for n = 0, 1, 2...
+pub fn conflict_name(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => format!("{} ({n}){}", &name[..dot], &name[dot..]),
+        _ => format!("{name} ({n})"),
+    }
+}
+
+/// `.NAME.xfer-part`, shortened with a digest of the name when that would
+/// exceed the filesystem's name limit.
+pub fn partial_name(name: &str) -> String {
+    let plain = format!(".{name}{PARTIAL_SUFFIX}");
+    if plain.len() <= MAX_COMPONENT_LEN {
+        return plain;
+    }
+    let tag = &hashing::to_hex(&hashing::digest(name.as_bytes()))[..16];
+    let room = MAX_COMPONENT_LEN - 1 - PARTIAL_SUFFIX.len() - 1 - tag.len();
+    let mut cut = room;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}~{tag}{PARTIAL_SUFFIX}", &name[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        assert_eq!(conflict_name("a.txt", 0), "a.txt");
+        assert_eq!(conflict_name("a.txt", 1), "a (1).txt");
+        assert_eq!(conflict_name("archive.tar.gz", 2), "archive.tar (2).gz");
+        assert_eq!(conflict_name(".bashrc", 1), ".bashrc (1)");
+        assert_eq!(conflict_name("README", 3), "README (3)");
+    }
+
+    #[test]
+    fn partial_names_are_hidden_and_bounded() {
+        assert_eq!(partial_name("a.bin"), ".a.bin.xfer-part");
+        let long = "é".repeat(127); // 254 bytes
+        let p = partial_name(&long);
+        assert!(p.len() <= MAX_COMPONENT_LEN, "{}", p.len());
+        assert!(p.starts_with('.') && p.ends_with(PARTIAL_SUFFIX));
+        assert_ne!(partial_name(&long), partial_name(&"é".repeat(126)));
+    }
+
+    #[test]
+    fn make_dirs_refuses_a_planted_symlink() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let err = storage
+            .begin(&WirePath::parse("link/x.bin").unwrap())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn partial_is_hidden_until_committed_then_conflicts_get_a_new_name() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("d/f.txt").unwrap();
+        let mut p = storage.begin(&path).unwrap();
+        p.write(b"one").unwrap();
+        assert!(!root.path().join("d/f.txt").exists());
+        assert!(root.path().join("d/.f.txt.xfer-part").exists());
+        assert_eq!(storage.commit(vec![p]).pop().unwrap().unwrap(), "d/f.txt");
+        assert!(!root.path().join("d/.f.txt.xfer-part").exists());
+
+        let mut p = storage.begin(&path).unwrap();
+        p.write(b"two").unwrap();
+        assert_eq!(
+            storage.commit(vec![p]).pop().unwrap().unwrap(),
+            "d/f (1).txt"
+        );
+        assert_eq!(fs::read(root.path().join("d/f.txt")).unwrap(), b"one");
+        assert_eq!(fs::read(root.path().join("d/f (1).txt")).unwrap(), b"two");
+
+        let plan = storage
+            .plan_file(&path, 3, Some(hashing::digest(b"two")))
+            .unwrap();
+        assert_eq!(
+            plan,
+            FilePlan::Skip {
+                existing: "d/f (1).txt".into()
+            }
+        );
+        let plan = storage.plan_file(&path, 3, None).unwrap();
+        assert_eq!(
+            plan,
+            FilePlan::Compare {
+                existing: "d/f.txt".into(),
+                sha256: hashing::digest(b"one")
+            }
+        );
+    }
+
+    #[test]
+    fn a_path_cannot_be_received_twice_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("same.bin").unwrap();
+        let first = storage.begin(&path).unwrap();
+        assert!(storage.begin(&path).is_err());
+        drop(first);
+        assert!(storage.begin(&path).is_ok());
+    }
+}
