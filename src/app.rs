@@ -25,8 +25,9 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
     let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send));
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
+    let signalled = stop_signal()?;
     tokio::spawn(async move {
-        wait_for_stop_signal().await;
+        signalled.await;
         on_signal.cancel();
     });
     let result = crate::sender::send(&config, reporter.clone(), cancel).await;
@@ -53,12 +54,13 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
         }
     })?;
     let local = listener.local_addr()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv));
-    reporter.listening(&local);
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
+    let signalled = stop_signal()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv));
+    reporter.listening(&local);
     tokio::spawn(async move {
-        wait_for_stop_signal().await;
+        signalled.await;
         log::debug!("stop requested; finishing");
         on_signal.cancel();
     });
@@ -69,16 +71,17 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-async fn wait_for_stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call,
+/// before anything is announced, so an early signal is never lost to the
+/// default action.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

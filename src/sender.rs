@@ -34,6 +34,9 @@ const CHUNK: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an interrupted sender waits for a blocked write before closing.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+/// Offers kept on the wire ahead of the bodies being sent, so plans come
+/// back while earlier bodies flow instead of costing a round trip each.
+const OFFERS_AHEAD: usize = 3;
 
 /// Where to send: a host name or IP literal, and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +100,9 @@ pub async fn send(
     }
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (plan_tx, plan_rx) = mpsc::channel(4);
+    // At most OFFERS_AHEAD plans can be outstanding, so this channel never
+    // fills and the reply reader never stops draining verdicts.
+    let (plan_tx, plan_rx) = mpsc::channel(OFFERS_AHEAD + 1);
     let replies = tokio::spawn(read_replies(
         reader,
         plan_tx,
@@ -288,7 +293,7 @@ impl Session {
         let mut offered = VecDeque::new();
         let mut exhausted = false;
         loop {
-            while !exhausted && offered.len() < 2 {
+            while !exhausted && offered.len() < OFFERS_AHEAD {
                 match batches.recv().await {
                     Some(batch) => {
                         self.offer(&batch).await?;

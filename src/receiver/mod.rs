@@ -5,6 +5,7 @@ mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
         let tracker = TaskTracker::new();
         let mut report = ServeReport::default();
+        let failed = Arc::new(AtomicU64::new(0));
         let mut next_session = 1u64;
         loop {
             let permit = tokio::select! {
@@ -102,16 +104,18 @@ impl Server {
             };
             next_session += 1;
             report.sessions += 1;
+            let failed = Arc::clone(&failed);
             let task = tracker.spawn(async move {
                 let _permit = permit;
-                session::serve_one(stream, peer, context).await
+                if !session::serve_one(stream, peer, context).await {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
             });
             if self.config.once {
-                let ok = tokio::select! {
-                    ended = task => ended.unwrap_or(false),
-                    _ = shutdown.cancelled() => false,
-                };
-                report.failed_sessions += u64::from(!ok);
+                tokio::select! {
+                    _ = task => {}
+                    _ = shutdown.cancelled() => {}
+                }
                 break;
             }
         }
@@ -124,6 +128,11 @@ impl Server {
                 "some sessions did not stop within {} s",
                 SHUTDOWN_GRACE.as_secs()
             );
+        }
+        report.failed_sessions = failed.load(Ordering::Relaxed);
+        // --once promises success only for a session whose files all verified.
+        if self.config.once && report.sessions == 0 {
+            report.failed_sessions = 1;
         }
         Ok(report)
     }

@@ -29,7 +29,7 @@ use crate::storage::{FilePlan, Metadata, Partial, Storage};
 /// Body bytes handed to the sink at a time.
 const BODY_CHUNK: usize = 1024 * 1024;
 /// Offered-but-unfinished entries a sender may have outstanding.
-const MAX_OUTSTANDING: usize = 4 * MAX_BATCH_ENTRIES;
+const MAX_OUTSTANDING: usize = 8 * MAX_BATCH_ENTRIES;
 /// Verified files committed together, at most.
 const GROUP_FILES: usize = 256;
 /// Verified bytes committed together, at most.

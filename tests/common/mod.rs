@@ -1,0 +1,349 @@
+//! The test harness shared by every integration test.
+//!
+//! - [`Receiver::start`] runs a real receiver in-process on `127.0.0.1:0` (or
+//!   `[::1]:0`) and stops it on drop.
+//! - [`send`] runs a real sender in-process against it, under [`TIMEOUT`].
+//! - [`Events`] records what either side reported.
+//! - [`write_random`], [`tree_listing`] and [`assert_same_tree`] make and
+//!   compare test data; big inputs are generated here, never committed.
+//! - [`XferProcess`] runs the built binary and kills it on drop, for tests
+//!   where the command line itself is the subject.
+//!
+//! Every await sits under a timeout and every process is bounded and killed.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use xfer::events::{Event, FileReport, Observer, Summary};
+use xfer::receiver::{RecvConfig, ServeReport, Server};
+use xfer::sender::{Destination, SendConfig};
+
+/// Upper bound for any single step of a test.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `fut` or fails the test after [`TIMEOUT`].
+pub async fn within<F: Future>(fut: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .expect("test step timed out")
+}
+
+/// Records every event.
+#[derive(Default)]
+pub struct Events(Mutex<Vec<Event>>);
+
+impl Observer for Events {
+    fn event(&self, event: Event) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Events {
+    /// Reports of files that ended well, in order.
+    pub fn done(&self) -> Vec<FileReport> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::FileDone { report, .. } => Some(report.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (path, reason) of files that failed.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::FileFailed { path, reason, .. } => Some((path.clone(), reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Errors of sessions that ended badly (receiver side).
+    pub fn session_errors(&self) -> Vec<String> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SessionEnded { error: Some(e), .. } => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The report for the file sent as `path`.
+    pub fn report(&self, path: &str) -> FileReport {
+        self.done()
+            .into_iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("no report for {path}"))
+    }
+}
+
+/// An in-process receiver serving a temporary directory.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub events: Arc<Events>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<ServeReport>>>,
+}
+
+/// Receiver settings tests vary.
+#[derive(Clone)]
+pub struct RecvOptions {
+    pub listen: SocketAddr,
+    pub overwrite: bool,
+    pub once: bool,
+}
+
+impl Default for RecvOptions {
+    fn default() -> Self {
+        RecvOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            overwrite: false,
+            once: false,
+        }
+    }
+}
+
+impl Receiver {
+    pub async fn start(dir: &Path) -> Receiver {
+        Receiver::start_with(dir, RecvOptions::default()).await
+    }
+
+    pub async fn start_with(dir: &Path, options: RecvOptions) -> Receiver {
+        let config = RecvConfig {
+            dir: dir.to_path_buf(),
+            listen: options.listen,
+            once: options.once,
+            overwrite: options.overwrite,
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(10),
+        };
+        let listener = TcpListener::bind(options.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Events::default());
+        let shutdown = CancellationToken::new();
+        let server = Server::new(config).unwrap();
+        let task = tokio::spawn(server.serve(listener, events.clone(), shutdown.clone()));
+        Receiver {
+            addr,
+            dir: dir.to_path_buf(),
+            events,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and returns how it went.
+    pub async fn stop(mut self) -> ServeReport {
+        self.shutdown.cancel();
+        let task = self.task.take().unwrap();
+        within(task).await.unwrap().unwrap()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Sends `paths` to `addr` in-process; returns the result and the sender's events.
+pub async fn send(paths: &[&Path], addr: SocketAddr) -> (anyhow::Result<Summary>, Arc<Events>) {
+    let config = SendConfig {
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        destination: Destination {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        idle_timeout: Duration::from_secs(10),
+    };
+    let events = Arc::new(Events::default());
+    let result = within(xfer::sender::send(
+        &config,
+        events.clone(),
+        CancellationToken::new(),
+    ))
+    .await;
+    (result, events)
+}
+
+/// Writes `len` deterministic pseudo-random bytes (seeded) to `path`.
+pub fn write_random(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Every entry under `root` (relative path → "dir" or file bytes' length and
+/// content digest), hidden partial files included so leftovers show up.
+pub fn tree_listing(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(root, &path, out);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(
+                    rel,
+                    format!(
+                        "{} bytes {}",
+                        bytes.len(),
+                        xfer::hashing::to_hex(&xfer::hashing::digest(&bytes))
+                    ),
+                );
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// `a` and `b` hold the same names with the same bytes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    assert_eq!(
+        tree_listing(a),
+        tree_listing(b),
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+/// Permission bits and mtime (seconds, nanoseconds) of `path`.
+pub fn mode_and_mtime(path: &Path) -> (u32, i64, i64) {
+    let meta = std::fs::metadata(path).unwrap();
+    (
+        meta.permissions().mode() & 0o7777,
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+/// The built `xfer` binary, killed when dropped.
+pub struct XferProcess {
+    pub child: Child,
+    lines: Option<mpsc::Receiver<String>>,
+}
+
+/// A `Command` for the built binary.
+pub fn xfer_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xfer"))
+}
+
+impl XferProcess {
+    /// Starts `xfer ARGS` with stdout piped for [`XferProcess::next_line`].
+    pub fn spawn(args: &[&str]) -> XferProcess {
+        let mut child = xfer_command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        XferProcess {
+            child,
+            lines: Some(rx),
+        }
+    }
+
+    /// The next stdout line, or `None` if none comes within [`TIMEOUT`].
+    pub fn next_line(&mut self) -> Option<String> {
+        self.lines.as_ref()?.recv_timeout(TIMEOUT).ok()
+    }
+
+    /// Starts `xfer recv ARGS` and returns it with the address it printed.
+    pub fn recv(args: &[&str]) -> (XferProcess, SocketAddr) {
+        let mut all = vec!["recv", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut process = XferProcess::spawn(&all);
+        let line = process.next_line().expect("no 'listening on' line");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        (process, addr.parse().unwrap())
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for exit up to `limit`; returns the exit status and stderr.
+    pub fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    std::io::Read::read_to_string(&mut e, &mut stderr).unwrap();
+                }
+                return (status, stderr);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for XferProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
