@@ -252,8 +252,9 @@ fn describe(s: &Summary) -> String {
     } else {
         format!("{} failed", s.failed)
     };
+    let noun = if s.files == 1 { "file" } else { "files" };
     format!(
-        "{} files{skipped}, {} in {:.2} s ({}/s), {verdict}",
+        "{} {noun}{skipped}, {} in {:.2} s ({}/s), {verdict}",
         s.files,
         indicatif::HumanBytes(s.bytes),
         s.secs,
