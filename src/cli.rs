@@ -57,9 +57,13 @@ pub struct SendArgs {
     #[arg(value_name = "ADDR")]
     pub addr: String,
 
-    /// Give up when the receiver sends nothing for this many seconds.
+    /// Give up when the connection makes no progress for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub idle_timeout: u64,
+
+    /// Neither read nor update the digest cache (~/.cache/xfer/digests.jsonl).
+    #[arg(long)]
+    pub no_cache: bool,
 
     #[command(flatten)]
     pub output: OutputArgs,
@@ -92,6 +96,14 @@ pub struct RecvArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub idle_timeout: u64,
 
+    /// Remove partial files of interrupted transfers older than this at start.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub keep_partials_days: u64,
+
+    /// Remove every partial file of interrupted transfers in DIR at start.
+    #[arg(long)]
+    pub clean_partials: bool,
+
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -121,6 +133,11 @@ impl SendArgs {
             paths: self.paths.clone(),
             destination: parse_destination(&self.addr)?,
             idle_timeout: idle(self.idle_timeout)?,
+            digest_cache: if self.no_cache {
+                None
+            } else {
+                crate::digest_cache::default_location()
+            },
         })
     }
 }
@@ -138,6 +155,11 @@ impl RecvArgs {
             overwrite: self.overwrite,
             max_connections: self.max_connections,
             idle_timeout: idle(self.idle_timeout)?,
+            keep_partials: if self.clean_partials {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(self.keep_partials_days.saturating_mul(24 * 3600))
+            },
         })
     }
 }

@@ -17,6 +17,8 @@ pub struct FileReport {
     pub skipped: bool,
     /// The offer carried the digest ahead of the body.
     pub digest_in_header: bool,
+    /// Bytes kept from an earlier, interrupted transfer (0 if none).
+    pub resumed_from: u64,
 }
 
 /// Totals for one session, for summaries.

@@ -8,7 +8,8 @@
 //! - [`cli`]: command-line types and their validation into configurations.
 //! - [`app`]: runs a command: configuration, signals and output wired up.
 //! - [`protocol`]: wire messages, the bincode codec, framed connections.
-//! - [`sender`]: one sending session; [`source`]: walking and reading local files.
+//! - [`sender`]: one sending session; [`source`]: walking and reading local
+//!   files; [`digest_cache`]: digests of files sent before.
 //! - [`receiver`]: the accept loop and one session per sender.
 //! - [`storage`]: everything that touches the receiving directory.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
@@ -18,6 +19,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod digest_cache;
 pub mod error;
 pub mod events;
 pub mod hashing;

@@ -13,6 +13,8 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// Suffix of the hidden partial files the receiver writes; names that look
 /// like one are refused so a peer cannot collide with another file's partial.
 pub const PARTIAL_SUFFIX: &str = ".xfer-part";
+/// Suffix of the resume record kept beside each partial; reserved likewise.
+pub const SIDECAR_SUFFIX: &str = ".xfer-meta";
 
 /// A relative, `/`-separated path that is safe to join under DIR.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -70,7 +72,9 @@ impl WirePath {
                 "" => return Err(PathError::EmptyComponent),
                 "." | ".." => return Err(PathError::DotComponent),
                 c if c.len() > MAX_COMPONENT_LEN => return Err(PathError::ComponentTooLong),
-                c if c.starts_with('.') && c.ends_with(PARTIAL_SUFFIX) => {
+                c if c.starts_with('.')
+                    && (c.ends_with(PARTIAL_SUFFIX) || c.ends_with(SIDECAR_SUFFIX)) =>
+                {
                     return Err(PathError::Reserved)
                 }
                 _ => {}
@@ -162,6 +166,7 @@ mod tests {
             (&long_path, PathError::TooLong),
             (".secret.xfer-part", PathError::Reserved),
             ("d/.x.xfer-part", PathError::Reserved),
+            (".x.xfer-meta", PathError::Reserved),
         ];
         for (raw, want) in table {
             assert_eq!(WirePath::parse(raw).as_ref(), Err(want), "{raw:?}");

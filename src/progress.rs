@@ -164,6 +164,7 @@ impl Observer for Reporter {
                                 "event": "received", "path": report.stored_as, "size": report.size,
                                 "sha256": sha256, "skipped": report.skipped, "peer": peer,
                                 "sent_as": report.path, "digest_in_header": report.digest_in_header,
+                                "resumed_from": report.resumed_from,
                             }));
                         }
                         let verb = if report.skipped {
@@ -183,6 +184,7 @@ impl Observer for Reporter {
                                 "event": "sent", "path": report.path, "stored_as": report.stored_as,
                                 "size": report.size, "sha256": sha256, "skipped": report.skipped,
                                 "digest_in_header": report.digest_in_header,
+                                "resumed_from": report.resumed_from,
                             }));
                         }
                     }

@@ -1,10 +1,11 @@
 //! One sending session: walk, connect, offer batches, stream bodies, collect
 //! verdicts. No terminal code: progress leaves as [`Event`]s.
 //!
-//! Two tasks share the connection. This one writes: it keeps one offer ahead
-//! of the bodies it is sending, so the receiver's plan for the next batch is
-//! on its way back while the current bodies flow. The reply reader collects
-//! plans and verdicts concurrently, so verdicts never back up behind bodies.
+//! Two tasks share the connection. This one writes: it keeps offers ahead of
+//! the bodies it is sending, so the receiver's plans are on their way back
+//! while bodies flow. The reply reader collects plans and verdicts
+//! concurrently, so verdicts never back up behind bodies. A file the receiver
+//! reports damaged on the way is sent once more, from scratch, before `Done`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -16,9 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::digest_cache::DigestCache;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, FileReport, Observer, Summary};
 use crate::hashing::{self, Hasher};
@@ -26,7 +28,7 @@ use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
     Plan,
 };
-use crate::source::{self, Batch, Prepared};
+use crate::source::{self, Batch, LocalEntry, Prepared, BATCH_MAX_ENTRIES};
 
 /// Body bytes per read from a large file.
 const CHUNK: usize = 256 * 1024;
@@ -60,8 +62,10 @@ impl fmt::Display for Destination {
 pub struct SendConfig {
     pub paths: Vec<std::path::PathBuf>,
     pub destination: Destination,
-    /// Longest wait for any byte from the receiver.
+    /// Longest wait for any progress in either direction.
     pub idle_timeout: Duration,
+    /// Where the digest cache lives; `None` disables it.
+    pub digest_cache: Option<std::path::PathBuf>,
 }
 
 /// Sends every path to the receiver. `Ok` only if each file was verified
@@ -81,6 +85,20 @@ pub async fn send(
         files,
         bytes,
     });
+    let cache = config
+        .digest_cache
+        .as_deref()
+        .and_then(|path| match DigestCache::open(path) {
+            Ok(cache) => Some(Arc::new(cache)),
+            Err(e) => {
+                log::warn!(
+                    "digest cache '{}' unusable ({}); continuing without it",
+                    path.display(),
+                    describe_io(&e)
+                );
+                None
+            }
+        });
 
     let stream = tokio::select! {
         s = connect(&config.destination) => s?,
@@ -93,13 +111,15 @@ pub async fn send(
     });
     let (read_half, write_half) = stream.into_split();
     let mut reader = FrameReader::new(read_half, Arc::clone(&peer), config.idle_timeout);
-    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer));
+    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), config.idle_timeout);
+    reader.watch(&writer);
     tokio::select! {
         r = handshake(&mut reader, &mut writer) => { r?; }
         _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
     }
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let settled = Arc::new(Notify::new());
     // At most OFFERS_AHEAD plans can be outstanding, so this channel never
     // fills and the reply reader never stops draining verdicts.
     let (plan_tx, plan_rx) = mpsc::channel(OFFERS_AHEAD + 1);
@@ -108,18 +128,25 @@ pub async fn send(
         plan_tx,
         Arc::clone(&ledger),
         Arc::clone(&observer),
+        Arc::clone(&settled),
     ));
     let (batch_tx, batch_rx) = mpsc::channel(2);
-    tokio::task::spawn_blocking(move || source::prepare_batches(entries, batch_tx));
+    let prep_cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        source::prepare_batches(entries, prep_cache.as_deref(), batch_tx)
+    });
 
     let mut session = Session {
         writer,
         plans: plan_rx,
         ledger: Arc::clone(&ledger),
+        settled,
         observer,
+        cache,
         cancel: cancel.clone(),
         peer: Arc::clone(&peer),
         mid_body: false,
+        next_id: 0,
     };
     let written = tokio::select! {
         r = session.run(batch_rx) => r,
@@ -193,13 +220,19 @@ struct Ledger {
     awaiting: HashMap<u64, Pending>,
     summary: Summary,
     first_failure: Option<String>,
+    /// Files damaged on the way, to be sent once more.
+    retries: Vec<LocalEntry>,
+    /// The reply reader has stopped; no more verdicts will come.
+    closed: bool,
 }
 
 struct Pending {
-    path: String,
-    size: u64,
+    entry: LocalEntry,
     sha256: Option<Digest>,
     digest_in_header: bool,
+    resumed_from: u64,
+    /// This is already the second attempt.
+    retried: bool,
 }
 
 impl Ledger {
@@ -216,12 +249,30 @@ impl Ledger {
     }
 }
 
-/// Reads plans, verdicts and the final word from the receiver.
+/// Reads plans, verdicts and the final word from the receiver; wakes the
+/// writer whenever a verdict lands and when it stops.
 async fn read_replies(
     mut reader: FrameReader<OwnedReadHalf>,
     plans: mpsc::Sender<Plan>,
     ledger: Arc<Mutex<Ledger>>,
     observer: Arc<dyn Observer>,
+    settled: Arc<Notify>,
+) -> Result<(), Error> {
+    let result =
+        read_replies_until_bye(&mut reader, &plans, &ledger, observer.as_ref(), &settled).await;
+    if let Ok(mut ledger) = ledger.lock() {
+        ledger.closed = true;
+    }
+    settled.notify_one();
+    result
+}
+
+async fn read_replies_until_bye(
+    reader: &mut FrameReader<OwnedReadHalf>,
+    plans: &mpsc::Sender<Plan>,
+    ledger: &Mutex<Ledger>,
+    observer: &dyn Observer,
+    settled: &Notify,
 ) -> Result<(), Error> {
     let peer = reader.peer().to_owned();
     let protocol = |detail: String| Error::Protocol {
@@ -244,8 +295,21 @@ async fn read_replies(
                 let (stored_as, sha256, skipped) = match verdict.outcome {
                     Outcome::Stored { path, sha256 } => (path, sha256, false),
                     Outcome::Skipped { path } => (path, pending.sha256.unwrap_or_default(), true),
-                    Outcome::Failed { reason } => {
-                        ledger.fail(observer.as_ref(), &pending.path, reason);
+                    Outcome::Failed {
+                        reason,
+                        retry: true,
+                    } if !pending.retried => {
+                        log::warn!(
+                            "'{}' failed verification ({reason}); sending it again from scratch",
+                            pending.entry.wire_path
+                        );
+                        ledger.retries.push(pending.entry);
+                        settled.notify_one();
+                        continue;
+                    }
+                    Outcome::Failed { reason, .. } => {
+                        ledger.fail(observer, &pending.entry.wire_path, reason);
+                        settled.notify_one();
                         continue;
                     }
                 };
@@ -255,14 +319,16 @@ async fn read_replies(
                     session: 0,
                     peer: peer.clone(),
                     report: FileReport {
-                        path: pending.path,
+                        path: pending.entry.wire_path,
                         stored_as,
-                        size: pending.size,
+                        size: pending.entry.size,
                         sha256,
                         skipped,
                         digest_in_header: pending.digest_in_header,
+                        resumed_from: pending.resumed_from,
                     },
                 });
+                settled.notify_one();
             }
             Message::Bye { .. } => return Ok(()),
             Message::Abort { reason } => return Err(Error::PeerAborted { peer, reason }),
@@ -281,11 +347,16 @@ struct Session {
     writer: FrameWriter<OwnedWriteHalf>,
     plans: mpsc::Receiver<Plan>,
     ledger: Arc<Mutex<Ledger>>,
+    /// Signalled by the reply reader when a verdict lands or it stops.
+    settled: Arc<Notify>,
     observer: Arc<dyn Observer>,
+    cache: Option<Arc<DigestCache>>,
     cancel: CancellationToken,
     peer: Arc<str>,
     /// Raw body bytes are owed: no frame (not even Abort) may be written.
     mid_body: bool,
+    /// The id the next offer starts at.
+    next_id: u64,
 }
 
 impl Session {
@@ -306,14 +377,72 @@ impl Session {
                 break;
             };
             self.writer.flush().await?;
-            let plan = tokio::select! {
-                plan = self.plans.recv() => plan.ok_or_else(|| self.lost("the receiver stopped answering"))?,
-                _ = self.cancel.cancelled() => return Err(Error::Interrupted),
-            };
+            let plan = self.next_plan().await?;
             self.execute(batch, plan).await?;
+        }
+        // Every first attempt is out: once their verdicts are in, send the
+        // files that arrived damaged again, once, from scratch.
+        self.settle().await?;
+        let retries = std::mem::take(
+            &mut self
+                .ledger
+                .lock()
+                .map_err(|_| self.lost("lock poisoned"))?
+                .retries,
+        );
+        if !retries.is_empty() {
+            let mut retries = retries.into_iter().peekable();
+            while retries.peek().is_some() {
+                let items: Vec<Prepared> = retries
+                    .by_ref()
+                    .take(BATCH_MAX_ENTRIES)
+                    .map(|entry| Prepared {
+                        entry,
+                        sha256: None,
+                        content: None,
+                    })
+                    .collect();
+                let batch = Batch {
+                    first_id: self.next_id,
+                    items,
+                    retry: true,
+                };
+                self.offer(&batch).await?;
+                self.writer.flush().await?;
+                let plan = self.next_plan().await?;
+                self.execute(batch, plan).await?;
+            }
+            self.settle().await?;
         }
         self.writer.send(&Message::Done).await?;
         self.writer.flush().await
+    }
+
+    async fn next_plan(&mut self) -> Result<Plan, Error> {
+        tokio::select! {
+            plan = self.plans.recv() => plan.ok_or_else(|| self.lost("the receiver stopped answering")),
+            _ = self.cancel.cancelled() => Err(Error::Interrupted),
+        }
+    }
+
+    /// Waits until every file sent so far has its verdict.
+    async fn settle(&mut self) -> Result<(), Error> {
+        self.writer.flush().await?;
+        loop {
+            {
+                let ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+                if ledger.awaiting.is_empty() {
+                    return Ok(());
+                }
+                if ledger.closed {
+                    return Err(self.lost("the connection closed before every verdict arrived"));
+                }
+            }
+            tokio::select! {
+                _ = self.settled.notified() => {}
+                _ = self.cancel.cancelled() => return Err(Error::Interrupted),
+            }
+        }
     }
 
     fn lost(&self, detail: &str) -> Error {
@@ -338,16 +467,18 @@ impl Session {
         replies: tokio::task::JoinHandle<Result<(), Error>>,
     ) -> Error {
         if matches!(error, Error::Interrupted) {
-            if !self.mid_body {
-                let abort = Message::Abort {
-                    reason: "the sender was interrupted".into(),
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    self.writer.send(&abort).await?;
-                    self.writer.shutdown().await
-                })
-                .await;
-            }
+            // Between frames the receiver hears why; mid-body it sees the
+            // connection end and keeps the partial for a resume.
+            let abort = (!self.mid_body).then(|| Message::Abort {
+                reason: "the sender was interrupted".into(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                if let Some(abort) = &abort {
+                    self.writer.send(abort).await?;
+                }
+                self.writer.shutdown().await
+            })
+            .await;
             replies.abort();
             return error;
         }
@@ -372,6 +503,7 @@ impl Session {
                 sha256: p.sha256,
             })
             .collect();
+        self.next_id = batch.first_id + batch.items.len() as u64;
         self.writer
             .send(&Message::Offer(Offer {
                 first_id: batch.first_id,
@@ -384,6 +516,7 @@ impl Session {
         if plan.first_id != batch.first_id || plan.actions.len() != batch.items.len() {
             return Err(self.protocol("the plan does not match the offer".into()));
         }
+        let retry = batch.retry;
         for (id, (item, action)) in
             (batch.first_id..).zip(batch.items.into_iter().zip(plan.actions))
         {
@@ -396,10 +529,10 @@ impl Session {
                     self.local_failure(&item.entry.wire_path, reason)?
                 }
                 (EntryKind::File, Action::Send { offset }) if offset <= item.entry.size => {
-                    self.send_body(id, item, offset).await?
+                    self.send_body(id, item, offset, retry).await?
                 }
                 (EntryKind::File, Action::Compare { sha256 }) => {
-                    self.compare(id, item, sha256).await?
+                    self.compare(id, item, sha256, retry).await?
                 }
                 (EntryKind::File, Action::Skip { path }) => {
                     let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
@@ -415,6 +548,7 @@ impl Session {
                             sha256: item.sha256.unwrap_or_default(),
                             skipped: true,
                             digest_in_header: item.sha256.is_some(),
+                            resumed_from: 0,
                         },
                     });
                 }
@@ -440,40 +574,53 @@ impl Session {
         id: u64,
         item: &Prepared,
         sha256: Option<Digest>,
+        offset: u64,
+        retried: bool,
     ) -> Result<(), Error> {
         let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
         ledger.awaiting.insert(
             id,
             Pending {
-                path: item.entry.wire_path.clone(),
-                size: item.entry.size,
+                entry: item.entry.clone(),
                 sha256,
                 digest_in_header: item.sha256.is_some(),
+                resumed_from: offset,
+                retried,
             },
         );
         Ok(())
     }
 
     /// The receiver holds a same-sized file: send ours only if it differs.
-    async fn compare(&mut self, id: u64, item: Prepared, theirs: Digest) -> Result<(), Error> {
+    async fn compare(
+        &mut self,
+        id: u64,
+        item: Prepared,
+        theirs: Digest,
+        retried: bool,
+    ) -> Result<(), Error> {
         let ours = match item.sha256 {
             Some(d) => Ok(d),
             None => {
                 let local = item.entry.local.clone();
-                tokio::task::spawn_blocking(move || {
+                let hashed = tokio::task::spawn_blocking(move || {
                     File::open(local).and_then(|mut f| hashing::hash_reader(&mut f))
                 })
                 .await
                 .map_err(|e| self.lost(&e.to_string()))?
-                .map(|(d, _)| d)
+                .map(|(d, _)| d);
+                if let (Ok(d), Some(cache)) = (&hashed, &self.cache) {
+                    cache.put(&item.entry, *d);
+                }
+                hashed
             }
         };
         match ours {
             Ok(ours) if ours == theirs => {
-                self.expect_verdict(id, &item, Some(ours))?;
+                self.expect_verdict(id, &item, Some(ours), 0, retried)?;
                 self.writer.send(&Message::Identical { id }).await
             }
-            Ok(_) => self.send_body(id, item, 0).await,
+            Ok(_) => self.send_body(id, item, 0, retried).await,
             Err(e) => self.local_failure(
                 &item.entry.wire_path,
                 format!("cannot read: {}", describe_io(&e)),
@@ -481,7 +628,13 @@ impl Session {
         }
     }
 
-    async fn send_body(&mut self, id: u64, item: Prepared, offset: u64) -> Result<(), Error> {
+    async fn send_body(
+        &mut self,
+        id: u64,
+        item: Prepared,
+        offset: u64,
+        retried: bool,
+    ) -> Result<(), Error> {
         let size = item.entry.size;
         self.observer.event(Event::FileStarted {
             session: 0,
@@ -489,9 +642,10 @@ impl Session {
             size,
         });
         if let (Some(content), Some(sha256)) = (&item.content, item.sha256) {
-            self.expect_verdict(id, &item, None)?;
+            let rest = content.get(offset as usize..).unwrap_or_default();
+            self.expect_verdict(id, &item, None, offset, retried)?;
             self.writer.send(&Message::FileBegin { id, offset }).await?;
-            self.writer.send_raw(&content[offset as usize..]).await?;
+            self.writer.send_raw(rest).await?;
             self.writer
                 .send(&Message::FileEnd {
                     sha256,
@@ -502,8 +656,7 @@ impl Session {
                 session: 0,
                 bytes: size - offset,
             });
-            self.add_bytes(size - offset)?;
-            return Ok(());
+            return self.add_bytes(size - offset);
         }
         let file = match File::open(&item.entry.local) {
             Ok(f) => f,
@@ -514,7 +667,7 @@ impl Session {
                 )
             }
         };
-        self.expect_verdict(id, &item, None)?;
+        self.expect_verdict(id, &item, None, offset, retried)?;
         self.writer.send(&Message::FileBegin { id, offset }).await?;
         self.mid_body = true;
         let (tx, mut rx) = mpsc::channel::<Bytes>(4);
@@ -536,7 +689,12 @@ impl Session {
             (Ok(d), Some(expected)) if d != expected => {
                 (d, Some("the file changed while being sent".to_owned()))
             }
-            (Ok(d), _) => (d, None),
+            (Ok(d), _) => {
+                if let Some(cache) = &self.cache {
+                    cache.put(&item.entry, d);
+                }
+                (d, None)
+            }
             (Err(e), _) => ([0; 32], Some(e)),
         };
         // A short read still owes the declared length; pad it and say why.

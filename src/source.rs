@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::digest_cache::DigestCache;
 use crate::error::Error;
 use crate::hashing;
 use crate::protocol::{Digest, EntryKind};
@@ -35,6 +36,8 @@ pub struct LocalEntry {
     pub mode: u32,
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
+    /// Inode number, part of the digest cache key.
+    pub ino: u64,
 }
 
 impl LocalEntry {
@@ -52,6 +55,7 @@ impl LocalEntry {
             mode: meta.permissions().mode() & 0o7777,
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            ino: meta.ino(),
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct Prepared {
 pub struct Batch {
     pub first_id: u64,
     pub items: Vec<Prepared>,
+    /// Files sent again after their first copy was damaged on the way.
+    pub retry: bool,
 }
 
 /// Walks the command-line paths. A file arrives as its file name, a directory
@@ -88,6 +94,8 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<LocalEntry>, anyhow::Error> {
             ))
         })?;
         let name = top_level_name(path)?;
+        // Absolute, so digest cache keys do not depend on the working directory.
+        let path = &std::path::absolute(path).unwrap_or_else(|_| path.clone());
         if !top_names.insert(name.clone()) {
             return Err(Error::Usage(format!(
                 "two of the paths would both arrive as '{name}'; send them separately"
@@ -178,15 +186,20 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<LocalEntry>) -> Result<(), anyho
     Ok(())
 }
 
-/// Cuts `entries` into batches, reading and hashing small files ahead, and
-/// hands them to the session. Runs on a blocking thread; returns when the
+/// Cuts `entries` into batches, reading and hashing small files ahead (and
+/// taking large files' digests from `cache` when known), and hands them to
+/// the session. Runs on a blocking thread; returns when the
 /// session stops taking batches or all are prepared.
-pub fn prepare_batches(entries: Vec<LocalEntry>, out: mpsc::Sender<Batch>) {
+pub fn prepare_batches(
+    entries: Vec<LocalEntry>,
+    cache: Option<&DigestCache>,
+    out: mpsc::Sender<Batch>,
+) {
     let mut next_id = 0u64;
     let mut items = Vec::new();
     let (mut inline, mut path_bytes) = (0usize, 0usize);
     for entry in entries {
-        let prepared = prepare(entry, inline < BATCH_MAX_INLINE);
+        let prepared = prepare(entry, inline < BATCH_MAX_INLINE, cache);
         inline += prepared.content.as_ref().map_or(0, Bytes::len);
         path_bytes += prepared.entry.wire_path.len();
         items.push(prepared);
@@ -195,6 +208,7 @@ pub fn prepare_batches(entries: Vec<LocalEntry>, out: mpsc::Sender<Batch>) {
             || path_bytes >= BATCH_MAX_PATH_BYTES
         {
             let batch = Batch {
+                retry: false,
                 first_id: next_id,
                 items: std::mem::take(&mut items),
             };
@@ -207,17 +221,22 @@ pub fn prepare_batches(entries: Vec<LocalEntry>, out: mpsc::Sender<Batch>) {
     }
     if !items.is_empty() {
         let _ = out.blocking_send(Batch {
+            retry: false,
             first_id: next_id,
             items,
         });
     }
 }
 
-fn prepare(mut entry: LocalEntry, may_inline: bool) -> Prepared {
+fn prepare(mut entry: LocalEntry, may_inline: bool, cache: Option<&DigestCache>) -> Prepared {
     if entry.kind == EntryKind::Dir || entry.size > HASH_AHEAD_MAX || !may_inline {
+        let sha256 = match entry.kind {
+            EntryKind::File => cache.and_then(|c| c.get(&entry)),
+            EntryKind::Dir => None,
+        };
         return Prepared {
             entry,
-            sha256: None,
+            sha256,
             content: None,
         };
     }
@@ -294,7 +313,7 @@ mod tests {
         fs::write(&small, b"tiny").unwrap();
         fs::write(&large, vec![7u8; HASH_AHEAD_MAX as usize + 1]).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        prepare_batches(collect(&[small, large]).unwrap(), tx);
+        prepare_batches(collect(&[small, large]).unwrap(), None, tx);
         let batch = rx.try_recv().unwrap();
         assert_eq!(batch.items[0].sha256, Some(hashing::digest(b"tiny")));
         assert_eq!(batch.items[0].content.as_deref(), Some(&b"tiny"[..]));

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::hashing;
-use crate::paths::{WirePath, MAX_COMPONENT_LEN, PARTIAL_SUFFIX};
+use crate::paths::{WirePath, MAX_COMPONENT_LEN, PARTIAL_SUFFIX, SIDECAR_SUFFIX};
 use crate::protocol::Digest;
 
 /// How many `name (n).ext` candidates are tried before giving up.
@@ -67,11 +67,40 @@ impl Metadata {
     }
 }
 
+/// What a partial file belongs to, kept in its sidecar so a later session
+/// can resume it. Stored as one JSON object (see docs/PROTOCOL.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeRecord {
+    pub path: String,
+    pub size: u64,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+    /// The sender's digest, when its offer carried one.
+    pub sha256: Option<String>,
+    /// Bytes known to be on disk (synced) at the last checkpoint.
+    pub durable: u64,
+}
+
+impl ResumeRecord {
+    /// Whether an offer describes the same file as this partial: same path
+    /// and size, and the same digest when both are known, else the same mtime.
+    pub fn matches(&self, other: &ResumeRecord) -> bool {
+        let same_content = match (&self.sha256, &other.sha256) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.mtime_secs == other.mtime_secs && self.mtime_nanos == other.mtime_nanos,
+        };
+        self.path == other.path && self.size == other.size && same_content
+    }
+}
+
 /// A hidden file being received. Dropping it leaves the bytes on disk (a later
 /// session may resume from them); [`Partial::discard`] removes them.
 pub struct Partial {
     file: File,
     partial_path: PathBuf,
+    sidecar_path: PathBuf,
+    record: ResumeRecord,
+    written: u64,
     wire: WirePath,
     active: Arc<Mutex<HashSet<PathBuf>>>,
 }
@@ -86,7 +115,27 @@ impl Drop for Partial {
 
 impl Partial {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes in the file so far, resumed prefix included.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes recorded as durable at the last checkpoint.
+    pub fn durable(&self) -> u64 {
+        self.record.durable
+    }
+
+    /// Syncs what was written and records it as durable in the sidecar, so
+    /// a crash after this point resumes from here.
+    pub fn checkpoint(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.record.durable = self.written;
+        write_sidecar(&self.sidecar_path, &self.record)
     }
 
     /// Gives the file its final permissions and mtime (before the sync).
@@ -96,15 +145,40 @@ impl Partial {
         self.file.set_permissions(meta.permissions())
     }
 
-    /// Removes the partial file.
+    /// Removes the partial file and its sidecar.
     pub fn discard(self) {
         let _ = fs::remove_file(&self.partial_path);
+        let _ = fs::remove_file(&self.sidecar_path);
     }
 
     /// The wire path this partial will be stored under.
     pub fn wire_path(&self) -> &WirePath {
         &self.wire
     }
+}
+
+fn write_sidecar(path: &Path, record: &ResumeRecord) -> io::Result<()> {
+    let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(&json)
+}
+
+fn read_sidecar(path: &Path) -> Option<ResumeRecord> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    // A sidecar is a few hundred bytes; anything bigger is not ours.
+    let mut json = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, 64 * 1024), &mut json).ok()?;
+    serde_json::from_slice(&json).ok()
 }
 
 impl Storage {
@@ -235,11 +309,48 @@ impl Storage {
         Ok(FilePlan::Receive)
     }
 
-    /// Creates (truncating) the hidden partial for `path`, creating parent
-    /// directories. Fails if another session is receiving the same path.
-    pub fn begin(&self, path: &WirePath) -> io::Result<Partial> {
+    /// How many bytes of an earlier partial of this file can be kept:
+    /// `Some(n)` when a partial and its sidecar match `offer` (the durable
+    /// prefix, at most the file's length); otherwise a stale partial of the
+    /// same name is removed and the answer is `None`.
+    pub fn resumable(&self, path: &WirePath, offer: &ResumeRecord) -> Option<u64> {
+        let dir = self.dir_of(path);
+        let partial_path = dir.join(hidden_name(path.file_name(), PARTIAL_SUFFIX));
+        let sidecar_path = dir.join(hidden_name(path.file_name(), SIDECAR_SUFFIX));
+        if self.active.lock().ok()?.contains(&partial_path) {
+            return None;
+        }
+        let on_disk = fs::symlink_metadata(&partial_path)
+            .ok()
+            .filter(|m| m.is_file());
+        let record = read_sidecar(&sidecar_path);
+        match (on_disk, record) {
+            (Some(meta), Some(record)) if record.matches(offer) => {
+                Some(record.durable.min(meta.len()).min(offer.size))
+            }
+            (None, None) => None,
+            _ => {
+                let _ = fs::remove_file(&partial_path);
+                let _ = fs::remove_file(&sidecar_path);
+                None
+            }
+        }
+    }
+
+    /// Opens the hidden partial for `path`, creating parent directories.
+    /// With `offset` 0 it starts empty; otherwise the first `offset` bytes of
+    /// the existing partial are kept and fed to `hasher`, so the final digest
+    /// covers the whole file. Fails if another session is receiving the path.
+    pub fn begin(
+        &self,
+        path: &WirePath,
+        mut record: ResumeRecord,
+        offset: u64,
+        hasher: &mut hashing::Hasher,
+    ) -> io::Result<Partial> {
         let dir = self.make_dirs(path.parent())?;
-        let partial_path = dir.join(partial_name(path.file_name()));
+        let partial_path = dir.join(hidden_name(path.file_name(), PARTIAL_SUFFIX));
+        let sidecar_path = dir.join(hidden_name(path.file_name(), SIDECAR_SUFFIX));
         if !self
             .active
             .lock()
@@ -250,27 +361,109 @@ impl Storage {
                 "the same path is being received from another sender right now",
             ));
         }
+        record.durable = offset;
         let opened = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(offset == 0)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&partial_path);
-        match opened {
-            Ok(file) => Ok(Partial {
-                file,
-                partial_path,
-                wire: path.clone(),
-                active: Arc::clone(&self.active),
-            }),
+        let file = match opened {
+            Ok(file) => file,
             Err(e) => {
                 if let Ok(mut active) = self.active.lock() {
                     active.remove(&partial_path);
                 }
-                Err(e)
+                return Err(e);
+            }
+        };
+        // From here on, dropping `partial` releases the path.
+        let mut partial = Partial {
+            file,
+            partial_path,
+            sidecar_path,
+            record,
+            written: offset,
+            wire: path.clone(),
+            active: Arc::clone(&self.active),
+        };
+        if offset > 0 {
+            let mut prefix = io::Read::take(&mut partial.file, offset);
+            let mut buf = vec![0u8; hashing::HASH_BUF];
+            let mut read = 0u64;
+            loop {
+                let n = io::Read::read(&mut prefix, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                read += n as u64;
+            }
+            if read != offset {
+                return Err(io::Error::other(
+                    "the partial file is shorter than its record",
+                ));
+            }
+            partial.file.set_len(offset)?;
+            io::Seek::seek(&mut partial.file, io::SeekFrom::Start(offset))?;
+        }
+        write_sidecar(&partial.sidecar_path, &partial.record)?;
+        Ok(partial)
+    }
+
+    /// Removes partial files and their sidecars under DIR: all of them, or
+    /// those untouched for longer than `older_than`. Returns how many.
+    pub fn clean_partials(&self, older_than: Option<Duration>) -> io::Result<u64> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if kind.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                let ours = name.starts_with('.')
+                    && (name.ends_with(PARTIAL_SUFFIX) || name.ends_with(SIDECAR_SUFFIX));
+                if !ours || !kind.is_file() {
+                    continue;
+                }
+                let age = entry
+                    .metadata()?
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok());
+                let stale = match older_than {
+                    None => true,
+                    Some(limit) => age.is_some_and(|a| a > limit),
+                };
+                if stale
+                    && !self
+                        .active
+                        .lock()
+                        .map(|a| a.contains(&entry.path()))
+                        .unwrap_or(true)
+                {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
             }
         }
+        Ok(removed)
+    }
+
+    fn dir_of(&self, path: &WirePath) -> PathBuf {
+        let mut dir = self.root.clone();
+        if let Some(parent) = path.parent() {
+            dir.extend(parent.split('/'));
+        }
+        dir
     }
 
     /// Makes a group of verified partials durable and visible: one filesystem
@@ -317,6 +510,7 @@ impl Storage {
         if self.overwrite {
             let target = dir.join(name);
             fs::rename(&partial.partial_path, &target)?;
+            let _ = fs::remove_file(&partial.sidecar_path);
             return Ok(self.relative(&target));
         }
         for n in 0..=MAX_CONFLICT_SUFFIX {
@@ -324,6 +518,7 @@ impl Storage {
             match fs::hard_link(&partial.partial_path, &target) {
                 Ok(()) => {
                     fs::remove_file(&partial.partial_path)?;
+                    let _ = fs::remove_file(&partial.sidecar_path);
                     return Ok(self.relative(&target));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -333,6 +528,7 @@ impl Storage {
                         Ok(_) => continue,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
                             fs::rename(&partial.partial_path, &target)?;
+                            let _ = fs::remove_file(&partial.sidecar_path);
                             return Ok(self.relative(&target));
                         }
                         Err(e) => return Err(e),
@@ -374,20 +570,20 @@ pub fn conflict_name(name: &str, n: u32) -> String {
     }
 }
 
-/// `.NAME.xfer-part`, shortened with a digest of the name when that would
+/// `.NAME` + `suffix`, shortened with a digest of the name when that would
 /// exceed the filesystem's name limit.
-pub fn partial_name(name: &str) -> String {
-    let plain = format!(".{name}{PARTIAL_SUFFIX}");
+pub fn hidden_name(name: &str, suffix: &str) -> String {
+    let plain = format!(".{name}{suffix}");
     if plain.len() <= MAX_COMPONENT_LEN {
         return plain;
     }
     let tag = &hashing::to_hex(&hashing::digest(name.as_bytes()))[..16];
-    let room = MAX_COMPONENT_LEN - 1 - PARTIAL_SUFFIX.len() - 1 - tag.len();
+    let room = MAX_COMPONENT_LEN - 1 - suffix.len() - 1 - tag.len();
     let mut cut = room;
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!(".{}~{tag}{PARTIAL_SUFFIX}", &name[..cut])
+    format!(".{}~{tag}{suffix}", &name[..cut])
 }
 
 #[cfg(test)]
@@ -403,14 +599,37 @@ mod tests {
         assert_eq!(conflict_name("README", 3), "README (3)");
     }
 
+    fn record(path: &str, size: u64, mtime: i64) -> ResumeRecord {
+        ResumeRecord {
+            path: path.into(),
+            size,
+            mtime_secs: mtime,
+            mtime_nanos: 0,
+            sha256: None,
+            durable: 0,
+        }
+    }
+
+    fn begin(storage: &Storage, path: &WirePath, size: u64) -> Partial {
+        storage
+            .begin(
+                path,
+                record(path.as_str(), size, 1),
+                0,
+                &mut hashing::Hasher::new(),
+            )
+            .unwrap()
+    }
+
     #[test]
-    fn partial_names_are_hidden_and_bounded() {
-        assert_eq!(partial_name("a.bin"), ".a.bin.xfer-part");
+    fn hidden_names_are_hidden_and_bounded() {
+        assert_eq!(hidden_name("a.bin", PARTIAL_SUFFIX), ".a.bin.xfer-part");
+        assert_eq!(hidden_name("a.bin", SIDECAR_SUFFIX), ".a.bin.xfer-meta");
         let long = "é".repeat(127); // 254 bytes
-        let p = partial_name(&long);
+        let p = hidden_name(&long, PARTIAL_SUFFIX);
         assert!(p.len() <= MAX_COMPONENT_LEN, "{}", p.len());
         assert!(p.starts_with('.') && p.ends_with(PARTIAL_SUFFIX));
-        assert_ne!(partial_name(&long), partial_name(&"é".repeat(126)));
+        assert_ne!(p, hidden_name(&"é".repeat(126), PARTIAL_SUFFIX));
     }
 
     #[test]
@@ -419,8 +638,14 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
         let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("link/x.bin").unwrap();
         let err = storage
-            .begin(&WirePath::parse("link/x.bin").unwrap())
+            .begin(
+                &path,
+                record("link/x.bin", 1, 1),
+                0,
+                &mut hashing::Hasher::new(),
+            )
             .err()
             .unwrap();
         assert!(err.to_string().contains("symlink"), "{err}");
@@ -432,14 +657,19 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let storage = Storage::open(root.path(), false).unwrap();
         let path = WirePath::parse("d/f.txt").unwrap();
-        let mut p = storage.begin(&path).unwrap();
+        let mut p = begin(&storage, &path, 3);
         p.write(b"one").unwrap();
         assert!(!root.path().join("d/f.txt").exists());
         assert!(root.path().join("d/.f.txt.xfer-part").exists());
+        assert!(root.path().join("d/.f.txt.xfer-meta").exists());
         assert_eq!(storage.commit(vec![p]).pop().unwrap().unwrap(), "d/f.txt");
-        assert!(!root.path().join("d/.f.txt.xfer-part").exists());
+        let left: Vec<_> = fs::read_dir(root.path().join("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["f.txt"], "partial and sidecar are gone");
 
-        let mut p = storage.begin(&path).unwrap();
+        let mut p = begin(&storage, &path, 3);
         p.write(b"two").unwrap();
         assert_eq!(
             storage.commit(vec![p]).pop().unwrap().unwrap(),
@@ -472,9 +702,80 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let storage = Storage::open(root.path(), false).unwrap();
         let path = WirePath::parse("same.bin").unwrap();
-        let first = storage.begin(&path).unwrap();
-        assert!(storage.begin(&path).is_err());
+        let first = begin(&storage, &path, 1);
+        assert!(storage
+            .begin(
+                &path,
+                record("same.bin", 1, 1),
+                0,
+                &mut hashing::Hasher::new()
+            )
+            .is_err());
         drop(first);
-        assert!(storage.begin(&path).is_ok());
+        begin(&storage, &path, 1);
+    }
+
+    #[test]
+    fn checkpointed_partial_resumes_and_its_prefix_is_hashed() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("big.bin").unwrap();
+        let mut p = begin(&storage, &path, 10);
+        p.write(b"01234").unwrap();
+        p.checkpoint().unwrap();
+        p.write(b"56").unwrap(); // written, not checkpointed
+        drop(p);
+        assert_eq!(storage.resumable(&path, &record("big.bin", 10, 1)), Some(5));
+        let mut hasher = hashing::Hasher::new();
+        let mut p = storage
+            .begin(&path, record("big.bin", 10, 1), 5, &mut hasher)
+            .unwrap();
+        assert_eq!(p.written(), 5);
+        p.write(b"56789").unwrap();
+        assert_eq!(
+            fs::read(root.path().join(".big.bin.xfer-part")).unwrap(),
+            b"0123456789"
+        );
+        let mut expected = hashing::Hasher::new();
+        expected.update(b"01234");
+        assert_eq!(hasher.finish(), expected.finish());
+    }
+
+    #[test]
+    fn a_partial_that_no_longer_matches_the_offer_is_discarded() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("f.bin").unwrap();
+        let mut p = begin(&storage, &path, 10);
+        p.write(b"0123").unwrap();
+        p.checkpoint().unwrap();
+        drop(p);
+        // Different mtime: the source changed since the partial was written.
+        assert_eq!(storage.resumable(&path, &record("f.bin", 10, 2)), None);
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "partial and sidecar removed"
+        );
+    }
+
+    #[test]
+    fn clean_partials_removes_only_partials() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        fs::write(root.path().join("keep.txt"), b"x").unwrap();
+        let mut p = begin(&storage, &WirePath::parse("sub/f.bin").unwrap(), 4);
+        p.write(b"ab").unwrap();
+        drop(p);
+        assert_eq!(
+            storage
+                .clean_partials(Some(Duration::from_secs(3600)))
+                .unwrap(),
+            0
+        );
+        assert_eq!(storage.clean_partials(None).unwrap(), 2);
+        let listing: Vec<_> = fs::read_dir(root.path().join("sub")).unwrap().collect();
+        assert!(listing.is_empty());
+        assert!(root.path().join("keep.txt").exists());
     }
 }

@@ -36,7 +36,7 @@ async fn traversal_and_hostile_names_are_refused_and_nothing_escapes() {
     let (r, w) = stream.into_split();
     let peer: Arc<str> = "receiver".into();
     let mut reader = FrameReader::new(r, peer.clone(), Duration::from_secs(10));
-    let mut writer = FrameWriter::new(w, peer);
+    let mut writer = FrameWriter::new(w, peer, Duration::from_secs(10));
     within(handshake(&mut reader, &mut writer)).await.unwrap();
     let entries = names.iter().map(|n| file_entry(n)).collect();
     writer
@@ -78,7 +78,7 @@ async fn a_body_for_an_unplanned_file_ends_the_session_and_the_server_serves_on(
         .unwrap();
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, "receiver".into(), Duration::from_secs(10));
-    let mut writer = FrameWriter::new(w, "receiver".into());
+    let mut writer = FrameWriter::new(w, "receiver".into(), Duration::from_secs(10));
     within(handshake(&mut reader, &mut writer)).await.unwrap();
     writer
         .send(&Message::FileBegin { id: 5, offset: 0 })

@@ -3,9 +3,14 @@
 //! [`FrameReader`] owns the one read buffer of a connection. A frame is parsed
 //! from what is already buffered before the socket is read again, which is what
 //! makes split and coalesced TCP segments harmless; body bytes are served from
-//! that same buffer first, so nothing read ahead is ever lost. Every socket read
-//! is bounded by the idle timeout.
+//! that same buffer first, so nothing read ahead is ever lost.
+//!
+//! The idle timeout bounds every socket read and write, but a reader that
+//! [watches](FrameReader::watch) its writer counts the writer's progress as
+//! activity too: a sender streaming one huge file hears nothing back for
+//! minutes, and that is not idleness.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +30,8 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     peer: Arc<str>,
     idle: Duration,
+    /// Bytes written by the watched writer, and the count last seen.
+    writer_activity: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -35,7 +42,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(READ_RESERVE),
             peer,
             idle,
+            writer_activity: None,
         }
+    }
+
+    /// Counts `writer`'s progress as activity when deciding that the
+    /// connection has gone idle.
+    pub fn watch<W>(&mut self, writer: &FrameWriter<W>) {
+        self.writer_activity = Some((Arc::clone(&writer.activity), 0));
     }
 
     /// The peer's name, for messages.
@@ -48,13 +62,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(READ_RESERVE);
         }
-        match tokio::time::timeout(self.idle, self.inner.read_buf(&mut self.buf)).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(self.lost(e.to_string())),
-            Err(_) => Err(self.lost(format!(
-                "no data for {} s (idle timeout)",
-                self.idle.as_secs()
-            ))),
+        loop {
+            match tokio::time::timeout(self.idle, self.inner.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) => return Ok(n),
+                Ok(Err(e)) => return Err(self.lost(e.to_string())),
+                Err(_) => {
+                    if let Some((written, seen)) = self.writer_activity.as_mut() {
+                        let now = written.load(Ordering::Relaxed);
+                        if now != *seen {
+                            *seen = now;
+                            continue;
+                        }
+                    }
+                    return Err(self.lost(format!(
+                        "no data for {} s (idle timeout)",
+                        self.idle.as_secs()
+                    )));
+                }
+            }
         }
     }
 
@@ -133,17 +158,42 @@ pub struct FrameWriter<W> {
     inner: W,
     buf: BytesMut,
     peer: Arc<str>,
+    idle: Duration,
+    /// Bytes written so far, watched by this connection's reader.
+    activity: Arc<AtomicU64>,
 }
 
 /// Above this many buffered bytes, writes go straight to the socket.
 const WRITE_BUFFER: usize = 256 * 1024;
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    pub fn new(inner: W, peer: Arc<str>) -> Self {
+    /// `idle` bounds how long one write may wait for the peer to read.
+    pub fn new(inner: W, peer: Arc<str>, idle: Duration) -> Self {
         FrameWriter {
             inner,
             buf: BytesMut::with_capacity(WRITE_BUFFER),
             peer,
+            idle,
+            activity: Arc::default(),
+        }
+    }
+
+    /// Writes all of `bytes`, giving up when the peer stops reading.
+    async fn write_out(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        match tokio::time::timeout(self.idle, self.inner.write_all(bytes)).await {
+            Ok(Ok(())) => {
+                self.activity
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.lost(e)),
+            Err(_) => Err(Error::ConnectionLost {
+                peer: self.peer.to_string(),
+                detail: format!(
+                    "the peer stopped reading for {} s (idle timeout)",
+                    self.idle.as_secs()
+                ),
+            }),
         }
     }
 
@@ -174,7 +224,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         self.write_buffered().await?;
         if bytes.len() >= WRITE_BUFFER / 2 {
-            self.inner.write_all(bytes).await.map_err(|e| self.lost(e))
+            self.write_out(bytes).await
         } else {
             self.buf.extend_from_slice(bytes);
             Ok(())
@@ -182,12 +232,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn write_buffered(&mut self) -> Result<(), Error> {
-        if !self.buf.is_empty() {
-            let result = self.inner.write_all(&self.buf).await;
-            result.map_err(|e| self.lost(e))?;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.write_out(&buf).await;
+        buf.clear();
+        self.buf = buf;
+        result
     }
 
     /// Writes everything queued to the peer.
@@ -263,7 +315,7 @@ mod tests {
     ) {
         let (a, b) = duplex(capacity);
         (
-            FrameWriter::new(a, "a".into()),
+            FrameWriter::new(a, "a".into(), T),
             FrameReader::new(b, "b".into(), T),
         )
     }
@@ -324,11 +376,11 @@ mod tests {
         let (br, bw) = tokio::io::split(b);
         let mut left = (
             FrameReader::new(ar, "b".into(), T),
-            FrameWriter::new(aw, "b".into()),
+            FrameWriter::new(aw, "b".into(), T),
         );
         let mut right = (
             FrameReader::new(br, "a".into(), T),
-            FrameWriter::new(bw, "a".into()),
+            FrameWriter::new(bw, "a".into(), T),
         );
         let (x, y) = tokio::time::timeout(T, async {
             tokio::join!(
@@ -353,7 +405,7 @@ mod tests {
             let (_ar, mut aw) = tokio::io::split(a);
             aw.write_all(&bytes).await.unwrap();
             let mut r = FrameReader::new(br, "peer".into(), T);
-            let mut w = FrameWriter::new(bw, "peer".into());
+            let mut w = FrameWriter::new(bw, "peer".into(), T);
             let err = tokio::time::timeout(T, handshake(&mut r, &mut w))
                 .await
                 .unwrap()

@@ -120,6 +120,7 @@ pub enum Outcome {
     Stored { path: String, sha256: Digest },
     /// The receiver already had identical content at `path`.
     Skipped { path: String },
-    /// Not stored.
-    Failed { reason: String },
+    /// Not stored. `retry`: the bytes were damaged on the way (digest
+    /// mismatch), so sending the file again from scratch may succeed.
+    Failed { reason: String, retry: bool },
 }

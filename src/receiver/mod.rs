@@ -33,6 +33,8 @@ pub struct RecvConfig {
     pub max_connections: usize,
     /// Longest wait for any byte from a sender.
     pub idle_timeout: Duration,
+    /// Partial files untouched for longer are removed at start (zero: all).
+    pub keep_partials: Duration,
 }
 
 /// How serving ended.
@@ -58,6 +60,15 @@ impl Server {
                 crate::error::describe_io(&e)
             )
         })?;
+        let limit = (!config.keep_partials.is_zero()).then_some(config.keep_partials);
+        match storage.clean_partials(limit) {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} stale partial files"),
+            Err(e) => log::warn!(
+                "cannot clean stale partial files: {}",
+                crate::error::describe_io(&e)
+            ),
+        }
         Ok(Server {
             storage: Arc::new(storage),
             config,

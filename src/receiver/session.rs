@@ -18,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{describe_io, Error};
 use crate::events::{Event, FileReport, Observer, Summary};
+use crate::hashing::to_hex;
 use crate::hashing::Hasher;
 use crate::paths::{escape_for_terminal, WirePath};
 use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
     Plan, Verdict, MAX_BATCH_ENTRIES,
 };
-use crate::storage::{FilePlan, Metadata, Partial, Storage};
+use crate::storage::{FilePlan, Metadata, Partial, ResumeRecord, Storage};
 
 /// Body bytes handed to the sink at a time.
 const BODY_CHUNK: usize = 1024 * 1024;
@@ -34,6 +35,9 @@ const MAX_OUTSTANDING: usize = 8 * MAX_BATCH_ENTRIES;
 const GROUP_FILES: usize = 256;
 /// Verified bytes committed together, at most.
 const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+/// A partial is synced and its sidecar updated after this many new bytes, so
+/// a crash loses at most this much progress.
+const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a session needs from the server.
 pub(super) struct Context {
@@ -85,7 +89,8 @@ async fn run(
     let name: Arc<str> = peer.to_string().into();
     let (read_half, write_half) = stream.into_split();
     let mut reader = FrameReader::new(read_half, Arc::clone(&name), context.idle_timeout);
-    let mut writer = FrameWriter::new(write_half, Arc::clone(&name));
+    let mut writer = FrameWriter::new(write_half, Arc::clone(&name), context.idle_timeout);
+    reader.watch(&writer);
     if let Err(e) = handshake(&mut reader, &mut writer).await {
         return Err((Summary::default(), e));
     }
@@ -175,6 +180,8 @@ struct Planned {
     entry: Entry,
     /// Set for `Action::Compare`: the existing file it was compared with.
     existing: Option<String>,
+    /// Where the body starts (non-zero when resuming a partial).
+    offset: u64,
 }
 
 /// The reading side of a session.
@@ -288,29 +295,27 @@ impl Receive {
                     self.dirs.push((path, metadata_of(&entry)));
                     Action::DirReady
                 }
-                Decision::File(path, FilePlan::Receive) => {
-                    self.planned.insert(
-                        id,
-                        Planned {
-                            path,
-                            entry,
-                            existing: None,
-                        },
-                    );
-                    Action::Send { offset: 0 }
+                Decision::File(path, FilePlan::Receive, offset) => {
+                    let planned = Planned {
+                        path,
+                        entry,
+                        existing: None,
+                        offset,
+                    };
+                    self.planned.insert(id, planned);
+                    Action::Send { offset }
                 }
-                Decision::File(path, FilePlan::Compare { existing, sha256 }) => {
-                    self.planned.insert(
-                        id,
-                        Planned {
-                            path,
-                            entry,
-                            existing: Some(existing),
-                        },
-                    );
+                Decision::File(path, FilePlan::Compare { existing, sha256 }, _) => {
+                    let planned = Planned {
+                        path,
+                        entry,
+                        existing: Some(existing),
+                        offset: 0,
+                    };
+                    self.planned.insert(id, planned);
                     Action::Compare { sha256 }
                 }
-                Decision::File(_, FilePlan::Skip { existing }) => {
+                Decision::File(_, FilePlan::Skip { existing }, _) => {
                     self.report_skip(&entry, existing.clone(), entry.sha256.unwrap_or_default());
                     Action::Skip { path: existing }
                 }
@@ -337,6 +342,7 @@ impl Receive {
                 sha256,
                 skipped: true,
                 digest_in_header: entry.sha256.is_some(),
+                resumed_from: 0,
             },
         });
     }
@@ -357,9 +363,10 @@ impl Receive {
 
     async fn receive_body(&mut self, id: u64, offset: u64) -> Result<(), Error> {
         let planned = self.take_planned(id)?;
-        if offset != 0 {
+        if offset != planned.offset {
             return Err(self.protocol(format!(
-                "file {id} sent from offset {offset}, which was not offered"
+                "file {id} sent from offset {offset}, but the plan said {}",
+                planned.offset
             )));
         }
         let size = planned.entry.size;
@@ -370,13 +377,15 @@ impl Receive {
         });
         self.to_sink(SinkCommand::Begin {
             id,
+            record: record_of(&planned.entry),
             meta: metadata_of(&planned.entry),
             header_sha256: planned.entry.sha256,
             size,
+            offset,
             path: planned.path,
         })
         .await?;
-        let mut remaining = size;
+        let mut remaining = size - offset;
         while remaining > 0 {
             let want = remaining.min(BODY_CHUNK as u64) as usize;
             let chunk = tokio::select! {
@@ -450,6 +459,17 @@ impl Receive {
     }
 }
 
+fn record_of(entry: &Entry) -> ResumeRecord {
+    ResumeRecord {
+        path: entry.path.clone(),
+        size: entry.size,
+        mtime_secs: entry.mtime_secs,
+        mtime_nanos: entry.mtime_nanos,
+        sha256: entry.sha256.as_ref().map(to_hex),
+        durable: 0,
+    }
+}
+
 fn metadata_of(entry: &Entry) -> Metadata {
     Metadata {
         mode: entry.mode,
@@ -460,11 +480,13 @@ fn metadata_of(entry: &Entry) -> Metadata {
 
 enum Decision {
     Dir(WirePath),
-    File(WirePath, FilePlan),
+    /// A file, and where its body starts (resuming a partial).
+    File(WirePath, FilePlan, u64),
     Refuse(String),
 }
 
-/// Plans one offer against DIR: path safety, free space, existing files.
+/// Plans one offer against DIR: path safety, free space, existing files,
+/// partials to resume.
 fn decide(storage: &Storage, entries: Vec<Entry>) -> Vec<(Entry, Decision)> {
     let mut free = storage.free_space().unwrap_or(u64::MAX);
     entries
@@ -476,21 +498,22 @@ fn decide(storage: &Storage, entries: Vec<Entry>) -> Vec<(Entry, Decision)> {
                     Ok(_) => Decision::Dir(path),
                     Err(e) => Decision::Refuse(describe_io(&e)),
                 },
-                (Ok(_), EntryKind::File) if entry.size > free => Decision::Refuse(format!(
-                    "not enough free space on the receiver: {} bytes needed, {} available",
-                    entry.size, free
-                )),
-                (Ok(path), EntryKind::File) => {
-                    match storage.plan_file(&path, entry.size, entry.sha256) {
-                        Ok(plan) => {
-                            if plan == FilePlan::Receive {
-                                free -= entry.size;
-                            }
-                            Decision::File(path, plan)
+                (Ok(path), EntryKind::File) => match storage.plan_file(&path, entry.size, entry.sha256) {
+                    Ok(FilePlan::Receive) => {
+                        let offset = storage.resumable(&path, &record_of(&entry)).unwrap_or(0);
+                        let needed = entry.size - offset;
+                        if needed > free {
+                            Decision::Refuse(format!(
+                                "not enough free space on the receiver: {needed} bytes needed, {free} available"
+                            ))
+                        } else {
+                            free -= needed;
+                            Decision::File(path, FilePlan::Receive, offset)
                         }
-                        Err(e) => Decision::Refuse(describe_io(&e)),
                     }
-                }
+                    Ok(plan) => Decision::File(path, plan, 0),
+                    Err(e) => Decision::Refuse(describe_io(&e)),
+                },
             };
             (entry, decision)
         })
@@ -503,6 +526,8 @@ enum SinkCommand {
         id: u64,
         path: WirePath,
         size: u64,
+        offset: u64,
+        record: ResumeRecord,
         meta: Metadata,
         header_sha256: Option<Digest>,
     },
@@ -524,6 +549,7 @@ struct Current {
     partial: Option<Partial>,
     hasher: Hasher,
     error: Option<String>,
+    resumed_from: u64,
 }
 
 /// A verified partial waiting for its group commit.
@@ -533,6 +559,7 @@ struct Verified {
     size: u64,
     sha256: Digest,
     digest_in_header: bool,
+    resumed_from: u64,
 }
 
 /// Hashes, writes and commits bodies on a blocking thread.
@@ -568,16 +595,20 @@ impl Sink {
                     id,
                     path,
                     size,
+                    offset,
+                    record,
                     meta,
                     header_sha256,
                 } => {
-                    let (partial, error) = match self.storage.begin(&path) {
-                        Ok(p) => (Some(p), None),
-                        Err(e) => (
-                            None,
-                            Some(format!("cannot create the file: {}", describe_io(&e))),
-                        ),
-                    };
+                    let mut hasher = Hasher::new();
+                    let (partial, error) =
+                        match self.storage.begin(&path, record, offset, &mut hasher) {
+                            Ok(p) => (Some(p), None),
+                            Err(e) => (
+                                None,
+                                Some(format!("cannot create the file: {}", describe_io(&e))),
+                            ),
+                        };
                     self.current = Some(Current {
                         id,
                         path,
@@ -585,8 +616,9 @@ impl Sink {
                         meta,
                         header_sha256,
                         partial,
-                        hasher: Hasher::new(),
+                        hasher,
                         error,
+                        resumed_from: offset,
                     });
                 }
                 SinkCommand::Data(bytes) => self.write(&bytes),
@@ -600,8 +632,22 @@ impl Sink {
                 self.commit();
             }
         }
-        // Files verified before the connection ended are still worth keeping.
+        // Files verified before the connection ended are still worth keeping,
+        // and a file cut off mid-body is synced and kept for a resume.
         self.commit();
+        if let Some(mut partial) = self.current.take().and_then(|c| c.partial) {
+            match partial.checkpoint() {
+                Ok(()) => log::debug!(
+                    "kept {} bytes of '{}' for a resume",
+                    partial.written(),
+                    escape_for_terminal(partial.wire_path().as_str())
+                ),
+                Err(e) => log::warn!(
+                    "cannot keep a partial file for a resume: {}",
+                    describe_io(&e)
+                ),
+            }
+        }
         self.summary
     }
 
@@ -614,7 +660,14 @@ impl Sink {
             return;
         }
         if let Some(partial) = current.partial.as_mut() {
-            if let Err(e) = partial.write(bytes) {
+            let result = partial.write(bytes).and_then(|()| {
+                if partial.written() - partial.durable() >= CHECKPOINT_BYTES {
+                    partial.checkpoint()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = result {
                 current.error = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
                     "the receiver's disk is full".to_owned()
                 } else {
@@ -632,14 +685,23 @@ impl Sink {
             return;
         };
         let received = current.hasher.finish();
+        // The reason, and whether sending the file again from scratch may fix it.
         let failure = if let Some(e) = sender_error {
-            Some(format!("the sender could not read it: {e}"))
+            Some((format!("the sender could not read it: {e}"), false))
         } else if let Some(e) = current.error.take() {
-            Some(e)
+            Some((e, false))
         } else if received != sender_sha256 {
-            Some("SHA-256 mismatch: the data was corrupted in transit".to_owned())
+            let reason = if current.resumed_from > 0 {
+                "SHA-256 mismatch: the resumed partial did not match the source"
+            } else {
+                "SHA-256 mismatch: the data was corrupted in transit"
+            };
+            Some((reason.to_owned(), true))
         } else if current.header_sha256.is_some_and(|h| h != received) {
-            Some("SHA-256 differs from the digest announced in its header".to_owned())
+            Some((
+                "SHA-256 differs from the digest announced in its header".to_owned(),
+                true,
+            ))
         } else {
             None
         };
@@ -654,28 +716,27 @@ impl Sink {
                         size: current.size,
                         sha256: received,
                         digest_in_header: current.header_sha256.is_some(),
+                        resumed_from: current.resumed_from,
                     });
                 }
                 Err(e) => {
                     partial.discard();
-                    self.failed(
-                        current.id,
-                        &current.path,
-                        format!("cannot set its metadata: {}", describe_io(&e)),
-                    );
+                    let reason = format!("cannot set its metadata: {}", describe_io(&e));
+                    self.failed(current.id, &current.path, reason, false);
                 }
             },
             (failure, partial) => {
                 if let Some(p) = partial {
                     p.discard();
                 }
-                let reason = failure.unwrap_or_else(|| "the file was not written".to_owned());
-                self.failed(current.id, &current.path, reason);
+                let (reason, retry) =
+                    failure.unwrap_or_else(|| ("the file was not written".to_owned(), false));
+                self.failed(current.id, &current.path, reason, retry);
             }
         }
     }
 
-    fn failed(&mut self, id: u64, path: &WirePath, reason: String) {
+    fn failed(&mut self, id: u64, path: &WirePath, reason: String, retry: bool) {
         log::warn!(
             "{}: '{}' not stored: {}",
             self.peer,
@@ -688,10 +749,10 @@ impl Sink {
             path: path.to_string(),
             reason: reason.clone(),
         });
-        let _ = self.out.blocking_send(Message::Verdict(Verdict {
-            id,
-            outcome: Outcome::Failed { reason },
-        }));
+        let outcome = Outcome::Failed { reason, retry };
+        let _ = self
+            .out
+            .blocking_send(Message::Verdict(Verdict { id, outcome }));
     }
 
     fn commit(&mut self) {
@@ -700,45 +761,46 @@ impl Sink {
         }
         let group = std::mem::take(&mut self.group);
         self.group_bytes = 0;
-        let mut meta = Vec::with_capacity(group.len());
-        let mut partials = Vec::with_capacity(group.len());
-        for v in group {
-            meta.push((
-                v.id,
-                v.partial.wire_path().clone(),
-                v.size,
-                v.sha256,
-                v.digest_in_header,
-            ));
-            partials.push(v.partial);
-        }
+        let (files, partials): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|v| {
+                let report = FileReport {
+                    path: v.partial.wire_path().to_string(),
+                    stored_as: String::new(),
+                    size: v.size,
+                    sha256: v.sha256,
+                    skipped: false,
+                    digest_in_header: v.digest_in_header,
+                    resumed_from: v.resumed_from,
+                };
+                ((v.id, v.partial.wire_path().clone(), report), v.partial)
+            })
+            .unzip();
         let results = self.storage.commit(partials);
-        for ((id, path, size, sha256, digest_in_header), result) in meta.into_iter().zip(results) {
+        for ((id, path, mut report), result) in files.into_iter().zip(results) {
             match result {
                 Ok(stored_as) => {
                     self.summary.files += 1;
-                    self.summary.bytes += size;
+                    self.summary.bytes += report.size - report.resumed_from;
+                    report.stored_as = stored_as.clone();
+                    let sha256 = report.sha256;
                     self.observer.event(Event::FileDone {
                         session: self.session,
                         peer: self.peer.clone(),
-                        report: FileReport {
-                            path: path.to_string(),
-                            stored_as: stored_as.clone(),
-                            size,
-                            sha256,
-                            skipped: false,
-                            digest_in_header,
-                        },
+                        report,
                     });
-                    let _ = self.out.blocking_send(Message::Verdict(Verdict {
-                        id,
-                        outcome: Outcome::Stored {
-                            path: stored_as,
-                            sha256,
-                        },
-                    }));
+                    let outcome = Outcome::Stored {
+                        path: stored_as,
+                        sha256,
+                    };
+                    let _ = self
+                        .out
+                        .blocking_send(Message::Verdict(Verdict { id, outcome }));
                 }
-                Err(e) => self.failed(id, &path, format!("cannot store it: {}", describe_io(&e))),
+                Err(e) => {
+                    let reason = format!("cannot store it: {}", describe_io(&e));
+                    self.failed(id, &path, reason, false);
+                }
             }
         }
     }

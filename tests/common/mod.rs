@@ -134,6 +134,7 @@ impl Receiver {
             overwrite: options.overwrite,
             max_connections: 16,
             idle_timeout: Duration::from_secs(10),
+            keep_partials: Duration::from_secs(7 * 24 * 3600),
         };
         let listener = TcpListener::bind(options.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -173,6 +174,7 @@ pub async fn send(paths: &[&Path], addr: SocketAddr) -> (anyhow::Result<Summary>
             port: addr.port(),
         },
         idle_timeout: Duration::from_secs(10),
+        digest_cache: None,
     };
     let events = Arc::new(Events::default());
     let result = within(xfer::sender::send(
@@ -269,7 +271,14 @@ pub struct XferProcess {
 
 /// A `Command` for the built binary.
 pub fn xfer_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_xfer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xfer"));
+    command.env("XFER_CACHE_DIR", test_cache_dir());
+    command
+}
+
+/// Where the built binary keeps its digest cache during tests.
+pub fn test_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("xfer-test-digest-cache")
 }
 
 impl XferProcess {
