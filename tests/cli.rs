@@ -230,6 +230,7 @@ fn run_on_terminal(args: &[String]) -> Option<(i32, String)> {
         .join(" ");
     let out = std::process::Command::new("script")
         .args(["-qefc", &line, "/dev/null"])
+        .env("XFER_CACHE_DIR", test_cache_dir())
         .output()
         .ok()?;
     Some((

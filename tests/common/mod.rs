@@ -7,7 +7,10 @@
 //! - [`write_random`], [`tree_listing`] and [`assert_same_tree`] make and
 //!   compare test data; big inputs are generated here, never committed.
 //! - [`XferProcess`] runs the built binary and kills it on drop, for tests
-//!   where the command line itself is the subject.
+//!   where the command line itself is the subject or a process must die.
+//! - [`Proxy`] sits between sender and receiver on loopback to slow the
+//!   stream down or flip bytes in it (the kernel here has no netem).
+//! - [`wait_until`] polls a condition under [`TIMEOUT`].
 //!
 //! Every await sits under a timeout and every process is bounded and killed.
 #![allow(dead_code)] // each test file uses a different part of the harness
@@ -109,6 +112,7 @@ pub struct RecvOptions {
     pub listen: SocketAddr,
     pub overwrite: bool,
     pub once: bool,
+    pub idle_timeout: Duration,
 }
 
 impl Default for RecvOptions {
@@ -117,6 +121,7 @@ impl Default for RecvOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             overwrite: false,
             once: false,
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -133,7 +138,7 @@ impl Receiver {
             once: options.once,
             overwrite: options.overwrite,
             max_connections: 16,
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: options.idle_timeout,
             keep_partials: Duration::from_secs(7 * 24 * 3600),
         };
         let listener = TcpListener::bind(options.listen).await.unwrap();
@@ -167,14 +172,24 @@ impl Drop for Receiver {
 
 /// Sends `paths` to `addr` in-process; returns the result and the sender's events.
 pub async fn send(paths: &[&Path], addr: SocketAddr) -> (anyhow::Result<Summary>, Arc<Events>) {
+    send_with(paths, addr, Duration::from_secs(10), None).await
+}
+
+/// [`send`] with an idle timeout and a digest cache file of the test's choosing.
+pub async fn send_with(
+    paths: &[&Path],
+    addr: SocketAddr,
+    idle_timeout: Duration,
+    digest_cache: Option<PathBuf>,
+) -> (anyhow::Result<Summary>, Arc<Events>) {
     let config = SendConfig {
         paths: paths.iter().map(|p| p.to_path_buf()).collect(),
         destination: Destination {
             host: addr.ip().to_string(),
             port: addr.port(),
         },
-        idle_timeout: Duration::from_secs(10),
-        digest_cache: None,
+        idle_timeout,
+        digest_cache,
     };
     let events = Arc::new(Events::default());
     let result = within(xfer::sender::send(
@@ -355,4 +370,116 @@ impl Drop for XferProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls `condition` every 20 ms until it holds; fails the test after [`TIMEOUT`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Length of the hidden partial file for `name` in `dir`, if there is one.
+pub fn partial_len(dir: &Path, name: &str) -> Option<u64> {
+    std::fs::metadata(dir.join(format!(".{name}.xfer-part")))
+        .ok()
+        .map(|m| m.len())
+}
+
+/// Whether the receiver has finished with the partial for `name`: its
+/// sidecar records every byte of it as durable, which happens only when the
+/// session that wrote it has ended.
+pub fn partial_settled(dir: &Path, name: &str) -> bool {
+    let Ok(meta) = std::fs::read_to_string(dir.join(format!(".{name}.xfer-meta"))) else {
+        return false;
+    };
+    let record: serde_json::Value = serde_json::from_str(&meta).unwrap_or_default();
+    record["durable"]
+        .as_u64()
+        .is_some_and(|d| d > 0 && Some(d) == partial_len(dir, name))
+}
+
+/// What the [`Proxy`] does to the sender-to-receiver direction.
+#[derive(Clone, Default)]
+pub struct ProxyOptions {
+    /// Forward at most this many bytes per second.
+    pub rate: Option<u64>,
+    /// Flip the low bit of the bytes at these stream offsets (first connection only).
+    pub flips: Vec<u64>,
+}
+
+/// A TCP proxy on 127.0.0.1 that forwards to `upstream`, stopped on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr, options: ProxyOptions) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    break;
+                };
+                let mut options = options.clone();
+                if !first {
+                    options.flips.clear();
+                }
+                first = false;
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pipes.spawn(pipe(client_read, server_write, options));
+                pipes.spawn(pipe(server_read, client_write, ProxyOptions::default()));
+            }
+        });
+        Proxy { addr, task }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    options: ProxyOptions,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        let end = offset + n as u64;
+        for at in options.flips.iter().filter(|at| (offset..end).contains(at)) {
+            chunk[(at - offset) as usize] ^= 1;
+        }
+        offset = end;
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+        if let Some(rate) = options.rate {
+            let due = Duration::from_secs_f64(offset as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let _ = to.shutdown().await;
 }
