@@ -261,7 +261,11 @@ async fn a_silent_sender_is_dropped_after_the_idle_timeout() {
     // The server logs the reason just after telling the peer.
     let events = rx.events.clone();
     within(async move {
-        while !events.session_errors().iter().any(|e| e.contains("idle timeout")) {
+        while !events
+            .session_errors()
+            .iter()
+            .any(|e| e.contains("idle timeout"))
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

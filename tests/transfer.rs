@@ -323,3 +323,48 @@ async fn a_missing_path_fails_before_connecting() {
     assert!(format!("{err:#}").contains("no-such-file"), "{err:#}");
     assert_eq!(rx.stop().await.sessions, 0);
 }
+
+#[tokio::test]
+async fn a_large_file_sent_before_carries_its_digest_in_the_header_next_time() {
+    let (src, dst1, dst2, cache) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let file = src.path().join("large.bin");
+    let data = write_random(&file, 3_000_000, 11);
+    let cache_file = cache.path().join("digests.jsonl");
+    let idle = Duration::from_secs(10);
+    let first = Receiver::start(dst1.path()).await;
+    send_with(&[&file], first.addr, idle, Some(cache_file.clone()))
+        .await
+        .0
+        .unwrap();
+    assert!(
+        !first.events.report("large.bin").digest_in_header,
+        "unknown the first time"
+    );
+
+    let second = Receiver::start(dst2.path()).await;
+    send_with(&[&file], second.addr, idle, Some(cache_file.clone()))
+        .await
+        .0
+        .unwrap();
+    let report = second.events.report("large.bin");
+    assert!(
+        report.digest_in_header,
+        "known from the cache the second time"
+    );
+    assert_eq!(report.sha256, xfer::hashing::digest(&data));
+
+    // A changed file misses the cache and is still sent correctly.
+    let changed = write_random(&file, 3_000_000, 12);
+    fs::remove_file(dst2.path().join("large.bin")).unwrap();
+    let third = Receiver::start(dst2.path()).await;
+    send_with(&[&file], third.addr, idle, Some(cache_file))
+        .await
+        .0
+        .unwrap();
+    assert_eq!(fs::read(dst2.path().join("large.bin")).unwrap(), changed);
+}
