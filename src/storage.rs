@@ -409,7 +409,14 @@ impl Storage {
             partial.file.set_len(offset)?;
             io::Seek::seek(&mut partial.file, io::SeekFrom::Start(offset))?;
         }
-        write_sidecar(&partial.sidecar_path, &partial.record)?;
+        // A fresh file gets its resume record at the first checkpoint (or when
+        // its session ends early): most files finish long before that, and
+        // one more file per small file would double the metadata work.
+        if offset > 0 {
+            write_sidecar(&partial.sidecar_path, &partial.record)?;
+        } else {
+            let _ = fs::remove_file(&partial.sidecar_path);
+        }
         Ok(partial)
     }
 
@@ -661,7 +668,10 @@ mod tests {
         p.write(b"one").unwrap();
         assert!(!root.path().join("d/f.txt").exists());
         assert!(root.path().join("d/.f.txt.xfer-part").exists());
-        assert!(root.path().join("d/.f.txt.xfer-meta").exists());
+        assert!(
+            !root.path().join("d/.f.txt.xfer-meta").exists(),
+            "no record before a checkpoint"
+        );
         assert_eq!(storage.commit(vec![p]).pop().unwrap().unwrap(), "d/f.txt");
         let left: Vec<_> = fs::read_dir(root.path().join("d"))
             .unwrap()
@@ -766,6 +776,7 @@ mod tests {
         fs::write(root.path().join("keep.txt"), b"x").unwrap();
         let mut p = begin(&storage, &WirePath::parse("sub/f.bin").unwrap(), 4);
         p.write(b"ab").unwrap();
+        p.checkpoint().unwrap();
         drop(p);
         assert_eq!(
             storage

@@ -35,6 +35,8 @@ const MAX_OUTSTANDING: usize = 8 * MAX_BATCH_ENTRIES;
 const GROUP_FILES: usize = 256;
 /// Verified bytes committed together, at most.
 const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+/// How long a commit group stays open once no more data is queued.
+const GROUP_LINGER: Duration = Duration::from_millis(5);
 /// A partial is synced and its sidecar updated after this many new bytes, so
 /// a crash loses at most this much progress.
 const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
@@ -109,6 +111,7 @@ async fn run(
         group: Vec::new(),
         group_bytes: 0,
         summary: Summary::default(),
+        runtime: tokio::runtime::Handle::current(),
     };
     let sink_thread = tokio::task::spawn_blocking(move || sink.run(sink_rx));
     let mut receive = Receive {
@@ -573,6 +576,8 @@ struct Sink {
     group: Vec<Verified>,
     group_bytes: u64,
     summary: Summary,
+    /// To wait on the command channel with a timeout from this thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Sink {
@@ -580,12 +585,26 @@ impl Sink {
         loop {
             let command = match commands.try_recv() {
                 Ok(c) => c,
-                // Nothing queued: a good moment to make finished files durable.
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    self.commit();
+                Err(mpsc::error::TryRecvError::Empty) if self.group.is_empty() => {
                     match commands.blocking_recv() {
                         Some(c) => c,
                         None => break,
+                    }
+                }
+                // Files are waiting to be committed: wait briefly for more,
+                // so a stream of small files shares one sync, and commit
+                // once the sender pauses (it may be waiting for verdicts).
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match self
+                        .runtime
+                        .block_on(tokio::time::timeout(GROUP_LINGER, commands.recv()))
+                    {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.commit();
+                            continue;
+                        }
                     }
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
