@@ -492,3 +492,40 @@ async fn a_file_that_changes_while_sent_is_never_stored_as_verified() {
         tree_listing(dst.path())
     );
 }
+
+#[tokio::test]
+async fn a_kept_prefix_that_differs_from_the_source_is_caught_and_resent_from_scratch() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("doc.bin");
+    let data = write_random(&file, 6 * MIB as usize, 7);
+    // A partial whose record matches the offer but whose bytes do not.
+    let meta = fs::metadata(&file).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    fs::write(
+        dst.path().join(".doc.bin.xfer-part"),
+        vec![0x55u8; 2 * MIB as usize],
+    )
+    .unwrap();
+    let record = serde_json::json!({
+        "path": "doc.bin", "size": data.len(), "mtime_secs": meta.mtime(),
+        "mtime_nanos": meta.mtime_nsec(), "sha256": null, "durable": 2 * MIB,
+    });
+    fs::write(dst.path().join(".doc.bin.xfer-meta"), record.to_string()).unwrap();
+
+    let rx = Receiver::start(dst.path()).await;
+    let (result, _) = send(&[&file], rx.addr).await;
+    let summary = result.unwrap();
+    assert_eq!(
+        summary.bytes,
+        (data.len() as u64 - 2 * MIB) + data.len() as u64,
+        "resumed, then sent whole"
+    );
+    let failures = rx.events.failed();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].1.contains("resumed partial did not match"),
+        "{failures:?}"
+    );
+    assert_eq!(fs::read(dst.path().join("doc.bin")).unwrap(), data);
+    assert_eq!(tree_listing(dst.path()).len(), 1);
+}
