@@ -49,14 +49,7 @@ async fn sender_killed_mid_file_resumes_and_sends_only_the_rest() {
     let file = src.path().join("video.bin");
     let data = write_random(&file, 40 * MIB as usize, 1);
     let rx = Receiver::start(dst.path()).await;
-    let proxy = Proxy::start(
-        rx.addr,
-        ProxyOptions {
-            rate: Some(16 * MIB),
-            ..Default::default()
-        },
-    )
-    .await;
+    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(16 * MIB)).await;
 
     let sender = send_binary(&file, &proxy.addr.to_string());
     let dir = dst.path().to_path_buf();
@@ -117,13 +110,7 @@ fn receiver_killed_mid_file_fails_the_sender_fast_then_resumes() {
     let dir = dst.path().to_str().unwrap();
     let (receiver, addr) = XferProcess::recv(&["--dir", dir, "--quiet"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let proxy = runtime.block_on(Proxy::start(
-        addr,
-        ProxyOptions {
-            rate: Some(16 * MIB),
-            ..Default::default()
-        },
-    ));
+    let proxy = runtime.block_on(Proxy::start(addr, ProxyOptions::throttled(16 * MIB)));
     let sender = send_binary(&file, &proxy.addr.to_string());
     wait_until("20 MiB to arrive", || {
         partial_len(dst.path(), "disk.img").unwrap_or(0) >= 20 * MIB
@@ -184,13 +171,7 @@ fn ctrl_c_stops_either_side_promptly_and_leaves_a_resumable_partial() {
 
     // Sender interrupted: exits 130; the receiver keeps the partial.
     let (receiver, addr) = XferProcess::recv(&["--dir", dir, "--quiet"]);
-    let proxy = runtime.block_on(Proxy::start(
-        addr,
-        ProxyOptions {
-            rate: Some(16 * MIB),
-            ..Default::default()
-        },
-    ));
+    let proxy = runtime.block_on(Proxy::start(addr, ProxyOptions::throttled(16 * MIB)));
     let sender = send_binary(&file, &proxy.addr.to_string());
     wait_until("5 MiB to arrive", || {
         partial_len(dst.path(), "big.bin").unwrap_or(0) >= 5 * MIB
@@ -414,14 +395,7 @@ async fn disk_full_is_refused_up_front_or_aborted_cleanly_and_the_server_serves_
     // Fits when offered, but the disk fills while it streams.
     let file = src.path().join("fits.bin");
     write_random(&file, 5 * MIB as usize, 2);
-    let proxy = Proxy::start(
-        rx.addr,
-        ProxyOptions {
-            rate: Some(4 * MIB),
-            ..Default::default()
-        },
-    )
-    .await;
+    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(4 * MIB)).await;
     let filler = inbox.join("filler");
     let inbox_copy = inbox.clone();
     let fill = tokio::task::spawn_blocking(move || {
@@ -459,14 +433,7 @@ async fn a_file_that_changes_while_sent_is_never_stored_as_verified() {
     let file = src.path().join("log.bin");
     write_random(&file, 16 * MIB as usize, 6);
     let rx = Receiver::start(dst.path()).await;
-    let proxy = Proxy::start(
-        rx.addr,
-        ProxyOptions {
-            rate: Some(8 * MIB),
-            ..Default::default()
-        },
-    )
-    .await;
+    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(8 * MIB)).await;
     let (dir, source) = (dst.path().to_path_buf(), file.clone());
     let writer = tokio::task::spawn_blocking(move || {
         wait_until("the body to start", || {

@@ -413,6 +413,16 @@ pub struct ProxyOptions {
     pub flips: Vec<u64>,
 }
 
+impl ProxyOptions {
+    /// Forward at `rate` bytes per second, unaltered.
+    pub fn throttled(rate: u64) -> ProxyOptions {
+        ProxyOptions {
+            rate: Some(rate),
+            ..Default::default()
+        }
+    }
+}
+
 /// A TCP proxy on 127.0.0.1 that forwards to `upstream`, stopped on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
