@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
 
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use crate::protocol::Digest;
@@ -26,6 +27,69 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         self.0.finalize().into()
+    }
+}
+
+/// Bodies at least this long are hashed on a thread of their own, so that
+/// hashing overlaps reading the file and moving the bytes.
+pub const BACKGROUND_MIN: u64 = 4 * 1024 * 1024;
+
+/// Chunks queued for the hashing thread before the producer waits.
+const BACKLOG: usize = 4;
+
+/// SHA-256 of a stream of chunks, computed inline for short streams and on
+/// a dedicated thread for long ones.
+pub enum StreamHasher {
+    Inline(Hasher),
+    Background {
+        chunks: std::sync::mpsc::SyncSender<Bytes>,
+        thread: std::thread::JoinHandle<Digest>,
+    },
+}
+
+impl StreamHasher {
+    /// Continues `prefix` over `remaining` more bytes.
+    pub fn new(prefix: Hasher, remaining: u64) -> StreamHasher {
+        if remaining < BACKGROUND_MIN {
+            return StreamHasher::Inline(prefix);
+        }
+        let (chunks, queue) = std::sync::mpsc::sync_channel::<Bytes>(BACKLOG);
+        let mut hasher = prefix.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xfer-hash".into())
+            .spawn(move || {
+                for chunk in queue {
+                    hasher.update(&chunk);
+                }
+                hasher.finish()
+            });
+        match spawned {
+            Ok(thread) => StreamHasher::Background { chunks, thread },
+            Err(_) => StreamHasher::Inline(prefix),
+        }
+    }
+
+    /// Adds a chunk (a cheap reference-counted clone when in the background).
+    pub fn update(&mut self, chunk: &Bytes) {
+        match self {
+            StreamHasher::Inline(h) => h.update(chunk),
+            StreamHasher::Background { chunks, .. } => {
+                // The thread only stops when `chunks` is dropped.
+                let _ = chunks.send(chunk.clone());
+            }
+        }
+    }
+
+    /// The digest of everything added. A hashing thread that died yields
+    /// an all-zero digest, which no verification accepts.
+    pub fn finish(self) -> Digest {
+        match self {
+            StreamHasher::Inline(h) => h.finish(),
+            StreamHasher::Background { chunks, thread } => {
+                drop(chunks);
+                thread.join().unwrap_or([0; 32])
+            }
+        }
     }
 }
 
@@ -82,6 +146,26 @@ mod tests {
             h.update(chunk);
         }
         assert_eq!(h.finish(), digest(&data));
+    }
+
+    #[test]
+    fn stream_hasher_matches_one_shot_inline_and_in_background() {
+        let data: Vec<u8> = (0..(BACKGROUND_MIN as usize + 12_345))
+            .map(|i| (i * 7) as u8)
+            .collect();
+        for (prefix_len, remaining) in [(0, 10u64), (1000, BACKGROUND_MIN)] {
+            let mut prefix = Hasher::new();
+            prefix.update(&data[..prefix_len]);
+            let mut h = StreamHasher::new(prefix, remaining);
+            assert_eq!(
+                matches!(h, StreamHasher::Background { .. }),
+                remaining >= BACKGROUND_MIN
+            );
+            for chunk in data[prefix_len..].chunks(65_536) {
+                h.update(&Bytes::copy_from_slice(chunk));
+            }
+            assert_eq!(h.finish(), digest(&data));
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::digest_cache::DigestCache;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, FileReport, Observer, Summary};
-use crate::hashing::{self, Hasher};
+use crate::hashing::{self, Hasher, StreamHasher};
 use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
     Plan,
@@ -31,7 +31,7 @@ use crate::protocol::{
 use crate::source::{self, Batch, LocalEntry, Prepared, BATCH_MAX_ENTRIES};
 
 /// Body bytes per read from a large file.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 1024 * 1024;
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an interrupted sender waits for a blocked write before closing.
@@ -729,7 +729,7 @@ fn stream_file(
 ) -> Result<Digest, String> {
     let io_err = |e: io::Error| format!("cannot read: {}", describe_io(&e));
     let before = file.metadata().map_err(io_err)?;
-    let mut hasher = Hasher::new();
+    let mut prefix_hasher = Hasher::new();
     if offset > 0 {
         let mut prefix = (&mut file).take(offset);
         let mut buf = vec![0u8; CHUNK];
@@ -738,11 +738,12 @@ fn stream_file(
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
+            prefix_hasher.update(&buf[..n]);
         }
         file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     }
     let mut remaining = size - offset;
+    let mut hasher = StreamHasher::new(prefix_hasher, remaining);
     while remaining > 0 {
         let mut chunk = BytesMut::zeroed(remaining.min(CHUNK as u64) as usize);
         let n = match file.read(&mut chunk) {
@@ -752,9 +753,10 @@ fn stream_file(
             Err(e) => return Err(io_err(e)),
         };
         chunk.truncate(n);
+        let chunk = chunk.freeze();
         hasher.update(&chunk);
         remaining -= n as u64;
-        if out.blocking_send(chunk.freeze()).is_err() {
+        if out.blocking_send(chunk).is_err() {
             return Err("sending stopped".into());
         }
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, FileReport, Observer, Summary};
 use crate::hashing::to_hex;
-use crate::hashing::Hasher;
+use crate::hashing::{Hasher, StreamHasher};
 use crate::paths::{escape_for_terminal, WirePath};
 use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
@@ -35,10 +35,10 @@ const MAX_OUTSTANDING: usize = 8 * MAX_BATCH_ENTRIES;
 const GROUP_FILES: usize = 256;
 /// Verified bytes committed together, at most.
 const GROUP_BYTES: u64 = 256 * 1024 * 1024;
-/// How long a commit group stays open once no more data is queued.
-const GROUP_LINGER: Duration = Duration::from_millis(5);
-/// A partial is synced and its sidecar updated after this many new bytes, so
-/// a crash loses at most this much progress.
+/// Groups handed to the committer before the sink waits for it.
+const COMMIT_QUEUE: usize = 64;
+/// The resume record is brought up to date after this many new bytes, so a
+/// crash loses at most this much progress (plus one writeback step).
 const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What a session needs from the server.
@@ -100,18 +100,30 @@ async fn run(
 
     let (out_tx, out_rx) = mpsc::channel(256);
     let replies = tokio::spawn(write_replies(writer, out_rx));
-    let (sink_tx, sink_rx) = mpsc::channel(16);
-    let sink = Sink {
-        storage: Arc::clone(&context.storage),
+    let (sink_tx, sink_rx) = mpsc::channel(4);
+    let verdicts = Verdicts {
         out: out_tx.clone(),
         observer: Arc::clone(&context.observer),
         session: context.session,
         peer: name.to_string(),
+    };
+    let (groups, queue) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
+    let committer = {
+        let (storage, verdicts) = (Arc::clone(&context.storage), verdicts.clone());
+        std::thread::Builder::new()
+            .name("xfer-commit".into())
+            .spawn(move || run_committer(storage, verdicts, queue))
+            .ok()
+            .map(|thread| (groups, thread))
+    };
+    let sink = Sink {
+        storage: Arc::clone(&context.storage),
+        verdicts,
+        committer,
         current: None,
         group: Vec::new(),
         group_bytes: 0,
         summary: Summary::default(),
-        runtime: tokio::runtime::Handle::current(),
     };
     let sink_thread = tokio::task::spawn_blocking(move || sink.run(sink_rx));
     let mut receive = Receive {
@@ -550,7 +562,7 @@ struct Current {
     meta: Metadata,
     header_sha256: Option<Digest>,
     partial: Option<Partial>,
-    hasher: Hasher,
+    hasher: StreamHasher,
     error: Option<String>,
     resumed_from: u64,
 }
@@ -568,16 +580,16 @@ struct Verified {
 /// Hashes, writes and commits bodies on a blocking thread.
 struct Sink {
     storage: Arc<Storage>,
-    out: mpsc::Sender<Message>,
-    observer: Arc<dyn Observer>,
-    session: u64,
-    peer: String,
+    verdicts: Verdicts,
+    /// Groups go here to be committed; joined at the end for its totals.
+    committer: Option<(
+        std::sync::mpsc::SyncSender<Vec<Verified>>,
+        std::thread::JoinHandle<Summary>,
+    )>,
     current: Option<Current>,
     group: Vec<Verified>,
     group_bytes: u64,
     summary: Summary,
-    /// To wait on the command channel with a timeout from this thread.
-    runtime: tokio::runtime::Handle,
 }
 
 impl Sink {
@@ -585,26 +597,13 @@ impl Sink {
         loop {
             let command = match commands.try_recv() {
                 Ok(c) => c,
-                Err(mpsc::error::TryRecvError::Empty) if self.group.is_empty() => {
+                // Nothing queued: hand what is verified to the committer,
+                // which syncs it while more data arrives.
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.commit();
                     match commands.blocking_recv() {
                         Some(c) => c,
                         None => break,
-                    }
-                }
-                // Files are waiting to be committed: wait briefly for more,
-                // so a stream of small files shares one sync, and commit
-                // once the sender pauses (it may be waiting for verdicts).
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match self
-                        .runtime
-                        .block_on(tokio::time::timeout(GROUP_LINGER, commands.recv()))
-                    {
-                        Ok(Some(c)) => c,
-                        Ok(None) => break,
-                        Err(_) => {
-                            self.commit();
-                            continue;
-                        }
                     }
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -619,9 +618,9 @@ impl Sink {
                     meta,
                     header_sha256,
                 } => {
-                    let mut hasher = Hasher::new();
+                    let mut prefix = Hasher::new();
                     let (partial, error) =
-                        match self.storage.begin(&path, record, offset, &mut hasher) {
+                        match self.storage.begin(&path, record, offset, &mut prefix) {
                             Ok(p) => (Some(p), None),
                             Err(e) => (
                                 None,
@@ -635,7 +634,7 @@ impl Sink {
                         meta,
                         header_sha256,
                         partial,
-                        hasher,
+                        hasher: StreamHasher::new(prefix, size - offset),
                         error,
                         resumed_from: offset,
                     });
@@ -643,7 +642,7 @@ impl Sink {
                 SinkCommand::Data(bytes) => self.write(&bytes),
                 SinkCommand::End { sha256, error } => self.end(sha256, error),
                 SinkCommand::Finish(reply) => {
-                    self.commit();
+                    self.drain_committer();
                     let _ = reply.send(self.summary);
                 }
             }
@@ -653,7 +652,7 @@ impl Sink {
         }
         // Files verified before the connection ended are still worth keeping,
         // and a file cut off mid-body is synced and kept for a resume.
-        self.commit();
+        self.drain_committer();
         if let Some(mut partial) = self.current.take().and_then(|c| c.partial) {
             match partial.checkpoint() {
                 Ok(()) => log::debug!(
@@ -670,7 +669,7 @@ impl Sink {
         self.summary
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    fn write(&mut self, bytes: &Bytes) {
         let Some(current) = self.current.as_mut() else {
             return;
         };
@@ -681,7 +680,7 @@ impl Sink {
         if let Some(partial) = current.partial.as_mut() {
             let result = partial.write(bytes).and_then(|()| {
                 if partial.written() - partial.durable() >= CHECKPOINT_BYTES {
-                    partial.checkpoint()
+                    partial.record_progress()
                 } else {
                     Ok(())
                 }
@@ -756,13 +755,58 @@ impl Sink {
     }
 
     fn failed(&mut self, id: u64, path: &WirePath, reason: String, retry: bool) {
+        self.summary.failed += 1;
+        self.verdicts.failed(id, path, reason, retry);
+    }
+
+    /// Hands the verified group to the committer thread.
+    fn commit(&mut self) {
+        if self.group.is_empty() {
+            return;
+        }
+        let group = std::mem::take(&mut self.group);
+        self.group_bytes = 0;
+        match &self.committer {
+            Some((queue, _)) => {
+                if let Err(unsent) = queue.send(group) {
+                    commit_group(&self.storage, &self.verdicts, unsent.0, &mut self.summary);
+                }
+            }
+            None => commit_group(&self.storage, &self.verdicts, group, &mut self.summary),
+        }
+    }
+
+    /// Commits everything handed off so far and waits for it.
+    fn drain_committer(&mut self) {
+        self.commit();
+        if let Some((queue, thread)) = self.committer.take() {
+            drop(queue);
+            if let Ok(committed) = thread.join() {
+                self.summary.files += committed.files;
+                self.summary.bytes += committed.bytes;
+                self.summary.failed += committed.failed;
+            }
+        }
+    }
+}
+
+/// Sends verdicts to the peer and reports them as events.
+#[derive(Clone)]
+struct Verdicts {
+    out: mpsc::Sender<Message>,
+    observer: Arc<dyn Observer>,
+    session: u64,
+    peer: String,
+}
+
+impl Verdicts {
+    fn failed(&self, id: u64, path: &WirePath, reason: String, retry: bool) {
         log::warn!(
             "{}: '{}' not stored: {}",
             self.peer,
             escape_for_terminal(path.as_str()),
             reason
         );
-        self.summary.failed += 1;
         self.observer.event(Event::FileFailed {
             session: self.session,
             path: path.to_string(),
@@ -774,52 +818,79 @@ impl Sink {
             .blocking_send(Message::Verdict(Verdict { id, outcome }));
     }
 
-    fn commit(&mut self) {
-        if self.group.is_empty() {
-            return;
+    fn stored(&self, id: u64, report: FileReport) {
+        let outcome = Outcome::Stored {
+            path: report.stored_as.clone(),
+            sha256: report.sha256,
+        };
+        self.observer.event(Event::FileDone {
+            session: self.session,
+            peer: self.peer.clone(),
+            report,
+        });
+        let _ = self
+            .out
+            .blocking_send(Message::Verdict(Verdict { id, outcome }));
+    }
+}
+
+/// Runs on its own thread: commits groups of verified files, merging every
+/// group that queued up while the previous sync ran (group commit), so the
+/// sink never waits for the disk and many files share one sync.
+fn run_committer(
+    storage: Arc<Storage>,
+    verdicts: Verdicts,
+    queue: std::sync::mpsc::Receiver<Vec<Verified>>,
+) -> Summary {
+    let mut summary = Summary::default();
+    while let Ok(mut group) = queue.recv() {
+        while let Ok(more) = queue.try_recv() {
+            group.extend(more);
         }
-        let group = std::mem::take(&mut self.group);
-        self.group_bytes = 0;
-        let (files, partials): (Vec<_>, Vec<_>) = group
-            .into_iter()
-            .map(|v| {
-                let report = FileReport {
-                    path: v.partial.wire_path().to_string(),
-                    stored_as: String::new(),
-                    size: v.size,
-                    sha256: v.sha256,
-                    skipped: false,
-                    digest_in_header: v.digest_in_header,
-                    resumed_from: v.resumed_from,
-                };
-                ((v.id, v.partial.wire_path().clone(), report), v.partial)
-            })
-            .unzip();
-        let results = self.storage.commit(partials);
-        for ((id, path, mut report), result) in files.into_iter().zip(results) {
-            match result {
-                Ok(stored_as) => {
-                    self.summary.files += 1;
-                    self.summary.bytes += report.size - report.resumed_from;
-                    report.stored_as = stored_as.clone();
-                    let sha256 = report.sha256;
-                    self.observer.event(Event::FileDone {
-                        session: self.session,
-                        peer: self.peer.clone(),
-                        report,
-                    });
-                    let outcome = Outcome::Stored {
-                        path: stored_as,
-                        sha256,
-                    };
-                    let _ = self
-                        .out
-                        .blocking_send(Message::Verdict(Verdict { id, outcome }));
-                }
-                Err(e) => {
-                    let reason = format!("cannot store it: {}", describe_io(&e));
-                    self.failed(id, &path, reason, false);
-                }
+        commit_group(&storage, &verdicts, group, &mut summary);
+    }
+    summary
+}
+
+/// Syncs, publishes and reports one group of verified files.
+fn commit_group(
+    storage: &Storage,
+    verdicts: &Verdicts,
+    group: Vec<Verified>,
+    summary: &mut Summary,
+) {
+    let (files, partials): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .map(|v| {
+            let report = FileReport {
+                path: v.partial.wire_path().to_string(),
+                stored_as: String::new(),
+                size: v.size,
+                sha256: v.sha256,
+                skipped: false,
+                digest_in_header: v.digest_in_header,
+                resumed_from: v.resumed_from,
+            };
+            ((v.id, v.partial.wire_path().clone(), report), v.partial)
+        })
+        .unzip();
+    let results = storage.commit(partials);
+    for ((id, path, mut report), result) in files.into_iter().zip(results) {
+        match result {
+            Ok(stored_as) => {
+                summary.files += 1;
+                summary.bytes += report.size - report.resumed_from;
+                report.stored_as = stored_as;
+                verdicts.stored(id, report);
+            }
+            Err(e) => {
+                summary.failed += 1;
+                verdicts.failed(
+                    id,
+                    &path,
+                    format!("cannot store it: {}", describe_io(&e)),
+                    false,
+                );
             }
         }
     }

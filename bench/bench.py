@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""xfer benchmark: xfer against raw-TCP baselines measured in the same run.
+
+Runs on loopback with fresh destination directories, a few repetitions per
+case (the median is reported), and prints wall seconds, MB/s, CPU seconds and
+peak RSS of each side, then the ratios the performance targets are stated in.
+
+    python3 bench/bench.py            # everything (needs ~12 GB of disk, ~10 min)
+    python3 bench/bench.py --quick    # smaller inputs, one repetition each
+
+Baselines: one SHA-256 pass (`openssl dgst -sha256`), a raw TCP copy with
+`nc`, `tar | nc` for trees, and rsync in daemon mode. As root the script
+installs rsync and netcat-openbsd with apt-get when they are missing, and
+drops the page cache before each timed run.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+XFER = ROOT / "target" / "release" / "xfer"
+MIB = 1024 * 1024
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_tools():
+    missing = [t for t in ("rsync", "nc") if shutil.which(t) is None]
+    if missing and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "rsync", "netcat-openbsd"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for tool in ("rsync", "nc"):
+        if shutil.which(tool) is None:
+            print(f"note: {tool} not installed; its baseline is skipped")
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Timed:
+    """A process run under /usr/bin/time: wall, user+sys CPU, peak RSS."""
+
+    def __init__(self, argv, stdout=subprocess.DEVNULL, stdin=None, cwd=None):
+        self.stats = tempfile.NamedTemporaryFile(delete=False)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%e %U %S %M", "-o", self.stats.name, *argv],
+            stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, cwd=cwd)
+
+    def wait(self, limit=600):
+        self.proc.wait(limit)
+        wall, user, system, rss = Path(self.stats.name).read_text().split()[-4:]
+        os.unlink(self.stats.name)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"{self.proc.args} failed: {self.proc.stderr.read().decode()[-500:]}")
+        return {"wall": float(wall), "cpu": float(user) + float(system), "rss_mb": int(rss) / 1024}
+
+
+def xfer_once(src_paths, dest, extra_send=(), via=None):
+    """One xfer transfer; returns (sender stats, receiver stats, wall)."""
+    recv = Timed([str(XFER), "recv", "--once", "--quiet", "--listen", "127.0.0.1:0",
+                  "--dir", str(dest)], stdout=subprocess.PIPE)
+    line = recv.proc.stdout.readline().decode()
+    port = int(line.rsplit(":", 1)[1])
+    target = via(port) if via else port
+    started = time.monotonic()
+    send = Timed([str(XFER), "send", "--quiet", *extra_send, *map(str, src_paths), f"127.0.0.1:{target}"])
+    s = send.wait()
+    r = recv.wait()
+    return s, r, time.monotonic() - started
+
+
+def nc_copy(src_file, dest):
+    port = free_port()
+    out = open(dest / src_file.name, "wb")
+    recv = Timed(["nc", "-l", "127.0.0.1", str(port)], stdout=out)
+    time.sleep(0.2)
+    started = time.monotonic()
+    with open(src_file, "rb") as f:
+        send = Timed(["nc", "-N", "127.0.0.1", str(port)], stdin=f)
+        s = send.wait()
+    r = recv.wait()
+    out.close()
+    return s, r, time.monotonic() - started
+
+
+def tar_nc(src_dir, dest):
+    port = free_port()
+    recv = Timed(["sh", "-c", f"nc -l 127.0.0.1 {port} | tar xf - -C '{dest}' && sync"])
+    time.sleep(0.2)
+    started = time.monotonic()
+    send = Timed(["sh", "-c", f"tar cf - -C '{src_dir.parent}' '{src_dir.name}' | nc -N 127.0.0.1 {port}"])
+    s = send.wait()
+    r = recv.wait()
+    return s, r, time.monotonic() - started
+
+
+class RsyncDaemon:
+    def __init__(self, work):
+        self.port = free_port()
+        self.module = work / "rsync-dest"
+        conf = work / "rsyncd.conf"
+        conf.write_text(f"use chroot = no\n[dst]\npath = {self.module}\nread only = no\nuid = root\ngid = root\n")
+        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
+                                      f"--port={self.port}", "--address=127.0.0.1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def copy(self, src, dest):
+        if self.module.exists():
+            shutil.rmtree(self.module)
+        self.module.mkdir()
+        started = time.monotonic()
+        send = Timed(["rsync", "-a", str(src), f"rsync://127.0.0.1:{self.port}/dst/"])
+        s = send.wait()
+        subprocess.run(["sync"])
+        return s, {"wall": 0, "cpu": 0, "rss_mb": 0}, time.monotonic() - started
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def hash_pass(path):
+    t = Timed(["openssl", "dgst", "-sha256", str(path)])
+    return t.wait()["wall"]
+
+
+class DelayProxy:
+    """Forwards 127.0.0.1:port, delaying every chunk by `delay` each way."""
+
+    def __init__(self, delay):
+        self.delay = delay
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def forward(self, upstream_port):
+        fut = asyncio.run_coroutine_threadsafe(self._listen(upstream_port), self.loop)
+        return fut.result(10)
+
+    async def _listen(self, upstream_port):
+        async def handle(cr, cw):
+            ur, uw = await asyncio.open_connection("127.0.0.1", upstream_port)
+            await asyncio.gather(self._pipe(cr, uw), self._pipe(ur, cw))
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return server.sockets[0].getsockname()[1]
+
+    async def _pipe(self, reader, writer):
+        queue = asyncio.Queue()
+
+        async def delayed_writer():
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0, due - time.monotonic()))
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        task = asyncio.ensure_future(delayed_writer())
+        while True:
+            data = await reader.read(256 * 1024)
+            queue.put_nowait((time.monotonic() + self.delay, data))
+            if not data:
+                break
+        await task
+
+
+def make_file(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 * MIB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_tree(root, files, dirs, size):
+    for i in range(files):
+        d = root / f"d{i % dirs:03}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06}").write_bytes(os.urandom(size) if size else b"")
+
+
+def median_run(fn, reps, fresh):
+    runs = []
+    for _ in range(reps):
+        fresh()
+        drop_caches()
+        runs.append(fn())
+    runs.sort(key=lambda r: r[2])
+    return runs[len(runs) // 2]
+
+
+def row(name, run, nbytes):
+    s, r, wall = run
+    rate = nbytes / wall / 1e6 if wall else 0
+    print(f"  {name:<26} {wall:7.2f} s {rate:8.0f} MB/s   cpu send {s['cpu']:5.2f} s recv {r['cpu']:5.2f} s"
+          f"   rss send {s['rss_mb']:6.1f} MB recv {r['rss_mb']:6.1f} MB")
+    return wall
+
+
+def main():
+    sys.stdout.reconfigure(line_buffering=True)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small inputs, one repetition")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--work", default=str(ROOT / "target" / "bench"))
+    args = ap.parse_args()
+    reps = 1 if args.quick else args.reps
+    big = (256 if args.quick else 1024) * MIB
+    huge = (512 if args.quick else 4096) * MIB
+    many = 20_000 if args.quick else 100_000
+
+    sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+    ensure_tools()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "src").mkdir(parents=True)
+    dest = work / "dest"
+    cache = work / "cache"
+    os.environ["XFER_CACHE_DIR"] = str(cache)
+
+    def fresh():
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir()
+
+    have_nc = shutil.which("nc") is not None
+    have_rsync = shutil.which("rsync") is not None
+    rsyncd = RsyncDaemon(work) if have_rsync else None
+    ratios = []
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    print(f"machine: {os.cpu_count()} cores, {cpu}; reps: {reps} (median shown)")
+
+    # 0: SHA-256 speed of xfer's hasher against OpenSSL, 16 KiB blocks.
+    ours = float(subprocess.run(["cargo", "run", "--release", "--quiet", "--example", "hash_speed"],
+                                cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    speed = subprocess.run(["openssl", "speed", "-seconds", "3", "-bytes", "16384", "-evp", "sha256"],
+                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    theirs = float(speed.split()[-1].rstrip("k")) * 1000 / 1e6
+    print(f"\n0. SHA-256 on 16 KiB blocks: xfer {ours:.0f} MB/s, openssl {theirs:.0f} MB/s")
+    ratios.append(("SHA-256 speed / openssl (target >= 0.90)", ours / theirs))
+
+    # 1 and 2: one large file, first send and second send (digest cached).
+    f = work / "src" / "big.bin"
+    make_file(f, big)
+    drop_caches()
+    one_hash = hash_pass(f)
+    print(f"\n1. one {big // MIB} MiB file; one SHA-256 pass (openssl): {one_hash:.2f} s")
+    first = row("xfer, first send", median_run(lambda: xfer_once([f], dest, ["--no-cache"]), reps, fresh), big)
+    xfer_once([f], dest)  # fills the digest cache
+    second = row("xfer, digest cached", median_run(lambda: xfer_once([f], dest), reps, fresh), big)
+    if have_nc:
+        nc = row("nc (raw TCP, no sync)", median_run(lambda: nc_copy(f, dest), reps, fresh), big)
+        ratios.append(("1 GiB first send / nc", first / nc))
+    if rsyncd:
+        rs = row("rsync daemon (+sync)", median_run(lambda: rsyncd.copy(f, dest), reps, fresh), big)
+        ratios.append(("1 GiB first send / rsync daemon", first / rs))
+        ratios.append(("1 GiB cached send / rsync daemon", second / rs))
+    ratios.append(("1 GiB first send / one SHA-256 pass (target <= 1.25)", first / one_hash))
+    ratios.append(("1 GiB cached send / one SHA-256 pass (target <= 1.25)", second / one_hash))
+    f.unlink()
+
+    # 3: 5,000 files of 16 KiB in 50 directories, plus 5 ms of latency each way.
+    tree = work / "src" / "tree"
+    make_tree(tree, 5000, 50, 16 * 1024)
+    nbytes = 5000 * 16 * 1024
+    print("\n3. 5,000 files of 16 KiB in 50 directories")
+    small = row("xfer", median_run(lambda: xfer_once([tree], dest, ["--no-cache"]), reps, fresh), nbytes)
+    if have_nc:
+        tn = row("tar | nc, then sync", median_run(lambda: tar_nc(tree, dest), reps, fresh), nbytes)
+        ratios.append(("5,000 files / tar|nc+sync (target <= 1.5)", small / tn))
+    if rsyncd:
+        rs = row("rsync daemon (+sync)", median_run(lambda: rsyncd.copy(tree, dest), reps, fresh), nbytes)
+        ratios.append(("5,000 files / rsync daemon (target < 1)", small / rs))
+    proxy = DelayProxy(0.005)
+    delayed = row("xfer, +5 ms each way",
+                  median_run(lambda: xfer_once([tree], dest, ["--no-cache"], via=proxy.forward), reps, fresh), nbytes)
+    ratios.append(("5,000 files: extra round trips at 10 ms RTT (target <= ~10)", (delayed - small) / 0.010))
+    shutil.rmtree(tree)
+
+    # 4: a file larger than memory budgets, for flat RSS.
+    f = work / "src" / "huge.bin"
+    make_file(f, huge)
+    print(f"\n4. one {huge // MIB} MiB file (memory)")
+    run = median_run(lambda: xfer_once([f], dest, ["--no-cache"]), 1, fresh)
+    row("xfer", run, huge)
+    ratios.append(("huge file: peak RSS MB, max of both sides (target <= 64)", max(run[0]["rss_mb"], run[1]["rss_mb"])))
+    f.unlink()
+
+    # 5: many empty-to-tiny files.
+    tree = work / "src" / "many"
+    make_tree(tree, many, 500, 0)
+    for i, p in enumerate(sorted(tree.rglob("f*"))):
+        if i % 3 == 0:
+            p.write_bytes(b"x" * (i % 100))
+    print(f"\n5. {many:,} empty-to-tiny files")
+    run = median_run(lambda: xfer_once([tree], dest, ["--no-cache"]), 1, fresh)
+    row("xfer", run, 0)
+    ratios.append((f"{many:,} files: peak RSS MB, max of both sides (target <= 64)",
+                   max(run[0]["rss_mb"], run[1]["rss_mb"])))
+    if have_nc:
+        row("tar | nc, then sync", median_run(lambda: tar_nc(tree, dest), 1, fresh), 0)
+    shutil.rmtree(tree)
+
+    # 6: 8 concurrent senders into one receiver.
+    print("\n6. 8 concurrent senders of 64 MiB each into one receiver")
+    srcs = []
+    for i in range(8):
+        p = work / "src" / f"c{i}.bin"
+        make_file(p, 64 * MIB)
+        srcs.append(p)
+    fresh()
+    recv = Timed([str(XFER), "recv", "--quiet", "--listen", "127.0.0.1:0", "--dir", str(dest)],
+                 stdout=subprocess.PIPE)
+    port = int(recv.proc.stdout.readline().decode().rsplit(":", 1)[1])
+    started = time.monotonic()
+    senders = [Timed([str(XFER), "send", "--quiet", "--no-cache", str(p), f"127.0.0.1:{port}"]) for p in srcs]
+    sends = [s.wait() for s in senders]
+    wall = time.monotonic() - started
+    # SIGTERM the receiver itself, not /usr/bin/time around it.
+    subprocess.run(["pkill", "-TERM", "-P", str(recv.proc.pid)])
+    r = recv.wait()
+    print(f"  {'xfer x8':<26} {wall:7.2f} s {8 * 64 * MIB / wall / 1e6:8.0f} MB/s   "
+          f"rss send max {max(s['rss_mb'] for s in sends):6.1f} MB recv {r['rss_mb']:6.1f} MB")
+    ratios.append(("8 senders: receiver peak RSS MB (target <= 64)", r["rss_mb"]))
+
+    if rsyncd:
+        rsyncd.stop()
+    print("\nratios (same run):")
+    for name, value in ratios:
+        print(f"  {name:<62} {value:6.2f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
