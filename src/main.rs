@@ -6,6 +6,7 @@ use xfer::error::exit_code_of;
 use xfer::paths::escape_for_terminal;
 
 fn main() -> ExitCode {
+    xfer::tune_allocator();
     let cli = Cli::parse();
     xfer::logging::init(cli.verbose);
     let result = tokio::runtime::Builder::new_multi_thread()
