@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::progress::OutputMode;
-use crate::receiver::RecvConfig;
+use crate::receiver::{Limits, RecvConfig};
 use crate::sender::{Destination, SendConfig};
 
 /// The port used when an address names none.
@@ -96,6 +96,22 @@ pub struct RecvArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub idle_timeout: u64,
 
+    /// Drop a connection that has not said hello within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub handshake_timeout: u64,
+
+    /// Refuse files larger than this (bytes; K, M, G, T suffixes allowed).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Refuse what would take one sender's session over this many bytes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_session_size: Option<u64>,
+
+    /// End a session that offers more than this many files and directories.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub max_files: u64,
+
     /// Remove partial files of interrupted transfers older than this at start.
     #[arg(long, value_name = "DAYS", default_value_t = 7)]
     pub keep_partials_days: u64,
@@ -155,6 +171,12 @@ impl RecvArgs {
             overwrite: self.overwrite,
             max_connections: self.max_connections,
             idle_timeout: idle(self.idle_timeout)?,
+            handshake_timeout: idle(self.handshake_timeout)?,
+            limits: Limits {
+                max_file_size: self.max_size,
+                max_session_bytes: self.max_session_size,
+                max_entries: self.max_files,
+            },
             keep_partials: if self.clean_partials {
                 Duration::ZERO
             } else {
@@ -162,6 +184,23 @@ impl RecvArgs {
             },
         })
     }
+}
+
+/// A byte count: digits with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(raw: &str) -> Result<u64, String> {
+    let raw = raw.trim();
+    let (digits, shift) = match raw.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&raw[..i], 10),
+        Some((i, 'M' | 'm')) => (&raw[..i], 20),
+        Some((i, 'G' | 'g')) => (&raw[..i], 30),
+        Some((i, 'T' | 't')) => (&raw[..i], 40),
+        _ => (raw, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a size such as 500M or 2G"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{raw}' is too large"))
 }
 
 /// `HOST:PORT`, `[IPv6]:PORT`, `HOST`, `[IPv6]` or a bare IPv6 address.
@@ -274,6 +313,18 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert_eq!(parse_size("2K"), Ok(2048));
+        assert_eq!(parse_size("3m"), Ok(3 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999T").is_err());
     }
 
     #[test]

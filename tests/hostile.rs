@@ -95,3 +95,415 @@ async fn a_body_for_an_unplanned_file_ends_the_session_and_the_server_serves_on(
     send(&[&file], rx.addr).await.0.unwrap();
     assert_same_tree(src.path(), dst.path());
 }
+
+/// Bytes a raw peer sends; `hello` first when set.
+struct Case {
+    name: &'static str,
+    hello: bool,
+    bytes: Vec<u8>,
+    /// Close our side after sending (else wait for the receiver to end it).
+    close: bool,
+    /// What the receiver must log as the reason.
+    reason: &'static str,
+}
+
+fn frame(message: &Message) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    xfer::protocol::codec::encode(message, &mut buf).unwrap();
+    buf.to_vec()
+}
+
+fn raw_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn hello(version: u32) -> Vec<u8> {
+    let mut out = xfer::protocol::MAGIC.to_vec();
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out
+}
+
+fn offer_of(size: u64) -> Vec<u8> {
+    frame(&Message::Offer(Offer {
+        first_id: 0,
+        entries: vec![Entry {
+            size,
+            ..file_entry("f.bin")
+        }],
+    }))
+}
+
+fn cases() -> Vec<Case> {
+    let body_then = |body: &[u8], tail: Vec<u8>| {
+        let mut out = offer_of(10);
+        out.extend(frame(&Message::FileBegin { id: 0, offset: 0 }));
+        out.extend_from_slice(body);
+        out.extend(tail);
+        out
+    };
+    let digest = xfer::hashing::digest(b"0123456789");
+    let end = frame(&Message::FileEnd {
+        sha256: digest,
+        error: None,
+    });
+    vec![
+        Case {
+            name: "garbage",
+            hello: false,
+            bytes: b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            close: false,
+            reason: "bad magic",
+        },
+        Case {
+            name: "wrong magic",
+            hello: false,
+            bytes: b"XFEZ\r\n\x1a\n\0\0\0\x01\0\0\0\0".to_vec(),
+            close: false,
+            reason: "bad magic",
+        },
+        Case {
+            name: "unsupported version",
+            hello: false,
+            bytes: hello(99),
+            close: false,
+            reason: "version 99",
+        },
+        Case {
+            name: "truncated hello",
+            hello: false,
+            bytes: b"XFER".to_vec(),
+            close: true,
+            reason: "during the hello",
+        },
+        Case {
+            name: "truncated frame",
+            hello: true,
+            bytes: [&100u32.to_be_bytes()[..], b"abc"].concat(),
+            close: true,
+            reason: "in the middle of a message",
+        },
+        Case {
+            name: "frame over the maximum",
+            hello: true,
+            bytes: (1024 * 1024 + 1u32).to_be_bytes().to_vec(),
+            close: false,
+            reason: "exceeds the limit",
+        },
+        Case {
+            name: "frame length near u32::MAX",
+            hello: true,
+            bytes: (u32::MAX - 1).to_be_bytes().to_vec(),
+            close: false,
+            reason: "exceeds the limit",
+        },
+        Case {
+            name: "huge declared string",
+            hello: true,
+            // Offer { first_id: 0, entries: [ Entry { path: <u64::MAX bytes> ...
+            bytes: raw_frame(&[&[0u8, 0, 1, 253][..], &u64::MAX.to_le_bytes()].concat()),
+            close: false,
+            reason: "malformed message",
+        },
+        Case {
+            name: "huge declared vector",
+            hello: true,
+            bytes: raw_frame(&[&[0u8, 0, 253][..], &u64::MAX.to_le_bytes()].concat()),
+            close: false,
+            reason: "malformed message",
+        },
+        Case {
+            name: "unknown message kind",
+            hello: true,
+            bytes: raw_frame(&[200]),
+            close: false,
+            reason: "malformed message",
+        },
+        Case {
+            name: "a plan from the sender",
+            hello: true,
+            bytes: frame(&Message::Plan(xfer::protocol::Plan {
+                first_id: 0,
+                actions: vec![],
+            })),
+            close: false,
+            reason: "unexpected Plan",
+        },
+        Case {
+            name: "body before any offer",
+            hello: true,
+            bytes: frame(&Message::FileBegin { id: 0, offset: 0 }),
+            close: false,
+            reason: "not planned",
+        },
+        Case {
+            name: "offer numbered wrong",
+            hello: true,
+            bytes: frame(&Message::Offer(Offer {
+                first_id: 5,
+                entries: vec![file_entry("a")],
+            })),
+            close: false,
+            reason: "numbered from 5",
+        },
+        Case {
+            name: "empty offer",
+            hello: true,
+            bytes: frame(&Message::Offer(Offer {
+                first_id: 0,
+                entries: vec![],
+            })),
+            close: false,
+            reason: "offer of 0 entries",
+        },
+        Case {
+            name: "body from an unplanned offset",
+            hello: true,
+            bytes: [
+                offer_of(10),
+                frame(&Message::FileBegin { id: 0, offset: 4 }),
+            ]
+            .concat(),
+            close: false,
+            reason: "but the plan said 0",
+        },
+        Case {
+            name: "body shorter than declared, then close",
+            hello: true,
+            bytes: body_then(b"01234", vec![]),
+            close: true,
+            reason: "in the middle of a file body",
+        },
+        Case {
+            name: "body longer than declared",
+            hello: true,
+            bytes: body_then(b"0123456789", b"EXTRA BYTES!".to_vec()),
+            close: false,
+            reason: "",
+        },
+        Case {
+            name: "close without Done",
+            hello: true,
+            bytes: body_then(b"0123456789", end.clone()),
+            close: true,
+            reason: "before it was done",
+        },
+        Case {
+            name: "a second hello inside the session",
+            hello: true,
+            bytes: hello(1),
+            close: false,
+            reason: "exceeds the limit",
+        },
+        Case {
+            name: "a second session after Done",
+            hello: true,
+            bytes: [frame(&Message::Done), hello(1), offer_of(10)].concat(),
+            close: false,
+            reason: "",
+        },
+    ]
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_streams_end_only_their_connection() {
+    for case in cases() {
+        let (src, outer) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let dir = outer.path().join("inbox");
+        let rx = Receiver::start(&dir).await;
+        let mut stream = within(tokio::net::TcpStream::connect(rx.addr))
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if case.hello {
+            within(stream.write_all(&hello(1))).await.unwrap();
+        }
+        within(stream.write_all(&case.bytes)).await.unwrap();
+        if case.close {
+            within(stream.shutdown()).await.unwrap();
+        }
+        // The receiver must end the connection by itself (reads see EOF or a reset).
+        let mut sink = Vec::new();
+        let _ = within(stream.read_to_end(&mut sink)).await;
+        let events = rx.events.clone();
+        within(async {
+            while events.session_errors().is_empty() && !case.reason.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if !case.reason.is_empty() {
+            let errors = rx.events.session_errors();
+            assert!(
+                errors.iter().any(|e| e.contains(case.reason)),
+                "{}: {errors:?}",
+                case.name
+            );
+        }
+        // Nothing visible in DIR that is not a complete, verified file.
+        for (path, _) in tree_listing(&dir)
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with('.'))
+        {
+            assert_eq!(path, "f.bin", "{}", case.name);
+            assert_eq!(
+                std::fs::read(dir.join(&path)).unwrap(),
+                b"0123456789",
+                "{}",
+                case.name
+            );
+        }
+        let outside: Vec<_> = std::fs::read_dir(outer.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(outside, ["inbox"], "{}", case.name);
+        // And the server still serves a real sender.
+        let file = src.path().join("real.txt");
+        write_random(&file, 100, 1);
+        let (result, _) = send(&[&file], rx.addr).await;
+        assert!(result.is_ok(), "{}: {:#}", case.name, result.unwrap_err());
+        rx.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_do_not_lock_out_a_real_sender() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = RecvOptions {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let rx = Receiver::start_with(dst.path(), options).await;
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(
+            within(tokio::net::TcpStream::connect(rx.addr))
+                .await
+                .unwrap(),
+        );
+    }
+    let file = src.path().join("through.txt");
+    write_random(&file, 1000, 2);
+    send(&[&file], rx.addr).await.0.unwrap();
+    assert_same_tree(src.path(), dst.path());
+    drop(idle);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let dst = tempfile::tempdir().unwrap();
+    let options = RecvOptions {
+        idle_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let rx = Receiver::start_with(dst.path(), options).await;
+    let mut stream = within(tokio::net::TcpStream::connect(rx.addr))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    use tokio::io::AsyncReadExt;
+    within(stream.read_to_end(&mut got)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        got.len(),
+        xfer::protocol::HELLO_LEN,
+        "only the receiver's hello"
+    );
+    let events = rx.events.clone();
+    within(async move {
+        while !events
+            .session_errors()
+            .iter()
+            .any(|e| e.contains("no hello within 1 s"))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sender_over_the_session_limit_is_turned_away_politely() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let options = RecvOptions {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let rx = Receiver::start_with(dst.path(), options).await;
+    // A session that holds the only slot.
+    let stream = within(tokio::net::TcpStream::connect(rx.addr))
+        .await
+        .unwrap();
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, "rx".into(), Duration::from_secs(10));
+    let mut writer = FrameWriter::new(w, "rx".into(), Duration::from_secs(10));
+    within(handshake(&mut reader, &mut writer)).await.unwrap();
+    let file = src.path().join("later.txt");
+    write_random(&file, 10, 3);
+    let (result, _) = send(&[&file], rx.addr).await;
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(
+        err.contains("the receiver is busy with 1 senders already; try again shortly"),
+        "{err}"
+    );
+    // Once the slot frees up, the same sender gets through.
+    drop((reader, writer));
+    let mut ok = false;
+    for _ in 0..50 {
+        if send(&[&file], rx.addr).await.0.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the slot was never released");
+}
+
+#[tokio::test]
+async fn size_and_count_limits_are_enforced_with_clear_reasons() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let limits = xfer::receiver::Limits {
+        max_file_size: Some(1000),
+        max_session_bytes: Some(1500),
+        max_entries: 4,
+    };
+    let rx = Receiver::start_with(
+        dst.path(),
+        RecvOptions {
+            limits,
+            ..Default::default()
+        },
+    )
+    .await;
+    let big = src.path().join("big.bin");
+    write_random(&big, 2000, 1);
+    let err = format!("{:#}", send(&[&big], rx.addr).await.0.unwrap_err());
+    assert!(
+        err.contains(
+            "big.bin: 2000 bytes is over the receiver's limit of 1000 bytes per file (--max-size)"
+        ),
+        "{err}"
+    );
+
+    let (a, b) = (src.path().join("a.bin"), src.path().join("b.bin"));
+    write_random(&a, 900, 2);
+    write_random(&b, 900, 3);
+    let err = format!("{:#}", send(&[&a, &b], rx.addr).await.0.unwrap_err());
+    assert!(
+        err.contains("b.bin: over the receiver's limit of bytes per session"),
+        "{err}"
+    );
+    assert!(dst.path().join("a.bin").is_file());
+
+    let tree = src.path().join("tree");
+    for i in 0..5 {
+        write_random(&tree.join(format!("{i}")), 1, i);
+    }
+    let err = format!("{:#}", send(&[&tree], rx.addr).await.0.unwrap_err());
+    assert!(err.contains("more than 4 files in one session"), "{err}");
+    assert!(!dst.path().join("tree").exists());
+}

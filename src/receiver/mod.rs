@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+pub use session::Limits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +21,10 @@ use crate::storage::Storage;
 
 /// How long sessions get to wind down after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Connections that have not finished their hello yet, at most. They do not
+/// hold a session slot, so idle connections cannot lock real senders out;
+/// beyond this many, new connections are closed at once.
+const MAX_PENDING_HELLOS: usize = 256;
 
 /// A validated `xfer recv` invocation.
 #[derive(Debug, Clone)]
@@ -33,6 +39,10 @@ pub struct RecvConfig {
     pub max_connections: usize,
     /// Longest wait for any byte from a sender.
     pub idle_timeout: Duration,
+    /// Longest wait for a new connection's hello.
+    pub handshake_timeout: Duration,
+    /// What one sender may ask for.
+    pub limits: Limits,
     /// Partial files untouched for longer are removed at start (zero: all).
     pub keep_partials: Duration,
 }
@@ -84,16 +94,13 @@ impl Server {
         observer: Arc<dyn Observer>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<ServeReport> {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let sessions = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let hellos = Arc::new(Semaphore::new(MAX_PENDING_HELLOS));
         let tracker = TaskTracker::new();
         let mut report = ServeReport::default();
         let failed = Arc::new(AtomicU64::new(0));
         let mut next_session = 1u64;
         loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&limit).acquire_owned() => permit?,
-                _ = shutdown.cancelled() => break,
-            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -106,10 +113,18 @@ impl Server {
                 },
                 _ = shutdown.cancelled() => break,
             };
+            let Ok(hello_permit) = Arc::clone(&hellos).try_acquire_owned() else {
+                log::warn!("{peer}: closed at once, {MAX_PENDING_HELLOS} connections are still saying hello");
+                continue;
+            };
             let context = session::Context {
                 storage: Arc::clone(&self.storage),
                 observer: Arc::clone(&observer),
                 idle_timeout: self.config.idle_timeout,
+                handshake_timeout: self.config.handshake_timeout,
+                limits: self.config.limits,
+                sessions: Arc::clone(&sessions),
+                max_sessions: self.config.max_connections.max(1),
                 shutdown: shutdown.child_token(),
                 session: next_session,
             };
@@ -117,8 +132,7 @@ impl Server {
             report.sessions += 1;
             let failed = Arc::clone(&failed);
             let task = tracker.spawn(async move {
-                let _permit = permit;
-                if !session::serve_one(stream, peer, context).await {
+                if !session::serve_one(stream, peer, context, hello_permit).await {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             });

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{describe_io, Error};
@@ -46,13 +46,44 @@ pub(super) struct Context {
     pub storage: Arc<Storage>,
     pub observer: Arc<dyn Observer>,
     pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub limits: Limits,
+    /// Session slots; a sender past its hello needs one.
+    pub sessions: Arc<Semaphore>,
+    pub max_sessions: usize,
     pub shutdown: CancellationToken,
     pub session: u64,
 }
 
+/// What one sender may ask the receiver to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single file, in bytes.
+    pub max_file_size: Option<u64>,
+    /// Most bytes one session may store.
+    pub max_session_bytes: Option<u64>,
+    /// Most entries (files and directories) one session may offer.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: None,
+            max_session_bytes: None,
+            max_entries: 10_000_000,
+        }
+    }
+}
+
 /// Runs one session to its end, logs how it ended, and reports whether every
 /// file it offered was stored.
-pub(super) async fn serve_one(stream: TcpStream, peer: SocketAddr, context: Context) -> bool {
+pub(super) async fn serve_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: Context,
+    hello_permit: OwnedSemaphorePermit,
+) -> bool {
     let started = Instant::now();
     let observer = Arc::clone(&context.observer);
     let session = context.session;
@@ -60,7 +91,7 @@ pub(super) async fn serve_one(stream: TcpStream, peer: SocketAddr, context: Cont
         session,
         peer: peer.to_string(),
     });
-    let result = run(stream, peer, context).await;
+    let result = run(stream, peer, context, hello_permit).await;
     let (mut summary, error) = match result {
         Ok(summary) => (summary, None),
         Err((summary, e)) => {
@@ -86,6 +117,7 @@ async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     context: Context,
+    hello_permit: OwnedSemaphorePermit,
 ) -> Result<Summary, (Summary, Error)> {
     let _ = stream.set_nodelay(true);
     let name: Arc<str> = peer.to_string().into();
@@ -93,9 +125,42 @@ async fn run(
     let mut reader = FrameReader::new(read_half, Arc::clone(&name), context.idle_timeout);
     let mut writer = FrameWriter::new(write_half, Arc::clone(&name), context.idle_timeout);
     reader.watch(&writer);
-    if let Err(e) = handshake(&mut reader, &mut writer).await {
-        return Err((Summary::default(), e));
+    let lost = |detail: String| Error::ConnectionLost {
+        peer: name.to_string(),
+        detail,
+    };
+    match tokio::time::timeout(
+        context.handshake_timeout,
+        handshake(&mut reader, &mut writer),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err((Summary::default(), e)),
+        Err(_) => {
+            let secs = context.handshake_timeout.as_secs();
+            return Err((
+                Summary::default(),
+                lost(format!("no hello within {secs} s")),
+            ));
+        }
     }
+    drop(hello_permit);
+    // Past the hello, a sender needs a session slot; when all are taken it
+    // is told so at once rather than left waiting in a queue.
+    let Ok(_slot) = Arc::clone(&context.sessions).try_acquire_owned() else {
+        let reason = format!(
+            "the receiver is busy with {} senders already; try again shortly",
+            context.max_sessions
+        );
+        let _ = writer
+            .send(&Message::Abort {
+                reason: reason.clone(),
+            })
+            .await;
+        let _ = writer.shutdown().await;
+        return Err((Summary::default(), lost(format!("turned away: {reason}"))));
+    };
     log::debug!("session with {peer} started");
 
     let (out_tx, out_rx) = mpsc::channel(256);
@@ -126,6 +191,7 @@ async fn run(
         summary: Summary::default(),
     };
     let sink_thread = tokio::task::spawn_blocking(move || sink.run(sink_rx));
+    let context_limits = context.limits;
     let mut receive = Receive {
         reader,
         out: out_tx,
@@ -136,6 +202,8 @@ async fn run(
         next_offer_id: 0,
         last_body_id: None,
         skipped: 0,
+        offered: 0,
+        session_left: context_limits.max_session_bytes.unwrap_or(u64::MAX),
     };
     let outcome = receive.run().await;
     let skipped = receive.skipped;
@@ -210,6 +278,10 @@ struct Receive {
     next_offer_id: u64,
     last_body_id: Option<u64>,
     skipped: u64,
+    /// Entries offered so far, against `Limits::max_entries`.
+    offered: u64,
+    /// Bytes this session may still plan to receive.
+    session_left: u64,
 }
 
 impl Receive {
@@ -289,11 +361,23 @@ impl Receive {
         if self.planned.len() + count > MAX_OUTSTANDING {
             return Err(self.protocol("too many offered files without bodies".into()));
         }
+        self.offered += count as u64;
+        let limits = self.context.limits;
+        if self.offered > limits.max_entries {
+            return Err(self.protocol(format!(
+                "more than {} files in one session (the receiver's --max-files); send them in parts",
+                limits.max_entries
+            )));
+        }
         let storage = Arc::clone(&self.context.storage);
         let entries = offer.entries;
-        let decided = tokio::task::spawn_blocking(move || decide(&storage, entries))
-            .await
-            .map_err(|e| self.lost(&e.to_string()))?;
+        let mut left = self.session_left;
+        let (decided, left) = tokio::task::spawn_blocking(move || {
+            (decide(&storage, entries, limits, &mut left), left)
+        })
+        .await
+        .map_err(|e| self.lost(&e.to_string()))?;
+        self.session_left = left;
         let mut actions = Vec::with_capacity(count);
         for (id, (entry, decision)) in (offer.first_id..).zip(decided) {
             let action = match decision {
@@ -502,13 +586,24 @@ enum Decision {
 
 /// Plans one offer against DIR: path safety, free space, existing files,
 /// partials to resume.
-fn decide(storage: &Storage, entries: Vec<Entry>) -> Vec<(Entry, Decision)> {
+fn decide(
+    storage: &Storage,
+    entries: Vec<Entry>,
+    limits: Limits,
+    session_left: &mut u64,
+) -> Vec<(Entry, Decision)> {
     let mut free = storage.free_space().unwrap_or(u64::MAX);
     entries
         .into_iter()
         .map(|entry| {
+            let too_big = limits.max_file_size.filter(|max| entry.size > *max);
             let decision = match (WirePath::parse(&entry.path), entry.kind) {
                 (Err(e), _) => Decision::Refuse(format!("unsafe path: {e}")),
+                (Ok(_), EntryKind::File) if too_big.is_some() => Decision::Refuse(format!(
+                    "{} bytes is over the receiver's limit of {} bytes per file (--max-size)",
+                    entry.size,
+                    too_big.unwrap_or_default()
+                )),
                 (Ok(path), EntryKind::Dir) => match storage.make_dirs(Some(path.as_str())) {
                     Ok(_) => Decision::Dir(path),
                     Err(e) => Decision::Refuse(describe_io(&e)),
@@ -521,8 +616,14 @@ fn decide(storage: &Storage, entries: Vec<Entry>) -> Vec<(Entry, Decision)> {
                             Decision::Refuse(format!(
                                 "not enough free space on the receiver: {needed} bytes needed, {free} available"
                             ))
+                        } else if needed > *session_left {
+                            Decision::Refuse(format!(
+                                "over the receiver's limit of bytes per session (--max-session-size); \
+                                 {session_left} bytes were left"
+                            ))
                         } else {
                             free -= needed;
+                            *session_left -= needed;
                             Decision::File(path, FilePlan::Receive, offset)
                         }
                     }

@@ -113,6 +113,8 @@ pub struct RecvOptions {
     pub overwrite: bool,
     pub once: bool,
     pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub limits: xfer::receiver::Limits,
 }
 
 impl Default for RecvOptions {
@@ -122,6 +124,8 @@ impl Default for RecvOptions {
             overwrite: false,
             once: false,
             idle_timeout: Duration::from_secs(10),
+            max_connections: 16,
+            limits: xfer::receiver::Limits::default(),
         }
     }
 }
@@ -137,9 +141,11 @@ impl Receiver {
             listen: options.listen,
             once: options.once,
             overwrite: options.overwrite,
-            max_connections: 16,
+            max_connections: options.max_connections,
             idle_timeout: options.idle_timeout,
             keep_partials: Duration::from_secs(7 * 24 * 3600),
+            handshake_timeout: options.idle_timeout,
+            limits: options.limits,
         };
         let listener = TcpListener::bind(options.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
