@@ -4,18 +4,25 @@
 //! Rules (DESIGN §3): bytes land in a hidden `.NAME.xfer-part` beside the
 //! destination; only a verified partial is synced and moved to its final name,
 //! and the rename is synced too, so a visible file is always complete.
-//! Nothing is written through a symlink: directories are walked one component
-//! at a time refusing links, partials are opened with `O_NOFOLLOW`, and the
-//! final name is taken with `link(2)`, which never follows or replaces one.
+//!
+//! Confinement: every operation goes through directory handles. A path is
+//! walked from DIR's handle one component at a time with `openat(O_NOFOLLOW |
+//! O_DIRECTORY)`, and files are then created, linked, renamed and removed
+//! relative to the final directory's handle (`openat`, `linkat`, `renameat`,
+//! `unlinkat`). A symlink anywhere on the way is refused by the kernel at the
+//! moment of use, so one swapped in after a check cannot redirect a write.
 
 use std::collections::HashSet;
-use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::fs::{self, File, FileTimes, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::hashing;
 use crate::paths::{WirePath, MAX_COMPONENT_LEN, PARTIAL_SUFFIX, SIDECAR_SUFFIX};
@@ -23,6 +30,9 @@ use crate::protocol::Digest;
 
 /// How many `name (n).ext` candidates are tried before giving up.
 const MAX_CONFLICT_SUFFIX: u32 = 9999;
+
+/// Bytes between two starts of writeback while a partial is written.
+const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 /// The receiver's DIR and the partials being written into it right now.
 pub struct Storage {
@@ -93,12 +103,19 @@ impl ResumeRecord {
     }
 }
 
+/// A directory inside DIR, held open, and its path for messages.
+struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
 /// A hidden file being received. Dropping it leaves the bytes on disk (a later
 /// session may resume from them); [`Partial::discard`] removes them.
 pub struct Partial {
     file: File,
-    partial_path: PathBuf,
-    sidecar_path: PathBuf,
+    dir: Dir,
+    partial_name: String,
+    sidecar_name: String,
     record: ResumeRecord,
     written: u64,
     /// Writeback has been started for bytes before this offset.
@@ -110,7 +127,7 @@ pub struct Partial {
 impl Drop for Partial {
     fn drop(&mut self) {
         if let Ok(mut active) = self.active.lock() {
-            active.remove(&self.partial_path);
+            active.remove(&self.dir.path.join(&self.partial_name));
         }
     }
 }
@@ -147,7 +164,7 @@ impl Partial {
             | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         sync_range(&self.file, 0, upto, wait)?;
         self.record.durable = upto;
-        write_sidecar(&self.sidecar_path, &self.record)
+        write_sidecar(self.dir.fd.as_fd(), &self.sidecar_name, &self.record)
     }
 
     /// Bytes in the file so far, resumed prefix included.
@@ -165,7 +182,7 @@ impl Partial {
     pub fn checkpoint(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
         self.record.durable = self.written;
-        write_sidecar(&self.sidecar_path, &self.record)
+        write_sidecar(self.dir.fd.as_fd(), &self.sidecar_name, &self.record)
     }
 
     /// Gives the file its final permissions and mtime (before the sync).
@@ -177,8 +194,8 @@ impl Partial {
 
     /// Removes the partial file and its sidecar.
     pub fn discard(self) {
-        let _ = fs::remove_file(&self.partial_path);
-        let _ = fs::remove_file(&self.sidecar_path);
+        let _ = rustix::fs::unlinkat(&self.dir.fd, self.partial_name.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&self.dir.fd, self.sidecar_name.as_str(), AtFlags::empty());
     }
 
     /// The wire path this partial will be stored under.
@@ -186,9 +203,6 @@ impl Partial {
         &self.wire
     }
 }
-
-/// Bytes between two starts of writeback while a partial is written.
-const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
 fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -201,28 +215,47 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Re
     Ok(())
 }
 
-fn write_sidecar(path: &Path, record: &ResumeRecord) -> io::Result<()> {
+/// Opens `name` in `dir` without following a symlink in its place.
+fn open_in(dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// The type and size of `name` in `dir`, not following a symlink.
+fn stat_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<(FileType, u64)> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok((
+        FileType::from_raw_mode(st.st_mode),
+        u64::try_from(st.st_size).unwrap_or(0),
+    ))
+}
+
+fn write_sidecar(dir: BorrowedFd<'_>, name: &str, record: &ResumeRecord) -> io::Result<()> {
     let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let mut file = open_in(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+        0o600,
+    )?;
     file.write_all(&json)
 }
 
-fn read_sidecar(path: &Path) -> Option<ResumeRecord> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
+fn read_sidecar(dir: BorrowedFd<'_>, name: &str) -> Option<ResumeRecord> {
+    let file = open_in(dir, name, OFlags::RDONLY, 0).ok()?;
     // A sidecar is a few hundred bytes; anything bigger is not ours.
     let mut json = Vec::new();
     io::Read::read_to_end(&mut io::Read::take(file, 64 * 1024), &mut json).ok()?;
     serde_json::from_slice(&json).ok()
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
 impl Storage {
@@ -230,7 +263,11 @@ impl Storage {
     pub fn open(root: &Path, overwrite: bool) -> io::Result<Storage> {
         fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
-        let root_handle = File::open(&root)?;
+        let root_handle = File::from(rustix::fs::open(
+            &root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
         Ok(Storage {
             root,
             overwrite,
@@ -246,63 +283,54 @@ impl Storage {
 
     /// Bytes available to us on DIR's filesystem.
     pub fn free_space(&self) -> io::Result<u64> {
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: the fd is open for the life of `self` and `stat` is a valid out-pointer.
-        let rc = unsafe { libc::fstatvfs(self.root_handle.as_raw_fd(), &mut stat) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+        let stat = rustix::fs::fstatvfs(&self.root_handle)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Walks from DIR to the directory `path`, one component at a time and
+    /// never through a symlink, creating missing directories when `create`.
+    fn open_dir(&self, path: Option<&str>, create: bool) -> io::Result<Dir> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut fd = rustix::fs::openat(&self.root_handle, ".", flags, Mode::empty())?;
+        let mut shown = self.root.clone();
+        for component in path.into_iter().flat_map(|p| p.split('/')) {
+            shown.push(component);
+            let mut opened = rustix::fs::openat(&fd, component, flags, Mode::empty());
+            if create && matches!(opened, Err(Errno::NOENT)) {
+                match rustix::fs::mkdirat(&fd, component, Mode::from_raw_mode(0o755)) {
+                    // Created concurrently by another session: open it all the same.
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                opened = rustix::fs::openat(&fd, component, flags, Mode::empty());
+            }
+            fd = match opened {
+                Ok(next) => next,
+                Err(Errno::LOOP | Errno::MLINK | Errno::NOTDIR) => {
+                    let what = match stat_in(fd.as_fd(), component) {
+                        Ok((FileType::Symlink, _)) => "is a symlink; refusing to write through it",
+                        _ => "exists and is not a directory",
+                    };
+                    return Err(io::Error::other(format!(
+                        "'{}' {what}",
+                        self.relative(&shown)
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
         }
-        #[allow(clippy::useless_conversion)] // the field types differ between libc targets
-        let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
-        Ok(blocks.saturating_mul(size))
+        Ok(Dir { fd, path: shown })
     }
 
     /// Creates `path` and its parents as directories, refusing symlinks and
-    /// non-directories on the way. Returns the directory's full path.
-    pub fn make_dirs(&self, path: Option<&str>) -> io::Result<PathBuf> {
-        let mut dir = self.root.clone();
-        for component in path.into_iter().flat_map(|p| p.split('/')) {
-            dir.push(component);
-            match fs::symlink_metadata(&dir) {
-                Ok(meta) if meta.is_dir() => continue,
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(io::Error::other(format!(
-                        "'{}' is a symlink; refusing to write through it",
-                        self.relative(&dir)
-                    )))
-                }
-                Ok(_) => {
-                    return Err(io::Error::other(format!(
-                        "'{}' exists and is not a directory",
-                        self.relative(&dir)
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    // Created concurrently by another session: check it again.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        if !fs::symlink_metadata(&dir)?.is_dir() {
-                            return Err(io::Error::other(format!(
-                                "'{}' exists and is not a directory",
-                                self.relative(&dir)
-                            )));
-                        }
-                    }
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(dir)
+    /// non-directories on the way.
+    pub fn make_dirs(&self, path: Option<&str>) -> io::Result<()> {
+        self.open_dir(path, true).map(drop)
     }
 
     /// Applies mode and mtime to a directory received in this session.
     pub fn set_dir_metadata(&self, path: &WirePath, meta: &Metadata) -> io::Result<()> {
-        let full = path.under(&self.root);
-        if !fs::symlink_metadata(&full)?.is_dir() {
-            return Ok(());
-        }
-        let dir = File::open(&full)?;
+        let dir = File::from(self.open_dir(Some(path.as_str()), false)?.fd);
         // Keep the owner able to write, or a later session could not add files.
         dir.set_permissions(Permissions::from_mode((meta.mode & 0o777) | 0o700))?;
         dir.set_times(FileTimes::new().set_modified(meta.mtime()))
@@ -317,28 +345,24 @@ impl Storage {
         size: u64,
         sha256: Option<Digest>,
     ) -> io::Result<FilePlan> {
-        let dir = path.parent().map_or_else(
-            || self.root.clone(),
-            |p| {
-                let mut d = self.root.clone();
-                d.extend(p.split('/'));
-                d
-            },
-        );
+        let dir = match self.open_dir(path.parent(), false) {
+            Ok(dir) => dir,
+            Err(e) if is_missing(&e) => return Ok(FilePlan::Receive),
+            Err(e) => return Err(e),
+        };
         for n in 0..=MAX_CONFLICT_SUFFIX {
             let name = conflict_name(path.file_name(), n);
-            let candidate = dir.join(&name);
-            let meta = match fs::symlink_metadata(&candidate) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FilePlan::Receive),
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(FilePlan::Receive),
+            let (kind, len) = match stat_in(dir.fd.as_fd(), &name) {
+                Ok(found) => found,
+                Err(e) if is_missing(&e) => return Ok(FilePlan::Receive),
                 Err(e) => return Err(e),
             };
-            if !meta.is_file() || meta.len() != size {
+            if kind != FileType::RegularFile || len != size {
                 continue;
             }
-            let existing = self.relative(&candidate);
-            let (theirs, _) = hashing::hash_reader(&mut File::open(&candidate)?)?;
+            let existing = self.relative(&dir.path.join(&name));
+            let (theirs, _) =
+                hashing::hash_reader(&mut open_in(dir.fd.as_fd(), &name, OFlags::RDONLY, 0)?)?;
             match sha256 {
                 Some(ours) if ours == theirs => return Ok(FilePlan::Skip { existing }),
                 Some(_) => continue,
@@ -358,24 +382,29 @@ impl Storage {
     /// prefix, at most the file's length); otherwise a stale partial of the
     /// same name is removed and the answer is `None`.
     pub fn resumable(&self, path: &WirePath, offer: &ResumeRecord) -> Option<u64> {
-        let dir = self.dir_of(path);
-        let partial_path = dir.join(hidden_name(path.file_name(), PARTIAL_SUFFIX));
-        let sidecar_path = dir.join(hidden_name(path.file_name(), SIDECAR_SUFFIX));
-        if self.active.lock().ok()?.contains(&partial_path) {
+        let dir = self.open_dir(path.parent(), false).ok()?;
+        let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
+        let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
+        if self
+            .active
+            .lock()
+            .ok()?
+            .contains(&dir.path.join(&partial_name))
+        {
             return None;
         }
-        let on_disk = fs::symlink_metadata(&partial_path)
+        let on_disk = stat_in(dir.fd.as_fd(), &partial_name)
             .ok()
-            .filter(|m| m.is_file());
-        let record = read_sidecar(&sidecar_path);
+            .filter(|(kind, _)| *kind == FileType::RegularFile);
+        let record = read_sidecar(dir.fd.as_fd(), &sidecar_name);
         match (on_disk, record) {
-            (Some(meta), Some(record)) if record.matches(offer) => {
-                Some(record.durable.min(meta.len()).min(offer.size))
+            (Some((_, len)), Some(record)) if record.matches(offer) => {
+                Some(record.durable.min(len).min(offer.size))
             }
             (None, None) => None,
             _ => {
-                let _ = fs::remove_file(&partial_path);
-                let _ = fs::remove_file(&sidecar_path);
+                let _ = rustix::fs::unlinkat(&dir.fd, partial_name.as_str(), AtFlags::empty());
+                let _ = rustix::fs::unlinkat(&dir.fd, sidecar_name.as_str(), AtFlags::empty());
                 None
             }
         }
@@ -392,33 +421,30 @@ impl Storage {
         offset: u64,
         hasher: &mut hashing::Hasher,
     ) -> io::Result<Partial> {
-        let dir = self.make_dirs(path.parent())?;
-        let partial_path = dir.join(hidden_name(path.file_name(), PARTIAL_SUFFIX));
-        let sidecar_path = dir.join(hidden_name(path.file_name(), SIDECAR_SUFFIX));
+        let dir = self.open_dir(path.parent(), true)?;
+        let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
+        let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
+        let key = dir.path.join(&partial_name);
         if !self
             .active
             .lock()
             .map_err(|_| io::Error::other("lock poisoned"))?
-            .insert(partial_path.clone())
+            .insert(key.clone())
         {
             return Err(io::Error::other(
                 "the same path is being received from another sender right now",
             ));
         }
         record.durable = offset;
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(offset == 0)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&partial_path);
-        let file = match opened {
+        let mut flags = OFlags::RDWR | OFlags::CREATE;
+        if offset == 0 {
+            flags |= OFlags::TRUNC;
+        }
+        let file = match open_in(dir.fd.as_fd(), &partial_name, flags, 0o600) {
             Ok(file) => file,
             Err(e) => {
                 if let Ok(mut active) = self.active.lock() {
-                    active.remove(&partial_path);
+                    active.remove(&key);
                 }
                 return Err(e);
             }
@@ -426,8 +452,9 @@ impl Storage {
         // From here on, dropping `partial` releases the path.
         let mut partial = Partial {
             file,
-            partial_path,
-            sidecar_path,
+            dir,
+            partial_name,
+            sidecar_name,
             record,
             written: offset,
             flushing: offset,
@@ -453,14 +480,19 @@ impl Storage {
             }
             partial.file.set_len(offset)?;
             io::Seek::seek(&mut partial.file, io::SeekFrom::Start(offset))?;
-        }
-        // A fresh file gets its resume record at the first checkpoint (or when
-        // its session ends early): most files finish long before that, and
-        // one more file per small file would double the metadata work.
-        if offset > 0 {
-            write_sidecar(&partial.sidecar_path, &partial.record)?;
+            write_sidecar(
+                partial.dir.fd.as_fd(),
+                &partial.sidecar_name,
+                &partial.record,
+            )?;
         } else {
-            let _ = fs::remove_file(&partial.sidecar_path);
+            // A fresh file gets its resume record at the first checkpoint (or
+            // when its session ends early): most files finish long before.
+            let _ = rustix::fs::unlinkat(
+                &partial.dir.fd,
+                partial.sidecar_name.as_str(),
+                AtFlags::empty(),
+            );
         }
         Ok(partial)
     }
@@ -510,14 +542,6 @@ impl Storage {
         Ok(removed)
     }
 
-    fn dir_of(&self, path: &WirePath) -> PathBuf {
-        let mut dir = self.root.clone();
-        if let Some(parent) = path.parent() {
-            dir.extend(parent.split('/'));
-        }
-        dir
-    }
-
     /// Makes a group of verified partials durable and visible: one filesystem
     /// sync for all their data, the renames, one more sync for the renames.
     /// Returns, per partial, where it was stored (relative to DIR).
@@ -555,33 +579,35 @@ impl Storage {
         results
     }
 
-    /// Moves one synced partial to its final name, honouring the conflict rule.
+    /// Moves one synced partial to its final name, honouring the conflict
+    /// rule. Everything happens relative to the partial's directory handle.
     fn publish(&self, partial: &Partial) -> io::Result<String> {
-        let dir = partial.partial_path.parent().unwrap_or(&self.root);
+        let dir = &partial.dir;
         let name = partial.wire.file_name();
+        let from = partial.partial_name.as_str();
+        let stored = |target: &str| {
+            let _ = rustix::fs::unlinkat(&dir.fd, partial.sidecar_name.as_str(), AtFlags::empty());
+            Ok(self.relative(&dir.path.join(target)))
+        };
         if self.overwrite {
-            let target = dir.join(name);
-            fs::rename(&partial.partial_path, &target)?;
-            let _ = fs::remove_file(&partial.sidecar_path);
-            return Ok(self.relative(&target));
+            rustix::fs::renameat(&dir.fd, from, &dir.fd, name)?;
+            return stored(name);
         }
         for n in 0..=MAX_CONFLICT_SUFFIX {
-            let target = dir.join(conflict_name(name, n));
-            match fs::hard_link(&partial.partial_path, &target) {
+            let target = conflict_name(name, n);
+            match rustix::fs::linkat(&dir.fd, from, &dir.fd, target.as_str(), AtFlags::empty()) {
                 Ok(()) => {
-                    fs::remove_file(&partial.partial_path)?;
-                    let _ = fs::remove_file(&partial.sidecar_path);
-                    return Ok(self.relative(&target));
+                    rustix::fs::unlinkat(&dir.fd, from, AtFlags::empty())?;
+                    return stored(&target);
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(Errno::EXIST) => continue,
                 Err(_) => {
                     // No hard links on this filesystem: check, then rename.
-                    match fs::symlink_metadata(&target) {
+                    match stat_in(dir.fd.as_fd(), &target) {
                         Ok(_) => continue,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                            fs::rename(&partial.partial_path, &target)?;
-                            let _ = fs::remove_file(&partial.sidecar_path);
-                            return Ok(self.relative(&target));
+                        Err(e) if is_missing(&e) => {
+                            rustix::fs::renameat(&dir.fd, from, &dir.fd, target.as_str())?;
+                            return stored(&target);
                         }
                         Err(e) => return Err(e),
                     }
@@ -594,11 +620,7 @@ impl Storage {
     }
 
     fn sync_filesystem(&self) -> io::Result<()> {
-        // SAFETY: the fd is open for the life of `self`.
-        if unsafe { libc::syncfs(self.root_handle.as_raw_fd()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(rustix::fs::syncfs(&self.root_handle)?)
     }
 
     /// `full` relative to DIR, `/`-separated, for reports.
