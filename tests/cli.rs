@@ -368,3 +368,60 @@ fn receiver_draws_a_bar_per_sender_on_a_terminal() {
         "{screen:?}"
     );
 }
+
+#[test]
+fn a_symlink_inside_a_sent_directory_is_skipped_with_a_warning() {
+    let (src, dst, elsewhere) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let tree = src.path().join("tree");
+    write_random(&tree.join("real.txt"), 10, 1);
+    write_random(&elsewhere.path().join("secret.txt"), 10, 2);
+    std::os::unix::fs::symlink(elsewhere.path(), tree.join("escape")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("secret.txt"), tree.join("link.txt")).unwrap();
+    let (recv, addr) =
+        XferProcess::recv(&["--dir", dst.path().to_str().unwrap(), "--once", "--quiet"]);
+    let (code, _, err) = run(&["send", tree.to_str().unwrap(), &addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: skipping symlink") && err.contains("escape"),
+        "{err}"
+    );
+    assert!(err.contains("link.txt"), "{err}");
+    assert!(recv.wait(Duration::from_secs(10)).0.success());
+    let names: Vec<_> = tree_listing(dst.path()).into_keys().collect();
+    assert_eq!(names, ["tree", "tree/real.txt"]);
+}
+
+#[test]
+fn a_peer_cannot_inject_terminal_escapes_into_the_error_line() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hostile = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut hello = [0u8; xfer::protocol::HELLO_LEN];
+        stream.read_exact(&mut hello).unwrap();
+        stream.write_all(&hello).unwrap();
+        let mut frame = bytes::BytesMut::new();
+        let reason = "\x1b[2J\x1b[31mYOUR DISK IS ON FIRE\x07".to_owned();
+        xfer::protocol::codec::encode(&xfer::protocol::Message::Abort { reason }, &mut frame)
+            .unwrap();
+        stream.write_all(&frame).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(&["send", file.path().to_str().unwrap(), &addr.to_string()]);
+    hostile.join().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07'),
+        "raw control bytes reached the terminal: {err:?}"
+    );
+    assert!(err.contains("\\u{1b}[2J"), "{err}");
+}

@@ -507,3 +507,78 @@ async fn size_and_count_limits_are_enforced_with_clear_reasons() {
     assert!(err.contains("more than 4 files in one session"), "{err}");
     assert!(!dst.path().join("tree").exists());
 }
+
+#[test]
+fn a_symlink_swapped_in_during_a_transfer_is_never_written_through() {
+    let (src, outer) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = outer.path().join("inbox");
+    let outside = outer.path().join("outside");
+    std::fs::create_dir_all(dir.join("d")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    for i in 0..150 {
+        write_random(
+            &src.path().join(format!("d/f{i:03}")),
+            if i % 10 == 0 { 300_000 } else { 500 },
+            i,
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rx = runtime.block_on(Receiver::start(&dir));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, dir, outside) = (stop.clone(), dir.clone(), outside.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u32;
+            // Bounded: stops when told, or after 20,000 swaps.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && swaps < 20_000 {
+                if std::fs::rename(dir.join("d"), dir.join("d.real")).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&outside, dir.join("d"));
+                    std::thread::yield_now();
+                    let _ = std::fs::remove_file(dir.join("d"));
+                    let _ = std::fs::rename(dir.join("d.real"), dir.join("d"));
+                }
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    for _ in 0..6 {
+        // Individual files may be refused while the symlink is in place.
+        let _ = runtime.block_on(send(&[&src.path().join("d")], rx.addr));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 10, "the race never ran ({swaps} swaps)");
+    let escaped: Vec<_> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "written outside DIR through a swapped-in symlink: {escaped:?}"
+    );
+    runtime.block_on(rx.stop());
+}
+
+#[tokio::test]
+async fn a_symlink_planted_at_the_final_name_is_neither_followed_nor_replaced() {
+    let (src, outer) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dir = outer.path().join("inbox");
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = outer.path().join("victim.txt");
+    std::fs::write(&target, b"precious").unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("report.txt")).unwrap();
+    let file = src.path().join("report.txt");
+    let data = write_random(&file, 2_000_000, 5);
+    let rx = Receiver::start(&dir).await;
+    let (result, events) = send(&[&file], rx.addr).await;
+    result.unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(dir.join("report.txt"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(events.report("report.txt").stored_as, "report (1).txt");
+    assert_eq!(std::fs::read(dir.join("report (1).txt")).unwrap(), data);
+}
