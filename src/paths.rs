@@ -201,6 +201,20 @@ mod tests {
         assert_eq!(WirePath::parse("c").unwrap().parent(), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn accepted_paths_stay_strictly_inside_the_root(raw in "([a-z.]{0,3}[/\\\\]?){0,6}|\\PC{0,24}") {
+            if let Ok(path) = WirePath::parse(&raw) {
+                let root = Path::new("/srv/inbox");
+                let joined = path.under(root);
+                proptest::prop_assert!(joined.starts_with(root) && joined != root);
+                for c in joined.strip_prefix(root).unwrap().components() {
+                    proptest::prop_assert!(matches!(c, std::path::Component::Normal(_)), "{:?} gave {:?}", raw, c);
+                }
+            }
+        }
+    }
+
     #[test]
     fn terminal_escape_neutralises_control_and_bidi() {
         assert_eq!(escape_for_terminal("plain name"), "plain name");

@@ -32,6 +32,8 @@ use crate::source::{self, Batch, LocalEntry, Prepared, BATCH_MAX_ENTRIES};
 
 /// Body bytes per read from a large file.
 const CHUNK: usize = 1024 * 1024;
+/// Bytes per sendfile step, between progress reports and cancel checks.
+const SENDFILE_STEP: u64 = 8 * 1024 * 1024;
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an interrupted sender waits for a blocked write before closing.
@@ -667,6 +669,11 @@ impl Session {
                 )
             }
         };
+        if let Some(known) = item.sha256 {
+            return self
+                .send_known(id, &item, file, offset, known, retried)
+                .await;
+        }
         self.expect_verdict(id, &item, None, offset, retried)?;
         self.writer.send(&Message::FileBegin { id, offset }).await?;
         self.mid_body = true;
@@ -703,6 +710,61 @@ impl Session {
             let n = remaining.min(CHUNK as u64) as usize;
             self.writer.send_raw(&zeros[..n]).await?;
             remaining -= n as u64;
+        }
+        self.mid_body = false;
+        self.writer
+            .send(&Message::FileEnd { sha256, error })
+            .await?;
+        self.add_bytes(size - offset)
+    }
+
+    /// Sends a large file whose digest the cache already knows: straight
+    /// from the page cache with sendfile, without hashing it again here. The
+    /// receiver still hashes every byte; if the cached digest was stale, its
+    /// verdict asks for a retry, which re-reads and hashes the file.
+    async fn send_known(
+        &mut self,
+        id: u64,
+        item: &Prepared,
+        file: File,
+        offset: u64,
+        sha256: Digest,
+        retried: bool,
+    ) -> Result<(), Error> {
+        let size = item.entry.size;
+        let before = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
+        self.expect_verdict(id, item, None, offset, retried)?;
+        self.writer.send(&Message::FileBegin { id, offset }).await?;
+        self.mid_body = true;
+        let mut position = offset;
+        while position < size {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            let step = (size - position).min(SENDFILE_STEP);
+            let sent = self.writer.send_file(&file, position, step).await?;
+            position += sent;
+            self.observer.event(Event::Progress {
+                session: 0,
+                bytes: sent,
+            });
+            if sent < step {
+                break;
+            }
+        }
+        let after = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
+        let error = if position < size {
+            Some("the file shrank while being sent".to_owned())
+        } else if before != after {
+            Some("the file changed while being sent".to_owned())
+        } else {
+            None
+        };
+        let zeros = vec![0u8; CHUNK];
+        while position < size {
+            let n = (size - position).min(CHUNK as u64) as usize;
+            self.writer.send_raw(&zeros[..n]).await?;
+            position += n as u64;
         }
         self.mid_body = false;
         self.writer

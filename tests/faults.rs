@@ -106,14 +106,14 @@ async fn sender_killed_mid_file_resumes_and_sends_only_the_rest() {
 fn receiver_killed_mid_file_fails_the_sender_fast_then_resumes() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = src.path().join("disk.img");
-    let data = write_random(&file, 40 * MIB as usize, 2);
+    let data = write_random(&file, 64 * MIB as usize, 2);
     let dir = dst.path().to_str().unwrap();
     let (receiver, addr) = XferProcess::recv(&["--dir", dir, "--quiet"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let proxy = runtime.block_on(Proxy::start(addr, ProxyOptions::throttled(16 * MIB)));
     let sender = send_binary(&file, &proxy.addr.to_string());
-    wait_until("20 MiB to arrive", || {
-        partial_len(dst.path(), "disk.img").unwrap_or(0) >= 20 * MIB
+    wait_until("40 MiB to arrive", || {
+        partial_len(dst.path(), "disk.img").unwrap_or(0) >= 40 * MIB
     });
     receiver.signal(libc::SIGKILL);
     drop(receiver);
@@ -151,7 +151,7 @@ fn receiver_killed_mid_file_fails_the_sender_fast_then_resumes() {
     let resumed = received["resumed_from"].as_u64().unwrap();
     assert!(
         resumed >= 16 * MIB,
-        "resumed from {resumed}: the 16 MiB checkpoint was durable"
+        "resumed from {resumed}: a crash may lose at most 16 MiB + one 8 MiB writeback step"
     );
     assert_eq!(
         summary["bytes"].as_u64().unwrap(),

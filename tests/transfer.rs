@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
 use common::*;
+use std::io::Write;
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -367,4 +368,57 @@ async fn a_large_file_sent_before_carries_its_digest_in_the_header_next_time() {
         .0
         .unwrap();
     assert_eq!(fs::read(dst2.path().join("large.bin")).unwrap(), changed);
+}
+
+#[tokio::test]
+async fn a_stale_cached_digest_is_caught_and_the_file_resent_correctly() {
+    let (src, dst1, dst2, cache) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let file = src.path().join("disk.img");
+    write_random(&file, 5_000_000, 21);
+    let cache_file = cache.path().join("digests.jsonl");
+    let idle = Duration::from_secs(10);
+    let first = Receiver::start(dst1.path()).await;
+    send_with(&[&file], first.addr, idle, Some(cache_file.clone()))
+        .await
+        .0
+        .unwrap();
+
+    // New content, same size, inode and mtime: the cache cannot tell.
+    let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+    let changed = {
+        let mut data = fs::read(&file).unwrap();
+        data[1234] ^= 0xff;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .write_all(&data)
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        data
+    };
+    let second = Receiver::start(dst2.path()).await;
+    let (result, _) = send_with(&[&file], second.addr, idle, Some(cache_file)).await;
+    result.unwrap();
+    assert_eq!(fs::read(dst2.path().join("disk.img")).unwrap(), changed);
+    let failures = second.events.failed();
+    assert_eq!(
+        failures.len(),
+        1,
+        "the stale digest was caught once: {failures:?}"
+    );
+    assert!(
+        !second.events.report("disk.img").digest_in_header,
+        "the retry streams and hashes"
+    );
 }

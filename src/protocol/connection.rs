@@ -266,6 +266,53 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
+impl FrameWriter<tokio::net::tcp::OwnedWriteHalf> {
+    /// Sends up to `len` bytes of `file` from `offset` straight from the page
+    /// cache to the socket with `sendfile(2)`, after whatever is queued.
+    /// Returns the bytes sent: fewer than `len` only if the file ended early.
+    pub async fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, Error> {
+        self.write_buffered().await?;
+        let mut position = offset;
+        let end = offset + len;
+        while position < end {
+            let stream = self.inner.as_ref();
+            let ready = tokio::time::timeout(self.idle, stream.writable()).await;
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.lost(e)),
+                Err(_) => {
+                    return Err(Error::ConnectionLost {
+                        peer: self.peer.to_string(),
+                        detail: format!(
+                            "the peer stopped reading for {} s (idle timeout)",
+                            self.idle.as_secs()
+                        ),
+                    })
+                }
+            }
+            let want = (end - position).min(1 << 30) as usize;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, file, Some(&mut position), want)
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.activity.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(self.lost(e)),
+            }
+        }
+        Ok(position - offset)
+    }
+}
+
 /// Exchanges hellos: both sides write theirs at once, then check the peer's.
 /// Returns the peer's capability bits.
 pub async fn handshake<R, W>(
