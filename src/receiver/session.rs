@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ const MAX_OUTSTANDING: usize = 8 * MAX_BATCH_ENTRIES;
 const GROUP_FILES: usize = 256;
 /// Verified bytes committed together, at most.
 const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+/// How often a sink holding verified files checks whether the committer is free.
+const COMMITTER_POLL: Duration = Duration::from_millis(2);
 /// Groups handed to the committer before the sink waits for it.
 const COMMIT_QUEUE: usize = 64;
 /// The resume record is brought up to date after this many new bytes, so a
@@ -173,11 +176,13 @@ async fn run(
         peer: name.to_string(),
     };
     let (groups, queue) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
+    let committer_busy = Arc::new(AtomicBool::new(false));
     let committer = {
         let (storage, verdicts) = (Arc::clone(&context.storage), verdicts.clone());
+        let busy = Arc::clone(&committer_busy);
         std::thread::Builder::new()
             .name("xfer-commit".into())
-            .spawn(move || run_committer(storage, verdicts, queue))
+            .spawn(move || run_committer(storage, verdicts, queue, busy))
             .ok()
             .map(|thread| (groups, thread))
     };
@@ -189,6 +194,8 @@ async fn run(
         group: Vec::new(),
         group_bytes: 0,
         summary: Summary::default(),
+        committer_busy,
+        runtime: tokio::runtime::Handle::current(),
     };
     let sink_thread = tokio::task::spawn_blocking(move || sink.run(sink_rx));
     let context_limits = context.limits;
@@ -474,7 +481,7 @@ impl Receive {
             path: planned.path.to_string(),
             size,
         });
-        self.to_sink(SinkCommand::Begin {
+        let begin = BeginFile {
             id,
             record: record_of(&planned.entry),
             meta: metadata_of(&planned.entry),
@@ -482,8 +489,15 @@ impl Receive {
             size,
             offset,
             path: planned.path,
-        })
-        .await?;
+        };
+        // A small body is collected and handed over whole, with its trailer.
+        let whole = if size - offset <= BODY_CHUNK as u64 {
+            Some(begin)
+        } else {
+            self.to_sink(SinkCommand::Begin(begin)).await?;
+            None
+        };
+        let mut body = Vec::new();
         let mut remaining = size - offset;
         while remaining > 0 {
             let want = remaining.min(BODY_CHUNK as u64) as usize;
@@ -496,19 +510,37 @@ impl Receive {
                 session: self.context.session,
                 bytes: chunk.len() as u64,
             });
-            self.to_sink(SinkCommand::Data(chunk)).await?;
+            if whole.is_some() {
+                body.push(chunk);
+            } else {
+                self.to_sink(SinkCommand::Data(chunk)).await?;
+            }
         }
-        match self.next_message().await? {
-            Some(Message::FileEnd { sha256, error }) => {
-                self.to_sink(SinkCommand::End { sha256, error }).await
+        let (sha256, error) = match self.next_message().await? {
+            Some(Message::FileEnd { sha256, error }) => (sha256, error),
+            Some(other) => {
+                return Err(self.protocol(format!(
+                    "expected FileEnd after a body, got {}",
+                    other.kind_name()
+                )))
             }
-            Some(other) => Err(self.protocol(format!(
-                "expected FileEnd after a body, got {}",
-                other.kind_name()
-            ))),
             None => {
-                Err(self.lost("the sender closed the connection after a body, before its trailer"))
+                return Err(
+                    self.lost("the sender closed the connection after a body, before its trailer")
+                )
             }
+        };
+        match whole {
+            Some(begin) => {
+                self.to_sink(SinkCommand::Whole {
+                    begin,
+                    body,
+                    sha256,
+                    error,
+                })
+                .await
+            }
+            None => self.to_sink(SinkCommand::End { sha256, error }).await,
         }
     }
 
@@ -638,21 +670,31 @@ fn decide(
 
 /// Work for the sink thread, in stream order.
 enum SinkCommand {
-    Begin {
-        id: u64,
-        path: WirePath,
-        size: u64,
-        offset: u64,
-        record: ResumeRecord,
-        meta: Metadata,
-        header_sha256: Option<Digest>,
-    },
+    Begin(BeginFile),
     Data(Bytes),
     End {
         sha256: Digest,
         error: Option<String>,
     },
+    /// A body small enough to arrive whole: one hand-off instead of three.
+    Whole {
+        begin: BeginFile,
+        body: Vec<Bytes>,
+        sha256: Digest,
+        error: Option<String>,
+    },
     Finish(oneshot::Sender<Summary>),
+}
+
+/// Everything the sink needs to start receiving one file.
+struct BeginFile {
+    id: u64,
+    path: WirePath,
+    size: u64,
+    offset: u64,
+    record: ResumeRecord,
+    meta: Metadata,
+    header_sha256: Option<Digest>,
 }
 
 /// The file being received right now.
@@ -691,6 +733,10 @@ struct Sink {
     group: Vec<Verified>,
     group_bytes: u64,
     summary: Summary,
+    /// Set by the committer while it syncs a group.
+    committer_busy: Arc<AtomicBool>,
+    /// To wait on the command channel with a timeout from this thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Sink {
@@ -698,47 +744,49 @@ impl Sink {
         loop {
             let command = match commands.try_recv() {
                 Ok(c) => c,
-                // Nothing queued: hand what is verified to the committer,
-                // which syncs it while more data arrives.
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    self.commit();
+                Err(mpsc::error::TryRecvError::Empty) if self.group.is_empty() => {
                     match commands.blocking_recv() {
                         Some(c) => c,
                         None => break,
                     }
                 }
+                // Nothing queued and files verified: hand them to the committer
+                // if it is idle; while it is busy keep collecting (it would
+                // merge them anyway) and look again shortly. Fewer hand-offs,
+                // fewer thread wake-ups per small file.
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if !self.committer_busy.load(Ordering::Acquire) {
+                        self.commit();
+                        match commands.blocking_recv() {
+                            Some(c) => c,
+                            None => break,
+                        }
+                    } else {
+                        match self
+                            .runtime
+                            .block_on(tokio::time::timeout(COMMITTER_POLL, commands.recv()))
+                        {
+                            Ok(Some(c)) => c,
+                            Ok(None) => break,
+                            Err(_) => continue,
+                        }
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
             match command {
-                SinkCommand::Begin {
-                    id,
-                    path,
-                    size,
-                    offset,
-                    record,
-                    meta,
-                    header_sha256,
+                SinkCommand::Begin(begin) => self.begin(begin),
+                SinkCommand::Whole {
+                    begin,
+                    body,
+                    sha256,
+                    error,
                 } => {
-                    let mut prefix = Hasher::new();
-                    let (partial, error) =
-                        match self.storage.begin(&path, record, offset, &mut prefix) {
-                            Ok(p) => (Some(p), None),
-                            Err(e) => (
-                                None,
-                                Some(format!("cannot create the file: {}", describe_io(&e))),
-                            ),
-                        };
-                    self.current = Some(Current {
-                        id,
-                        path,
-                        size,
-                        meta,
-                        header_sha256,
-                        partial,
-                        hasher: StreamHasher::new(prefix, size - offset),
-                        error,
-                        resumed_from: offset,
-                    });
+                    self.begin(begin);
+                    for chunk in &body {
+                        self.write(chunk);
+                    }
+                    self.end(sha256, error);
                 }
                 SinkCommand::Data(bytes) => self.write(&bytes),
                 SinkCommand::End { sha256, error } => self.end(sha256, error),
@@ -768,6 +816,37 @@ impl Sink {
             }
         }
         self.summary
+    }
+
+    fn begin(&mut self, file: BeginFile) {
+        let BeginFile {
+            id,
+            path,
+            size,
+            offset,
+            record,
+            meta,
+            header_sha256,
+        } = file;
+        let mut prefix = Hasher::new();
+        let (partial, error) = match self.storage.begin(&path, record, offset, &mut prefix) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (
+                None,
+                Some(format!("cannot create the file: {}", describe_io(&e))),
+            ),
+        };
+        self.current = Some(Current {
+            id,
+            path,
+            size,
+            meta,
+            header_sha256,
+            partial,
+            hasher: StreamHasher::new(prefix, size - offset),
+            error,
+            resumed_from: offset,
+        });
     }
 
     fn write(&mut self, bytes: &Bytes) {
@@ -942,13 +1021,16 @@ fn run_committer(
     storage: Arc<Storage>,
     verdicts: Verdicts,
     queue: std::sync::mpsc::Receiver<Vec<Verified>>,
+    busy: Arc<AtomicBool>,
 ) -> Summary {
     let mut summary = Summary::default();
     while let Ok(mut group) = queue.recv() {
+        busy.store(true, Ordering::Release);
         while let Ok(more) = queue.try_recv() {
             group.extend(more);
         }
         commit_group(&storage, &verdicts, group, &mut summary);
+        busy.store(false, Ordering::Release);
     }
     summary
 }
