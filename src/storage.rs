@@ -109,11 +109,17 @@ struct Dir {
     path: PathBuf,
 }
 
+/// An open directory inside DIR, found (without following symlinks) when a
+/// file was planned and used again to write it, so a small file costs one
+/// directory walk instead of three.
+#[derive(Clone)]
+pub struct DirHandle(Arc<Dir>);
+
 /// A hidden file being received. Dropping it leaves the bytes on disk (a later
 /// session may resume from them); [`Partial::discard`] removes them.
 pub struct Partial {
     file: File,
-    dir: Dir,
+    dir: Arc<Dir>,
     partial_name: String,
     sidecar_name: String,
     record: ResumeRecord,
@@ -336,6 +342,15 @@ impl Storage {
         dir.set_times(FileTimes::new().set_modified(meta.mtime()))
     }
 
+    /// The directory `parent` (DIR itself for `None`), if it exists.
+    pub fn find_dir(&self, parent: Option<&str>) -> io::Result<Option<DirHandle>> {
+        match self.open_dir(parent, false) {
+            Ok(dir) => Ok(Some(DirHandle(Arc::new(dir)))),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Decides, from what DIR holds now, whether an offered file must be sent.
     /// Walks the conflict names (`name`, `name (1)`, ...) looking for the same
     /// content, so the same file is never stored twice.
@@ -345,10 +360,19 @@ impl Storage {
         size: u64,
         sha256: Option<Digest>,
     ) -> io::Result<FilePlan> {
-        let dir = match self.open_dir(path.parent(), false) {
-            Ok(dir) => dir,
-            Err(e) if is_missing(&e) => return Ok(FilePlan::Receive),
-            Err(e) => return Err(e),
+        self.plan_file_in(self.find_dir(path.parent())?.as_ref(), path, size, sha256)
+    }
+
+    /// [`Storage::plan_file`] in an already opened parent (`None`: it does not exist yet).
+    pub fn plan_file_in(
+        &self,
+        dir: Option<&DirHandle>,
+        path: &WirePath,
+        size: u64,
+        sha256: Option<Digest>,
+    ) -> io::Result<FilePlan> {
+        let Some(DirHandle(dir)) = dir else {
+            return Ok(FilePlan::Receive);
         };
         for n in 0..=MAX_CONFLICT_SUFFIX {
             let name = conflict_name(path.file_name(), n);
@@ -382,7 +406,17 @@ impl Storage {
     /// prefix, at most the file's length); otherwise a stale partial of the
     /// same name is removed and the answer is `None`.
     pub fn resumable(&self, path: &WirePath, offer: &ResumeRecord) -> Option<u64> {
-        let dir = self.open_dir(path.parent(), false).ok()?;
+        self.resumable_in(self.find_dir(path.parent()).ok()?.as_ref(), path, offer)
+    }
+
+    /// [`Storage::resumable`] in an already opened parent.
+    pub fn resumable_in(
+        &self,
+        dir: Option<&DirHandle>,
+        path: &WirePath,
+        offer: &ResumeRecord,
+    ) -> Option<u64> {
+        let DirHandle(dir) = dir?;
         let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
         let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
         if self
@@ -393,15 +427,13 @@ impl Storage {
         {
             return None;
         }
-        let on_disk = stat_in(dir.fd.as_fd(), &partial_name)
-            .ok()
-            .filter(|(kind, _)| *kind == FileType::RegularFile);
+        // The common case, no partial at all, costs one stat.
+        let (kind, len) = stat_in(dir.fd.as_fd(), &partial_name).ok()?;
         let record = read_sidecar(dir.fd.as_fd(), &sidecar_name);
-        match (on_disk, record) {
-            (Some((_, len)), Some(record)) if record.matches(offer) => {
+        match record {
+            Some(record) if kind == FileType::RegularFile && record.matches(offer) => {
                 Some(record.durable.min(len).min(offer.size))
             }
-            (None, None) => None,
             _ => {
                 let _ = rustix::fs::unlinkat(&dir.fd, partial_name.as_str(), AtFlags::empty());
                 let _ = rustix::fs::unlinkat(&dir.fd, sidecar_name.as_str(), AtFlags::empty());
@@ -414,14 +446,19 @@ impl Storage {
     /// With `offset` 0 it starts empty; otherwise the first `offset` bytes of
     /// the existing partial are kept and fed to `hasher`, so the final digest
     /// covers the whole file. Fails if another session is receiving the path.
+    /// `dir` is the parent found when the file was planned, if it existed.
     pub fn begin(
         &self,
         path: &WirePath,
         mut record: ResumeRecord,
         offset: u64,
         hasher: &mut hashing::Hasher,
+        dir: Option<DirHandle>,
     ) -> io::Result<Partial> {
-        let dir = self.open_dir(path.parent(), true)?;
+        let dir = match dir {
+            Some(DirHandle(dir)) => dir,
+            None => Arc::new(self.open_dir(path.parent(), true)?),
+        };
         let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
         let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
         let key = dir.path.join(&partial_name);
@@ -691,6 +728,7 @@ mod tests {
                 record(path.as_str(), size, 1),
                 0,
                 &mut hashing::Hasher::new(),
+                None,
             )
             .unwrap()
     }
@@ -719,6 +757,7 @@ mod tests {
                 record("link/x.bin", 1, 1),
                 0,
                 &mut hashing::Hasher::new(),
+                None,
             )
             .err()
             .unwrap();
@@ -785,7 +824,8 @@ mod tests {
                 &path,
                 record("same.bin", 1, 1),
                 0,
-                &mut hashing::Hasher::new()
+                &mut hashing::Hasher::new(),
+                None
             )
             .is_err());
         drop(first);
@@ -805,7 +845,7 @@ mod tests {
         assert_eq!(storage.resumable(&path, &record("big.bin", 10, 1)), Some(5));
         let mut hasher = hashing::Hasher::new();
         let mut p = storage
-            .begin(&path, record("big.bin", 10, 1), 5, &mut hasher)
+            .begin(&path, record("big.bin", 10, 1), 5, &mut hasher, None)
             .unwrap();
         assert_eq!(p.written(), 5);
         p.write(b"56789").unwrap();

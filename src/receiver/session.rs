@@ -26,7 +26,7 @@ use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
     Plan, Verdict, MAX_BATCH_ENTRIES,
 };
-use crate::storage::{FilePlan, Metadata, Partial, ResumeRecord, Storage};
+use crate::storage::{DirHandle, FilePlan, Metadata, Partial, ResumeRecord, Storage};
 
 /// Body bytes handed to the sink at a time.
 const BODY_CHUNK: usize = 1024 * 1024;
@@ -272,6 +272,8 @@ struct Planned {
     existing: Option<String>,
     /// Where the body starts (non-zero when resuming a partial).
     offset: u64,
+    /// The parent directory as found when planning, if it existed.
+    dir: Option<DirHandle>,
 }
 
 /// The reading side of a session.
@@ -401,27 +403,29 @@ impl Receive {
                     self.dirs.push((path, metadata_of(&entry)));
                     Action::DirReady
                 }
-                Decision::File(path, FilePlan::Receive, offset) => {
+                Decision::File(path, FilePlan::Receive, offset, dir) => {
                     let planned = Planned {
                         path,
                         entry,
                         existing: None,
                         offset,
+                        dir,
                     };
                     self.planned.insert(id, planned);
                     Action::Send { offset }
                 }
-                Decision::File(path, FilePlan::Compare { existing, sha256 }, _) => {
+                Decision::File(path, FilePlan::Compare { existing, sha256 }, _, dir) => {
                     let planned = Planned {
                         path,
                         entry,
                         existing: Some(existing),
                         offset: 0,
+                        dir,
                     };
                     self.planned.insert(id, planned);
                     Action::Compare { sha256 }
                 }
-                Decision::File(_, FilePlan::Skip { existing }, _) => {
+                Decision::File(_, FilePlan::Skip { existing }, _, _) => {
                     self.report_skip(&entry, existing.clone(), entry.sha256.unwrap_or_default());
                     Action::Skip { path: existing }
                 }
@@ -482,6 +486,7 @@ impl Receive {
             size,
         });
         let begin = BeginFile {
+            dir: planned.dir,
             id,
             record: record_of(&planned.entry),
             meta: metadata_of(&planned.entry),
@@ -611,8 +616,9 @@ fn metadata_of(entry: &Entry) -> Metadata {
 
 enum Decision {
     Dir(WirePath),
-    /// A file, and where its body starts (resuming a partial).
-    File(WirePath, FilePlan, u64),
+    /// A file, where its body starts (resuming a partial), and its parent
+    /// directory if it already exists.
+    File(WirePath, FilePlan, u64, Option<DirHandle>),
     Refuse(String),
 }
 
@@ -625,6 +631,8 @@ fn decide(
     session_left: &mut u64,
 ) -> Vec<(Entry, Decision)> {
     let mut free = storage.free_space().unwrap_or(u64::MAX);
+    // Consecutive files usually share a directory: look it up once.
+    let mut last_dir: Option<(Option<String>, Option<DirHandle>)> = None;
     entries
         .into_iter()
         .map(|entry| {
@@ -636,36 +644,66 @@ fn decide(
                     entry.size,
                     too_big.unwrap_or_default()
                 )),
-                (Ok(path), EntryKind::Dir) => match storage.make_dirs(Some(path.as_str())) {
-                    Ok(_) => Decision::Dir(path),
-                    Err(e) => Decision::Refuse(describe_io(&e)),
-                },
-                (Ok(path), EntryKind::File) => match storage.plan_file(&path, entry.size, entry.sha256) {
-                    Ok(FilePlan::Receive) => {
-                        let offset = storage.resumable(&path, &record_of(&entry)).unwrap_or(0);
-                        let needed = entry.size - offset;
-                        if needed > free {
-                            Decision::Refuse(format!(
-                                "not enough free space on the receiver: {needed} bytes needed, {free} available"
-                            ))
-                        } else if needed > *session_left {
-                            Decision::Refuse(format!(
-                                "over the receiver's limit of bytes per session (--max-session-size); \
-                                 {session_left} bytes were left"
-                            ))
-                        } else {
-                            free -= needed;
-                            *session_left -= needed;
-                            Decision::File(path, FilePlan::Receive, offset)
+                (Ok(path), EntryKind::Dir) => {
+                    // A directory that did not exist may exist now.
+                    last_dir = None;
+                    match storage.make_dirs(Some(path.as_str())) {
+                        Ok(()) => Decision::Dir(path),
+                        Err(e) => Decision::Refuse(describe_io(&e)),
+                    }
+                }
+                (Ok(path), EntryKind::File) => {
+                    let parent = path.parent().map(str::to_owned);
+                    let dir = match &last_dir {
+                        Some((p, dir)) if *p == parent => Ok(dir.clone()),
+                        _ => storage.find_dir(parent.as_deref()),
+                    };
+                    match dir {
+                        Err(e) => Decision::Refuse(describe_io(&e)),
+                        Ok(dir) => {
+                            last_dir = Some((parent, dir.clone()));
+                            decide_file(storage, path, &entry, dir, &mut free, session_left)
                         }
                     }
-                    Ok(plan) => Decision::File(path, plan, 0),
-                    Err(e) => Decision::Refuse(describe_io(&e)),
-                },
+                }
             };
             (entry, decision)
         })
         .collect()
+}
+
+fn decide_file(
+    storage: &Storage,
+    path: WirePath,
+    entry: &Entry,
+    dir: Option<DirHandle>,
+    free: &mut u64,
+    session_left: &mut u64,
+) -> Decision {
+    match storage.plan_file_in(dir.as_ref(), &path, entry.size, entry.sha256) {
+        Ok(FilePlan::Receive) => {
+            let offset = storage
+                .resumable_in(dir.as_ref(), &path, &record_of(entry))
+                .unwrap_or(0);
+            let needed = entry.size - offset;
+            if needed > *free {
+                Decision::Refuse(format!(
+                    "not enough free space on the receiver: {needed} bytes needed, {free} available"
+                ))
+            } else if needed > *session_left {
+                Decision::Refuse(format!(
+                    "over the receiver's limit of bytes per session (--max-session-size); \
+                     {session_left} bytes were left"
+                ))
+            } else {
+                *free -= needed;
+                *session_left -= needed;
+                Decision::File(path, FilePlan::Receive, offset, dir)
+            }
+        }
+        Ok(plan) => Decision::File(path, plan, 0, dir),
+        Err(e) => Decision::Refuse(describe_io(&e)),
+    }
 }
 
 /// Work for the sink thread, in stream order.
@@ -688,6 +726,7 @@ enum SinkCommand {
 
 /// Everything the sink needs to start receiving one file.
 struct BeginFile {
+    dir: Option<DirHandle>,
     id: u64,
     path: WirePath,
     size: u64,
@@ -820,6 +859,7 @@ impl Sink {
 
     fn begin(&mut self, file: BeginFile) {
         let BeginFile {
+            dir,
             id,
             path,
             size,
@@ -829,7 +869,7 @@ impl Sink {
             header_sha256,
         } = file;
         let mut prefix = Hasher::new();
-        let (partial, error) = match self.storage.begin(&path, record, offset, &mut prefix) {
+        let (partial, error) = match self.storage.begin(&path, record, offset, &mut prefix, dir) {
             Ok(p) => (Some(p), None),
             Err(e) => (
                 None,
