@@ -80,10 +80,3 @@ pub enum Event {
 pub trait Observer: Send + Sync {
     fn event(&self, event: Event);
 }
-
-/// Drops every event.
-pub struct Silent;
-
-impl Observer for Silent {
-    fn event(&self, _event: Event) {}
-}

@@ -282,11 +282,6 @@ impl Storage {
         })
     }
 
-    /// The canonical receiving directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Bytes available to us on DIR's filesystem.
     pub fn free_space(&self) -> io::Result<u64> {
         let stat = rustix::fs::fstatvfs(&self.root_handle)?;

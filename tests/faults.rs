@@ -221,15 +221,7 @@ async fn a_silent_sender_is_dropped_after_the_idle_timeout() {
         ..Default::default()
     };
     let rx = Receiver::start_with(dst.path(), options).await;
-    let stream = within(tokio::net::TcpStream::connect(rx.addr))
-        .await
-        .unwrap();
-    let (r, w) = stream.into_split();
-    let mut reader = xfer::protocol::FrameReader::new(r, "rx".into(), Duration::from_secs(10));
-    let mut writer = xfer::protocol::FrameWriter::new(w, "rx".into(), Duration::from_secs(10));
-    within(xfer::protocol::handshake(&mut reader, &mut writer))
-        .await
-        .unwrap();
+    let (mut reader, _writer) = raw_connect(rx.addr).await;
     // Say nothing more: the receiver gives up and says why.
     let started = std::time::Instant::now();
     match within(reader.read_message()).await.unwrap() {
@@ -262,12 +254,7 @@ async fn a_silent_receiver_fails_the_sender_after_the_idle_timeout() {
     let addr = listener.local_addr().unwrap();
     let silent = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let (r, w) = stream.into_split();
-        let mut reader = xfer::protocol::FrameReader::new(r, "tx".into(), Duration::from_secs(10));
-        let mut writer = xfer::protocol::FrameWriter::new(w, "tx".into(), Duration::from_secs(10));
-        xfer::protocol::handshake(&mut reader, &mut writer)
-            .await
-            .unwrap();
+        let _peer = raw_peer(stream).await;
         tokio::time::sleep(Duration::from_secs(20)).await;
     });
     let (result, _) = send_with(&[&file], addr, Duration::from_secs(1), None).await;

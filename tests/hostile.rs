@@ -2,13 +2,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use xfer::protocol::{
-    handshake, Action, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer,
-};
+use xfer::protocol::{Action, Entry, EntryKind, Message, Offer};
 
 fn file_entry(path: &str) -> Entry {
     Entry {
@@ -30,14 +27,7 @@ async fn traversal_and_hostile_names_are_refused_and_nothing_escapes() {
     let dir = outer.path().join("inbox");
     let rx = Receiver::start(&dir).await;
 
-    let stream = within(tokio::net::TcpStream::connect(rx.addr))
-        .await
-        .unwrap();
-    let (r, w) = stream.into_split();
-    let peer: Arc<str> = "receiver".into();
-    let mut reader = FrameReader::new(r, peer.clone(), Duration::from_secs(10));
-    let mut writer = FrameWriter::new(w, peer, Duration::from_secs(10));
-    within(handshake(&mut reader, &mut writer)).await.unwrap();
+    let (mut reader, mut writer) = raw_connect(rx.addr).await;
     let entries = names.iter().map(|n| file_entry(n)).collect();
     writer
         .send(&Message::Offer(Offer {
@@ -73,13 +63,7 @@ async fn traversal_and_hostile_names_are_refused_and_nothing_escapes() {
 async fn a_body_for_an_unplanned_file_ends_the_session_and_the_server_serves_on() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let rx = Receiver::start(dst.path()).await;
-    let stream = within(tokio::net::TcpStream::connect(rx.addr))
-        .await
-        .unwrap();
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, "receiver".into(), Duration::from_secs(10));
-    let mut writer = FrameWriter::new(w, "receiver".into(), Duration::from_secs(10));
-    within(handshake(&mut reader, &mut writer)).await.unwrap();
+    let (mut reader, mut writer) = raw_connect(rx.addr).await;
     writer
         .send(&Message::FileBegin { id: 5, offset: 0 })
         .await
@@ -435,13 +419,7 @@ async fn a_sender_over_the_session_limit_is_turned_away_politely() {
     };
     let rx = Receiver::start_with(dst.path(), options).await;
     // A session that holds the only slot.
-    let stream = within(tokio::net::TcpStream::connect(rx.addr))
-        .await
-        .unwrap();
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, "rx".into(), Duration::from_secs(10));
-    let mut writer = FrameWriter::new(w, "rx".into(), Duration::from_secs(10));
-    within(handshake(&mut reader, &mut writer)).await.unwrap();
+    let slot_holder = raw_connect(rx.addr).await;
     let file = src.path().join("later.txt");
     write_random(&file, 10, 3);
     let (result, _) = send(&[&file], rx.addr).await;
@@ -451,7 +429,7 @@ async fn a_sender_over_the_session_limit_is_turned_away_politely() {
         "{err}"
     );
     // Once the slot frees up, the same sender gets through.
-    drop((reader, writer));
+    drop(slot_holder);
     let mut ok = false;
     for _ in 0..50 {
         if send(&[&file], rx.addr).await.0.is_ok() {

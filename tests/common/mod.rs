@@ -378,6 +378,28 @@ impl Drop for XferProcess {
     }
 }
 
+/// Both halves of a hand-driven protocol peer.
+pub type RawPeer = (
+    xfer::protocol::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    xfer::protocol::FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+/// Wraps `stream` as a raw protocol peer and exchanges hellos on it.
+pub async fn raw_peer(stream: tokio::net::TcpStream) -> RawPeer {
+    let (r, w) = stream.into_split();
+    let mut reader = xfer::protocol::FrameReader::new(r, "peer".into(), TIMEOUT);
+    let mut writer = xfer::protocol::FrameWriter::new(w, "peer".into(), TIMEOUT);
+    within(xfer::protocol::handshake(&mut reader, &mut writer))
+        .await
+        .unwrap();
+    (reader, writer)
+}
+
+/// Connects to `addr` as a raw protocol peer, hellos exchanged.
+pub async fn raw_connect(addr: SocketAddr) -> RawPeer {
+    raw_peer(within(tokio::net::TcpStream::connect(addr)).await.unwrap()).await
+}
+
 /// Polls `condition` every 20 ms until it holds; fails the test after [`TIMEOUT`].
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + TIMEOUT;
