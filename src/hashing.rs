@@ -102,10 +102,18 @@ pub fn digest(bytes: &[u8]) -> Digest {
 /// digest and the byte count.
 pub fn hash_reader(file: &mut File) -> io::Result<(Digest, u64)> {
     let mut hasher = Hasher::new();
+    let total = hash_prefix(file, u64::MAX, &mut hasher)?;
+    Ok((hasher.finish(), total))
+}
+
+/// Feeds up to `len` bytes of `reader` into `hasher` (the kept prefix of a
+/// resumed file, on either side); returns how many bytes there were.
+pub fn hash_prefix(reader: &mut impl Read, len: u64, hasher: &mut Hasher) -> io::Result<u64> {
+    let mut limited = reader.take(len);
     let mut buf = vec![0u8; HASH_BUF];
     let mut total = 0u64;
     loop {
-        let n = match file.read(&mut buf) {
+        let n = match limited.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -114,7 +122,7 @@ pub fn hash_reader(file: &mut File) -> io::Result<(Digest, u64)> {
         hasher.update(&buf[..n]);
         total += n as u64;
     }
-    Ok((hasher.finish(), total))
+    Ok(total)
 }
 
 /// Lowercase hex, as printed in events and summaries.

@@ -432,7 +432,7 @@ impl Session {
         self.writer.flush().await?;
         loop {
             {
-                let ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+                let ledger = self.ledger()?;
                 if ledger.awaiting.is_empty() {
                     return Ok(());
                 }
@@ -537,7 +537,7 @@ impl Session {
                     self.compare(id, item, sha256, retry).await?
                 }
                 (EntryKind::File, Action::Skip { path }) => {
-                    let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+                    let mut ledger = self.ledger()?;
                     ledger.summary.files += 1;
                     ledger.summary.skipped += 1;
                     self.observer.event(Event::FileDone {
@@ -566,7 +566,7 @@ impl Session {
     }
 
     fn local_failure(&self, path: &str, reason: String) -> Result<(), Error> {
-        let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+        let mut ledger = self.ledger()?;
         ledger.fail(self.observer.as_ref(), path, reason);
         Ok(())
     }
@@ -579,7 +579,7 @@ impl Session {
         offset: u64,
         retried: bool,
     ) -> Result<(), Error> {
-        let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+        let mut ledger = self.ledger()?;
         ledger.awaiting.insert(
             id,
             Pending {
@@ -704,18 +704,26 @@ impl Session {
             }
             (Err(e), _) => ([0; 32], Some(e)),
         };
-        // A short read still owes the declared length; pad it and say why.
+        self.end_body(remaining, sha256, error).await?;
+        self.add_bytes(size - offset)
+    }
+
+    /// Closes a body: a short read still owes the declared length, so the
+    /// `missing` bytes are padded, and the trailer says why (`error`).
+    async fn end_body(
+        &mut self,
+        mut missing: u64,
+        sha256: Digest,
+        error: Option<String>,
+    ) -> Result<(), Error> {
         let zeros = vec![0u8; CHUNK];
-        while remaining > 0 {
-            let n = remaining.min(CHUNK as u64) as usize;
+        while missing > 0 {
+            let n = missing.min(CHUNK as u64) as usize;
             self.writer.send_raw(&zeros[..n]).await?;
-            remaining -= n as u64;
+            missing -= n as u64;
         }
         self.mid_body = false;
-        self.writer
-            .send(&Message::FileEnd { sha256, error })
-            .await?;
-        self.add_bytes(size - offset)
+        self.writer.send(&Message::FileEnd { sha256, error }).await
     }
 
     /// Sends a large file whose digest the cache already knows: straight
@@ -760,21 +768,18 @@ impl Session {
         } else {
             None
         };
-        let zeros = vec![0u8; CHUNK];
-        while position < size {
-            let n = (size - position).min(CHUNK as u64) as usize;
-            self.writer.send_raw(&zeros[..n]).await?;
-            position += n as u64;
-        }
-        self.mid_body = false;
-        self.writer
-            .send(&Message::FileEnd { sha256, error })
-            .await?;
+        self.end_body(size - position, sha256, error).await?;
         self.add_bytes(size - offset)
     }
 
+    fn ledger(&self) -> Result<std::sync::MutexGuard<'_, Ledger>, Error> {
+        self.ledger
+            .lock()
+            .map_err(|_| self.lost("the ledger lock was poisoned"))
+    }
+
     fn add_bytes(&self, n: u64) -> Result<(), Error> {
-        let mut ledger = self.ledger.lock().map_err(|_| self.lost("lock poisoned"))?;
+        let mut ledger = self.ledger()?;
         ledger.summary.bytes += n;
         Ok(())
     }
@@ -793,15 +798,7 @@ fn stream_file(
     let before = file.metadata().map_err(io_err)?;
     let mut prefix_hasher = Hasher::new();
     if offset > 0 {
-        let mut prefix = (&mut file).take(offset);
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = prefix.read(&mut buf).map_err(io_err)?;
-            if n == 0 {
-                break;
-            }
-            prefix_hasher.update(&buf[..n]);
-        }
+        hashing::hash_prefix(&mut file, offset, &mut prefix_hasher).map_err(io_err)?;
         file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     }
     let mut remaining = size - offset;

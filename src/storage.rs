@@ -494,18 +494,7 @@ impl Storage {
             active: Arc::clone(&self.active),
         };
         if offset > 0 {
-            let mut prefix = io::Read::take(&mut partial.file, offset);
-            let mut buf = vec![0u8; hashing::HASH_BUF];
-            let mut read = 0u64;
-            loop {
-                let n = io::Read::read(&mut prefix, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                read += n as u64;
-            }
-            if read != offset {
+            if hashing::hash_prefix(&mut partial.file, offset, hasher)? != offset {
                 return Err(io::Error::other(
                     "the partial file is shorter than its record",
                 ));

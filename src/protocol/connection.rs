@@ -178,6 +178,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
+    fn stopped_reading(&self) -> Error {
+        Error::ConnectionLost {
+            peer: self.peer.to_string(),
+            detail: format!(
+                "the peer stopped reading for {} s (idle timeout)",
+                self.idle.as_secs()
+            ),
+        }
+    }
+
     /// Writes all of `bytes`, giving up when the peer stops reading.
     async fn write_out(&mut self, bytes: &[u8]) -> Result<(), Error> {
         match tokio::time::timeout(self.idle, self.inner.write_all(bytes)).await {
@@ -187,13 +197,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 Ok(())
             }
             Ok(Err(e)) => Err(self.lost(e)),
-            Err(_) => Err(Error::ConnectionLost {
-                peer: self.peer.to_string(),
-                detail: format!(
-                    "the peer stopped reading for {} s (idle timeout)",
-                    self.idle.as_secs()
-                ),
-            }),
+            Err(_) => Err(self.stopped_reading()),
         }
     }
 
@@ -285,15 +289,7 @@ impl FrameWriter<tokio::net::tcp::OwnedWriteHalf> {
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.lost(e)),
-                Err(_) => {
-                    return Err(Error::ConnectionLost {
-                        peer: self.peer.to_string(),
-                        detail: format!(
-                            "the peer stopped reading for {} s (idle timeout)",
-                            self.idle.as_secs()
-                        ),
-                    })
-                }
+                Err(_) => return Err(self.stopped_reading()),
             }
             let want = (end - position).min(1 << 30) as usize;
             let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
