@@ -231,18 +231,7 @@ async fn a_silent_sender_is_dropped_after_the_idle_timeout() {
         other => panic!("expected Abort, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(3));
-    // The server logs the reason just after telling the peer.
-    let events = rx.events.clone();
-    within(async move {
-        while !events
-            .session_errors()
-            .iter()
-            .any(|e| e.contains("idle timeout"))
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    rx.events.wait_for_session_error("idle timeout").await;
 }
 
 #[tokio::test]

@@ -397,17 +397,9 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
         xfer::protocol::HELLO_LEN,
         "only the receiver's hello"
     );
-    let events = rx.events.clone();
-    within(async move {
-        while !events
-            .session_errors()
-            .iter()
-            .any(|e| e.contains("no hello within 1 s"))
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    rx.events
+        .wait_for_session_error("no hello within 1 s")
+        .await;
 }
 
 #[tokio::test]

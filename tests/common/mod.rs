@@ -88,6 +88,18 @@ impl Events {
             .collect()
     }
 
+    /// Waits (under [`TIMEOUT`]) until a session has ended with an error
+    /// that mentions `needle`: the server logs a reason just after it
+    /// tells the peer, so a test that saw the peer's side waits for this.
+    pub async fn wait_for_session_error(&self, needle: &str) {
+        within(async {
+            while !self.session_errors().iter().any(|e| e.contains(needle)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
     /// The report for the file sent as `path`.
     pub fn report(&self, path: &str) -> FileReport {
         self.done()
