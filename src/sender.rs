@@ -10,11 +10,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -23,15 +23,15 @@ use tokio_util::sync::CancellationToken;
 use crate::digest_cache::DigestCache;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, FileReport, Observer, Summary};
-use crate::hashing::{self, Hasher, StreamHasher};
+use crate::hashing::{self, Hasher};
 use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
     Plan,
 };
 use crate::source::{self, Batch, LocalEntry, Prepared, BATCH_MAX_ENTRIES};
 
-/// Body bytes per read from a large file.
-const CHUNK: usize = 1024 * 1024;
+/// Zero bytes per write when padding a body that came up short.
+const PAD_CHUNK: usize = 1024 * 1024;
 /// Bytes per sendfile step, between progress reports and cancel checks.
 const SENDFILE_STEP: u64 = 8 * 1024 * 1024;
 /// How long a TCP connect may take.
@@ -669,79 +669,29 @@ impl Session {
                 )
             }
         };
-        if let Some(known) = item.sha256 {
-            return self
-                .send_known(id, &item, file, offset, known, retried)
-                .await;
-        }
-        self.expect_verdict(id, &item, None, offset, retried)?;
-        self.writer.send(&Message::FileBegin { id, offset }).await?;
-        self.mid_body = true;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let reader = tokio::task::spawn_blocking(move || stream_file(file, offset, size, tx));
-        let mut remaining = size - offset;
-        while let Some(chunk) = rx.recv().await {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Interrupted);
-            }
-            self.writer.send_raw(&chunk).await?;
-            remaining -= chunk.len() as u64;
-            self.observer.event(Event::Progress {
-                session: 0,
-                bytes: chunk.len() as u64,
-            });
-        }
-        let read = reader.await.map_err(|e| self.lost(&e.to_string()))?;
-        let (sha256, error) = match (read, item.sha256) {
-            (Ok(d), Some(expected)) if d != expected => {
-                (d, Some("the file changed while being sent".to_owned()))
-            }
-            (Ok(d), _) => {
-                if let Some(cache) = &self.cache {
-                    cache.put(&item.entry, d);
+        // The bytes go out with sendfile, straight from the page cache; a
+        // second handle of our own hashes the file meanwhile (unless the
+        // cache knows its digest), so no byte is copied through this process
+        // on its way to the socket.
+        let digest = match item.sha256 {
+            Some(known) => BodyDigest::Known(known),
+            None => match open_same(&item.entry.local, &file) {
+                Ok(reader) => {
+                    let stop = StopOnDrop::default();
+                    let flag = stop.0.clone();
+                    let task = tokio::task::spawn_blocking(move || hash_file(reader, size, &flag));
+                    BodyDigest::Hashing(task, stop)
                 }
-                (d, None)
-            }
-            (Err(e), _) => ([0; 32], Some(e)),
+                Err(e) => {
+                    return self.local_failure(
+                        &item.entry.wire_path,
+                        format!("cannot read: {}", describe_io(&e)),
+                    )
+                }
+            },
         };
-        self.end_body(remaining, sha256, error).await?;
-        self.add_bytes(size - offset)
-    }
-
-    /// Closes a body: a short read still owes the declared length, so the
-    /// `missing` bytes are padded, and the trailer says why (`error`).
-    async fn end_body(
-        &mut self,
-        mut missing: u64,
-        sha256: Digest,
-        error: Option<String>,
-    ) -> Result<(), Error> {
-        let zeros = vec![0u8; CHUNK];
-        while missing > 0 {
-            let n = missing.min(CHUNK as u64) as usize;
-            self.writer.send_raw(&zeros[..n]).await?;
-            missing -= n as u64;
-        }
-        self.mid_body = false;
-        self.writer.send(&Message::FileEnd { sha256, error }).await
-    }
-
-    /// Sends a large file whose digest the cache already knows: straight
-    /// from the page cache with sendfile, without hashing it again here. The
-    /// receiver still hashes every byte; if the cached digest was stale, its
-    /// verdict asks for a retry, which re-reads and hashes the file.
-    async fn send_known(
-        &mut self,
-        id: u64,
-        item: &Prepared,
-        file: File,
-        offset: u64,
-        sha256: Digest,
-        retried: bool,
-    ) -> Result<(), Error> {
-        let size = item.entry.size;
         let before = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
-        self.expect_verdict(id, item, None, offset, retried)?;
+        self.expect_verdict(id, &item, None, offset, retried)?;
         self.writer.send(&Message::FileBegin { id, offset }).await?;
         self.mid_body = true;
         let mut position = offset;
@@ -760,16 +710,44 @@ impl Session {
                 break;
             }
         }
+        let (digest, hashed_here) = match digest {
+            BodyDigest::Known(known) => (Ok(known), false),
+            BodyDigest::Hashing(task, _stop) => {
+                (task.await.map_err(|e| self.lost(&e.to_string()))?, true)
+            }
+        };
         let after = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
-        let error = if position < size {
-            Some("the file shrank while being sent".to_owned())
-        } else if before != after {
-            Some("the file changed while being sent".to_owned())
-        } else {
-            None
+        let (sha256, error) = match digest {
+            Err(e) => ([0; 32], Some(e)),
+            Ok(_) if position < size => ([0; 32], Some("the file shrank while being sent".into())),
+            Ok(_) if before != after => ([0; 32], Some("the file changed while being sent".into())),
+            Ok(d) => {
+                if let (true, Some(cache)) = (hashed_here, &self.cache) {
+                    cache.put(&item.entry, d);
+                }
+                (d, None)
+            }
         };
         self.end_body(size - position, sha256, error).await?;
         self.add_bytes(size - offset)
+    }
+
+    /// Closes a body: a short read still owes the declared length, so the
+    /// `missing` bytes are padded, and the trailer says why (`error`).
+    async fn end_body(
+        &mut self,
+        mut missing: u64,
+        sha256: Digest,
+        error: Option<String>,
+    ) -> Result<(), Error> {
+        let zeros = vec![0u8; PAD_CHUNK];
+        while missing > 0 {
+            let n = missing.min(PAD_CHUNK as u64) as usize;
+            self.writer.send_raw(&zeros[..n]).await?;
+            missing -= n as u64;
+        }
+        self.mid_body = false;
+        self.writer.send(&Message::FileEnd { sha256, error }).await
     }
 
     fn ledger(&self) -> Result<std::sync::MutexGuard<'_, Ledger>, Error> {
@@ -785,43 +763,57 @@ impl Session {
     }
 }
 
-/// Reads `file` from `offset` to `size`, hashing the whole file (the prefix
-/// locally, without sending it). Runs on a blocking thread. Errors say what
-/// went wrong in words for the receiver and the user.
-fn stream_file(
-    mut file: File,
-    offset: u64,
-    size: u64,
-    out: mpsc::Sender<Bytes>,
-) -> Result<Digest, String> {
-    let io_err = |e: io::Error| format!("cannot read: {}", describe_io(&e));
-    let before = file.metadata().map_err(io_err)?;
-    let mut prefix_hasher = Hasher::new();
-    if offset > 0 {
-        hashing::hash_prefix(&mut file, offset, &mut prefix_hasher).map_err(io_err)?;
-        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+/// Opens `path` a second time, so hashing keeps its own read-ahead apart
+/// from sendfile's, and checks that both handles are the same file.
+fn open_same(path: &std::path::Path, sending: &File) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let reader = File::open(path)?;
+    let (a, b) = (reader.metadata()?, sending.metadata()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(io::Error::other("the file was replaced while being sent"));
     }
-    let mut remaining = size - offset;
-    let mut hasher = StreamHasher::new(prefix_hasher, remaining);
-    while remaining > 0 {
-        let mut chunk = BytesMut::zeroed(remaining.min(CHUNK as u64) as usize);
-        let n = match file.read(&mut chunk) {
+    Ok(reader)
+}
+
+/// Where a large body's digest comes from.
+enum BodyDigest {
+    /// The digest cache knew it.
+    Known(Digest),
+    /// A blocking thread is hashing the file while it is sent.
+    Hashing(tokio::task::JoinHandle<Result<Digest, String>>, StopOnDrop),
+}
+
+/// Set when the body being hashed is abandoned, so the hashing thread
+/// stops instead of reading the rest of a large file for nobody.
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// SHA-256 of the first `size` bytes of `file`, on a blocking thread, with
+/// one reused buffer small enough to stay in cache. Errors are in words for
+/// the receiver and the user.
+fn hash_file(mut file: File, size: u64, stop: &AtomicBool) -> Result<Digest, String> {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; hashing::HASH_BUF];
+    let mut left = size;
+    while left > 0 {
+        if stop.load(Ordering::Relaxed) {
+            return Err("sending stopped".into());
+        }
+        let want = left.min(buf.len() as u64) as usize;
+        let n = match file.read(&mut buf[..want]) {
             Ok(0) => return Err("the file shrank while being sent".into()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(format!("cannot read: {}", describe_io(&e))),
         };
-        chunk.truncate(n);
-        let chunk = chunk.freeze();
-        hasher.update(&chunk);
-        remaining -= n as u64;
-        if out.blocking_send(chunk).is_err() {
-            return Err("sending stopped".into());
-        }
-    }
-    let after = file.metadata().map_err(io_err)?;
-    if after.len() != size || after.modified().ok() != before.modified().ok() {
-        return Err("the file changed while being sent".into());
+        hasher.update(&buf[..n]);
+        left -= n as u64;
     }
     Ok(hasher.finish())
 }
