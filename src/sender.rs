@@ -102,6 +102,13 @@ pub async fn send(
             }
         });
 
+    // The first batches are read and hashed while the connection and the
+    // hellos take their round trips.
+    let (batch_tx, batch_rx) = mpsc::channel(2);
+    let prep_cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        source::prepare_batches(entries, prep_cache.as_deref(), batch_tx)
+    });
     let stream = tokio::select! {
         s = connect(&config.destination) => s?,
         _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
@@ -132,11 +139,6 @@ pub async fn send(
         Arc::clone(&observer),
         Arc::clone(&settled),
     ));
-    let (batch_tx, batch_rx) = mpsc::channel(2);
-    let prep_cache = cache.clone();
-    tokio::task::spawn_blocking(move || {
-        source::prepare_batches(entries, prep_cache.as_deref(), batch_tx)
-    });
 
     let mut session = Session {
         writer,
