@@ -5,13 +5,20 @@ Runs on loopback with fresh destination directories, a few repetitions per
 case (the median is reported), and prints wall seconds, MB/s, CPU seconds and
 peak RSS of each side, then the ratios the performance targets are stated in.
 
-    python3 bench/bench.py            # everything (needs ~12 GB of disk, ~10 min)
+    python3 bench/bench.py            # everything (needs ~16 GB of disk, ~10 min)
     python3 bench/bench.py --quick    # smaller inputs, one repetition each
+    python3 bench/bench.py --cases 1,3 # only some cases (numbers as printed)
 
 Baselines: one SHA-256 pass (`openssl dgst -sha256`), a raw TCP copy with
-`nc`, `tar | nc` for trees, and rsync in daemon mode. As root the script
-installs rsync and netcat-openbsd with apt-get when they are missing, and
-drops the page cache before each timed run.
+`nc`, `tar | nc` for trees, rsync in daemon mode, and `dd ... conv=fsync`:
+the fastest a file can be copied durably on this disk, which no tool that
+reads the source and syncs the copy can beat. As root the script installs
+rsync and netcat-openbsd with apt-get when they are missing, and drops the
+page cache before each timed run.
+
+Every run writes into a directory of its own; a case's directories are
+removed (and the removal synced) only after the case, because on some
+filesystems deleting a large tree slows down whichever run comes next.
 """
 
 import argparse
@@ -118,10 +125,30 @@ def tar_nc(src_dir, dest):
     return s, r, time.monotonic() - started
 
 
+class Dests:
+    """Fresh destination directories, one per run, removed after each case."""
+
+    def __init__(self, root):
+        self.root = root
+        self.count = 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    def fresh(self):
+        self.count += 1
+        dest = self.root / f"run{self.count:03}"
+        dest.mkdir()
+        return dest
+
+    def clear(self):
+        for child in self.root.iterdir():
+            shutil.rmtree(child)
+        subprocess.run(["sync"])
+
+
 class RsyncDaemon:
-    def __init__(self, work):
+    def __init__(self, work, module):
         self.port = free_port()
-        self.module = work / "rsync-dest"
+        self.module = module
         conf = work / "rsyncd.conf"
         conf.write_text(f"use chroot = no\n[dst]\npath = {self.module}\nread only = no\nuid = root\ngid = root\n")
         self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}",
@@ -130,11 +157,9 @@ class RsyncDaemon:
         time.sleep(0.3)
 
     def copy(self, src, dest):
-        if self.module.exists():
-            shutil.rmtree(self.module)
-        self.module.mkdir()
+        """Copies `src` into `dest`, a directory inside the module."""
         started = time.monotonic()
-        send = Timed(["rsync", "-a", str(src), f"rsync://127.0.0.1:{self.port}/dst/"])
+        send = Timed(["rsync", "-a", str(src), f"rsync://127.0.0.1:{self.port}/dst/{dest.name}/"])
         s = send.wait()
         subprocess.run(["sync"])
         return s, {"wall": 0, "cpu": 0, "rss_mb": 0}, time.monotonic() - started
@@ -142,6 +167,13 @@ class RsyncDaemon:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def dd_copy(src_file, dest):
+    started = time.monotonic()
+    t = Timed(["dd", f"if={src_file}", f"of={dest / src_file.name}", "bs=4M", "conv=fsync"])
+    s = t.wait()
+    return s, {"wall": 0, "cpu": 0, "rss_mb": 0}, time.monotonic() - started
 
 
 def hash_pass(path):
@@ -208,12 +240,15 @@ def make_tree(root, files, dirs, size):
         (d / f"f{i:06}").write_bytes(os.urandom(size) if size else b"")
 
 
-def median_run(fn, reps, fresh):
+def median_run(fn, reps, dests):
+    """Runs `fn(dest)` `reps` times, each into a fresh directory with the page
+    cache dropped; returns the run with the median wall time."""
     runs = []
     for _ in range(reps):
-        fresh()
+        dest = dests.fresh()
         drop_caches()
-        runs.append(fn())
+        runs.append(fn(dest))
+    dests.clear()
     runs.sort(key=lambda r: r[2])
     return runs[len(runs) // 2]
 
@@ -231,8 +266,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small inputs, one repetition")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cases", default="0,1,3,4,5,6", help="comma-separated case numbers")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench"))
     args = ap.parse_args()
+    cases = {int(c) for c in args.cases.split(",")}
     reps = 1 if args.quick else args.reps
     big = (256 if args.quick else 1024) * MIB
     huge = (512 if args.quick else 4096) * MIB
@@ -243,114 +280,137 @@ def main():
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     (work / "src").mkdir(parents=True)
-    dest = work / "dest"
+    dests = Dests(work / "dests")
     cache = work / "cache"
     os.environ["XFER_CACHE_DIR"] = str(cache)
 
-    def fresh():
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir()
-
     have_nc = shutil.which("nc") is not None
     have_rsync = shutil.which("rsync") is not None
-    rsyncd = RsyncDaemon(work) if have_rsync else None
+    rsyncd = RsyncDaemon(work, dests.root) if have_rsync else None
     ratios = []
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
     print(f"machine: {os.cpu_count()} cores, {cpu}; reps: {reps} (median shown)")
 
-    # 0: SHA-256 speed of xfer's hasher against OpenSSL, 16 KiB blocks.
-    ours = float(subprocess.run(["cargo", "run", "--release", "--quiet", "--example", "hash_speed"],
-                                cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-    speed = subprocess.run(["openssl", "speed", "-seconds", "3", "-bytes", "16384", "-evp", "sha256"],
-                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    theirs = float(speed.split()[-1].rstrip("k")) * 1000 / 1e6
-    print(f"\n0. SHA-256 on 16 KiB blocks: xfer {ours:.0f} MB/s, openssl {theirs:.0f} MB/s")
-    ratios.append(("SHA-256 speed / openssl (target >= 0.90)", ours / theirs))
+    if 0 in cases:
+        # SHA-256 speed of xfer's hasher against OpenSSL, 16 KiB blocks.
+        ours = float(subprocess.run(["cargo", "run", "--release", "--quiet", "--example", "hash_speed"],
+                                    cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+        speed = subprocess.run(["openssl", "speed", "-seconds", "3", "-bytes", "16384", "-evp", "sha256"],
+                               capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        theirs = float(speed.split()[-1].rstrip("k")) * 1000 / 1e6
+        print(f"\n0. SHA-256 on 16 KiB blocks: xfer {ours:.0f} MB/s, openssl {theirs:.0f} MB/s")
+        ratios.append(("SHA-256 speed / openssl (target >= 0.90)", ours / theirs))
 
-    # 1 and 2: one large file, first send and second send (digest cached).
-    f = work / "src" / "big.bin"
-    make_file(f, big)
-    drop_caches()
-    one_hash = hash_pass(f)
-    print(f"\n1. one {big // MIB} MiB file; one SHA-256 pass (openssl): {one_hash:.2f} s")
-    first = row("xfer, first send", median_run(lambda: xfer_once([f], dest, ["--no-cache"]), reps, fresh), big)
-    xfer_once([f], dest)  # fills the digest cache
-    second = row("xfer, digest cached", median_run(lambda: xfer_once([f], dest), reps, fresh), big)
-    if have_nc:
-        nc = row("nc (raw TCP, no sync)", median_run(lambda: nc_copy(f, dest), reps, fresh), big)
-        ratios.append(("1 GiB first send / nc", first / nc))
-    if rsyncd:
-        rs = row("rsync daemon (+sync)", median_run(lambda: rsyncd.copy(f, dest), reps, fresh), big)
-        ratios.append(("1 GiB first send / rsync daemon", first / rs))
-        ratios.append(("1 GiB cached send / rsync daemon", second / rs))
-    ratios.append(("1 GiB first send / one SHA-256 pass (target <= 1.25)", first / one_hash))
-    ratios.append(("1 GiB cached send / one SHA-256 pass (target <= 1.25)", second / one_hash))
-    f.unlink()
+    if 1 in cases:
+        # One large file, first send and second send (digest cached).
+        f = work / "src" / "big.bin"
+        make_file(f, big)
+        drop_caches()
+        one_hash = hash_pass(f)
+        print(f"\n1. one {big // MIB} MiB file; one SHA-256 pass (openssl): {one_hash:.2f} s")
+        first = row("xfer, first send",
+                    median_run(lambda d: xfer_once([f], d, ["--no-cache"]), reps, dests), big)
+        xfer_once([f], dests.fresh())  # fills the digest cache
+        dests.clear()
+        second = row("xfer, digest cached", median_run(lambda d: xfer_once([f], d), reps, dests), big)
+        floor = row("dd + fsync (disk floor)", median_run(lambda d: dd_copy(f, d), reps, dests), big)
+        if have_nc:
+            nc = row("nc (raw TCP, no sync)", median_run(lambda d: nc_copy(f, d), reps, dests), big)
+            ratios.append(("1 GiB first send / nc", first / nc))
+        if rsyncd:
+            rs = row("rsync daemon (+sync)", median_run(lambda d: rsyncd.copy(f, d), reps, dests), big)
+            ratios.append(("1 GiB first send / rsync daemon (target <= 1)", first / rs))
+            ratios.append(("1 GiB cached send / rsync daemon (target <= 1)", second / rs))
+        ratios.append(("1 GiB first send / one SHA-256 pass (target <= 1.25)", first / one_hash))
+        ratios.append(("1 GiB cached send / one SHA-256 pass (target <= 1.25)", second / one_hash))
+        ratios.append(("  for scale: dd + fsync / one SHA-256 pass", floor / one_hash))
+        ratios.append(("1 GiB first send / dd + fsync", first / floor))
+        ratios.append(("1 GiB cached send / dd + fsync", second / floor))
+        f.unlink()
 
-    # 3: 5,000 files of 16 KiB in 50 directories, plus 5 ms of latency each way.
-    tree = work / "src" / "tree"
-    make_tree(tree, 5000, 50, 16 * 1024)
-    nbytes = 5000 * 16 * 1024
-    print("\n3. 5,000 files of 16 KiB in 50 directories")
-    small = row("xfer", median_run(lambda: xfer_once([tree], dest, ["--no-cache"]), reps, fresh), nbytes)
-    if have_nc:
-        tn = row("tar | nc, then sync", median_run(lambda: tar_nc(tree, dest), reps, fresh), nbytes)
-        ratios.append(("5,000 files / tar|nc+sync (target <= 1.5)", small / tn))
-    if rsyncd:
-        rs = row("rsync daemon (+sync)", median_run(lambda: rsyncd.copy(tree, dest), reps, fresh), nbytes)
-        ratios.append(("5,000 files / rsync daemon (target < 1)", small / rs))
-    proxy = DelayProxy(0.005)
-    delayed = row("xfer, +5 ms each way",
-                  median_run(lambda: xfer_once([tree], dest, ["--no-cache"], via=proxy.forward), reps, fresh), nbytes)
-    ratios.append(("5,000 files: extra round trips at 10 ms RTT (target <= ~10)", (delayed - small) / 0.010))
-    shutil.rmtree(tree)
+    if 3 in cases:
+        # 5,000 files of 16 KiB in 50 directories, plus 5 ms of latency each way.
+        tree = work / "src" / "tree"
+        make_tree(tree, 5000, 50, 16 * 1024)
+        nbytes = 5000 * 16 * 1024
+        print("\n3. 5,000 files of 16 KiB in 50 directories")
+        small = row("xfer", median_run(lambda d: xfer_once([tree], d, ["--no-cache"]), reps, dests), nbytes)
+        if have_nc:
+            tn = row("tar | nc, then sync", median_run(lambda d: tar_nc(tree, d), reps, dests), nbytes)
+            ratios.append(("5,000 files / tar|nc+sync (target <= 1.5)", small / tn))
+        if rsyncd:
+            rs = row("rsync daemon (+sync)", median_run(lambda d: rsyncd.copy(tree, d), reps, dests), nbytes)
+            ratios.append(("5,000 files / rsync daemon (target < 1)", small / rs))
+        # Latency: the same proxy with and without the delay, runs interleaved,
+        # so the proxy's own cost and the VM's drift cancel out.
+        rtt = 0.010
+        plain, delayed = DelayProxy(0.0), DelayProxy(rtt / 2)
+        lat_reps = max(reps, 7)
+        times = {"plain": [], "delayed": []}
+        for _ in range(lat_reps):
+            for name, proxy in (("plain", plain), ("delayed", delayed)):
+                dest = dests.fresh()
+                drop_caches()
+                times[name].append(xfer_once([tree], dest, ["--no-cache"], via=proxy.forward)[2])
+            dests.clear()
+        t0, t5 = statistics.median(times["plain"]), statistics.median(times["delayed"])
+        print(f"  {'xfer via proxy, 0 ms':<26} {t0:7.2f} s   (median of {lat_reps}, interleaved)")
+        print(f"  {'xfer via proxy, +5 ms each way':<26} {t5:7.2f} s")
+        ratios.append(("5,000 files: extra round trips at 10 ms RTT (target <= ~10)", (t5 - t0) / rtt))
+        shutil.rmtree(tree)
 
-    # 4: a file larger than memory budgets, for flat RSS.
-    f = work / "src" / "huge.bin"
-    make_file(f, huge)
-    print(f"\n4. one {huge // MIB} MiB file (memory)")
-    run = median_run(lambda: xfer_once([f], dest, ["--no-cache"]), 1, fresh)
-    row("xfer", run, huge)
-    ratios.append(("huge file: peak RSS MB, max of both sides (target <= 64)", max(run[0]["rss_mb"], run[1]["rss_mb"])))
-    f.unlink()
+    if 4 in cases:
+        # A file larger than memory budgets, for flat RSS.
+        f = work / "src" / "huge.bin"
+        make_file(f, huge)
+        print(f"\n4. one {huge // MIB} MiB file (memory)")
+        run = median_run(lambda d: xfer_once([f], d, ["--no-cache"]), 1, dests)
+        row("xfer", run, huge)
+        ratios.append(("huge file: peak RSS MB, max of both sides (target <= 64)",
+                       max(run[0]["rss_mb"], run[1]["rss_mb"])))
+        f.unlink()
 
-    # 5: many empty-to-tiny files.
-    tree = work / "src" / "many"
-    make_tree(tree, many, 500, 0)
-    for i, p in enumerate(sorted(tree.rglob("f*"))):
-        if i % 3 == 0:
-            p.write_bytes(b"x" * (i % 100))
-    print(f"\n5. {many:,} empty-to-tiny files")
-    run = median_run(lambda: xfer_once([tree], dest, ["--no-cache"]), 1, fresh)
-    row("xfer", run, 0)
-    ratios.append((f"{many:,} files: peak RSS MB, max of both sides (target <= 64)",
-                   max(run[0]["rss_mb"], run[1]["rss_mb"])))
-    if have_nc:
-        row("tar | nc, then sync", median_run(lambda: tar_nc(tree, dest), 1, fresh), 0)
-    shutil.rmtree(tree)
+    if 5 in cases:
+        # Many empty-to-tiny files.
+        tree = work / "src" / "many"
+        make_tree(tree, many, 500, 0)
+        for i, p in enumerate(sorted(tree.rglob("f*"))):
+            if i % 3 == 0:
+                p.write_bytes(b"x" * (i % 100))
+        print(f"\n5. {many:,} empty-to-tiny files")
+        run = median_run(lambda d: xfer_once([tree], d, ["--no-cache"]), 1, dests)
+        row("xfer", run, 0)
+        ratios.append((f"{many:,} files: peak RSS MB, max of both sides (target <= 64)",
+                       max(run[0]["rss_mb"], run[1]["rss_mb"])))
+        if have_nc:
+            row("tar | nc, then sync", median_run(lambda d: tar_nc(tree, d), 1, dests), 0)
+        shutil.rmtree(tree)
 
-    # 6: 8 concurrent senders into one receiver.
-    print("\n6. 8 concurrent senders of 64 MiB each into one receiver")
-    srcs = []
-    for i in range(8):
-        p = work / "src" / f"c{i}.bin"
-        make_file(p, 64 * MIB)
-        srcs.append(p)
-    fresh()
-    recv = Timed([str(XFER), "recv", "--quiet", "--listen", "127.0.0.1:0", "--dir", str(dest)],
-                 stdout=subprocess.PIPE)
-    port = int(recv.proc.stdout.readline().decode().rsplit(":", 1)[1])
-    started = time.monotonic()
-    senders = [Timed([str(XFER), "send", "--quiet", "--no-cache", str(p), f"127.0.0.1:{port}"]) for p in srcs]
-    sends = [s.wait() for s in senders]
-    wall = time.monotonic() - started
-    # SIGTERM the receiver itself, not /usr/bin/time around it.
-    subprocess.run(["pkill", "-TERM", "-P", str(recv.proc.pid)])
-    r = recv.wait()
-    print(f"  {'xfer x8':<26} {wall:7.2f} s {8 * 64 * MIB / wall / 1e6:8.0f} MB/s   "
-          f"rss send max {max(s['rss_mb'] for s in sends):6.1f} MB recv {r['rss_mb']:6.1f} MB")
-    ratios.append(("8 senders: receiver peak RSS MB (target <= 64)", r["rss_mb"]))
+    if 6 in cases:
+        # 8 concurrent senders into one receiver.
+        print("\n6. 8 concurrent senders of 64 MiB each into one receiver")
+        srcs = []
+        for i in range(8):
+            p = work / "src" / f"c{i}.bin"
+            make_file(p, 64 * MIB)
+            srcs.append(p)
+        dest = dests.fresh()
+        recv = Timed([str(XFER), "recv", "--quiet", "--listen", "127.0.0.1:0", "--dir", str(dest)],
+                     stdout=subprocess.PIPE)
+        port = int(recv.proc.stdout.readline().decode().rsplit(":", 1)[1])
+        started = time.monotonic()
+        senders = [Timed([str(XFER), "send", "--quiet", "--no-cache", str(p), f"127.0.0.1:{port}"])
+                   for p in srcs]
+        sends = [s.wait() for s in senders]
+        wall = time.monotonic() - started
+        # SIGTERM the receiver itself, not /usr/bin/time around it.
+        subprocess.run(["pkill", "-TERM", "-P", str(recv.proc.pid)])
+        r = recv.wait()
+        print(f"  {'xfer x8':<26} {wall:7.2f} s {8 * 64 * MIB / wall / 1e6:8.0f} MB/s   "
+              f"rss send max {max(s['rss_mb'] for s in sends):6.1f} MB recv {r['rss_mb']:6.1f} MB")
+        ratios.append(("8 senders: receiver peak RSS MB (target <= 64)", r["rss_mb"]))
+        dests.clear()
 
     if rsyncd:
         rsyncd.stop()
