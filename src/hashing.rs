@@ -1,6 +1,5 @@
 //! SHA-256 plumbing shared by both sides.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
 
@@ -127,9 +126,12 @@ pub fn hash_prefix(reader: &mut impl Read, len: u64, hasher: &mut Hasher) -> io:
 
 /// Lowercase hex, as printed in events and summaries.
 pub fn to_hex(digest: &Digest) -> String {
+    // By table rather than `format!`: this runs for every file received.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in digest {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
 }

@@ -30,12 +30,21 @@ use crate::storage::{DirHandle, FilePlan, Metadata, Partial, ResumeRecord, Stora
 
 /// Body bytes handed to the sink at a time.
 const BODY_CHUNK: usize = 1024 * 1024;
+/// Whole bodies up to this size are hashed by the reader task (a quarter
+/// of a millisecond at most), not the sink thread.
+const HASH_ON_READER_MAX: u64 = 256 * 1024;
 /// Offered-but-unfinished entries a sender may have outstanding.
 const MAX_OUTSTANDING: usize = 8 * MAX_BATCH_ENTRIES;
 /// Verified files committed together, at most.
 const GROUP_FILES: usize = 256;
 /// Verified bytes committed together, at most.
 const GROUP_BYTES: u64 = 256 * 1024 * 1024;
+/// A group this large is committed as soon as the committer is free...
+const GROUP_EAGER_FILES: usize = 64;
+/// ...or this many bytes...
+const GROUP_EAGER_BYTES: u64 = 16 * 1024 * 1024;
+/// ...and a smaller one once no data has arrived for this long.
+const GROUP_QUIET: Duration = Duration::from_millis(6);
 /// How often a sink holding verified files checks whether the committer is free.
 const COMMITTER_POLL: Duration = Duration::from_millis(2);
 /// Groups handed to the committer before the sink waits for it.
@@ -537,9 +546,21 @@ impl Receive {
         };
         match whole {
             Some(begin) => {
+                // Hashed here, so the sink thread, busy with the disk, has
+                // less to do per small file; short enough not to hold up
+                // this task. A resumed body needs its prefix, so the sink
+                // hashes that one.
+                let received = (offset == 0 && size <= HASH_ON_READER_MAX).then(|| {
+                    let mut hasher = Hasher::new();
+                    for chunk in &body {
+                        hasher.update(chunk);
+                    }
+                    hasher.finish()
+                });
                 self.to_sink(SinkCommand::Whole {
                     begin,
                     body,
+                    received,
                     sha256,
                     error,
                 })
@@ -718,6 +739,8 @@ enum SinkCommand {
     Whole {
         begin: BeginFile,
         body: Vec<Bytes>,
+        /// Its digest, when the reader computed it.
+        received: Option<Digest>,
         sha256: Digest,
         error: Option<String>,
     },
@@ -744,9 +767,17 @@ struct Current {
     meta: Metadata,
     header_sha256: Option<Digest>,
     partial: Option<Partial>,
-    hasher: StreamHasher,
+    hasher: BodyHash,
     error: Option<String>,
     resumed_from: u64,
+}
+
+/// How the sink learns a body's digest.
+enum BodyHash {
+    /// It hashes the bytes as they are written.
+    Streaming(StreamHasher),
+    /// The reader hashed the whole body before handing it over.
+    Known(Digest),
 }
 
 /// A verified partial waiting for its group commit.
@@ -780,6 +811,8 @@ struct Sink {
 
 impl Sink {
     fn run(mut self, mut commands: mpsc::Receiver<SinkCommand>) -> Summary {
+        // When the command queue was first found empty with files waiting.
+        let mut idle_since: Option<Instant> = None;
         loop {
             let command = match commands.try_recv() {
                 Ok(c) => c,
@@ -790,11 +823,17 @@ impl Sink {
                     }
                 }
                 // Nothing queued and files verified: hand them to the committer
-                // if it is idle; while it is busy keep collecting (it would
-                // merge them anyway) and look again shortly. Fewer hand-offs,
-                // fewer thread wake-ups per small file.
+                // once it is idle and the group is worth a sync of its own, or
+                // the stream has gone quiet (the sender is waiting for us or
+                // done). Each sync costs the disk a journal commit and a cache
+                // flush, so a burst of small files should not get one each;
+                // meanwhile keep collecting and look again shortly.
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if !self.committer_busy.load(Ordering::Acquire) {
+                    let quiet = *idle_since.get_or_insert_with(Instant::now);
+                    let worth_it = self.group.len() >= GROUP_EAGER_FILES
+                        || self.group_bytes >= GROUP_EAGER_BYTES
+                        || quiet.elapsed() >= GROUP_QUIET;
+                    if worth_it && !self.committer_busy.load(Ordering::Acquire) {
                         self.commit();
                         match commands.blocking_recv() {
                             Some(c) => c,
@@ -813,15 +852,17 @@ impl Sink {
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
             };
+            idle_since = None;
             match command {
-                SinkCommand::Begin(begin) => self.begin(begin),
+                SinkCommand::Begin(begin) => self.begin(begin, None),
                 SinkCommand::Whole {
                     begin,
                     body,
+                    received,
                     sha256,
                     error,
                 } => {
-                    self.begin(begin);
+                    self.begin(begin, received);
                     for chunk in &body {
                         self.write(chunk);
                     }
@@ -857,7 +898,9 @@ impl Sink {
         self.summary
     }
 
-    fn begin(&mut self, file: BeginFile) {
+    /// Opens the partial for `file`; `received` is the body's digest when
+    /// it is already known.
+    fn begin(&mut self, file: BeginFile, received: Option<Digest>) {
         let BeginFile {
             dir,
             id,
@@ -883,7 +926,10 @@ impl Sink {
             meta,
             header_sha256,
             partial,
-            hasher: StreamHasher::new(prefix, size - offset),
+            hasher: match received {
+                Some(digest) => BodyHash::Known(digest),
+                None => BodyHash::Streaming(StreamHasher::new(prefix, size - offset)),
+            },
             error,
             resumed_from: offset,
         });
@@ -893,7 +939,9 @@ impl Sink {
         let Some(current) = self.current.as_mut() else {
             return;
         };
-        current.hasher.update(bytes);
+        if let BodyHash::Streaming(hasher) = &mut current.hasher {
+            hasher.update(bytes);
+        }
         if current.error.is_some() {
             return;
         }
@@ -922,7 +970,10 @@ impl Sink {
         let Some(mut current) = self.current.take() else {
             return;
         };
-        let received = current.hasher.finish();
+        let received = match current.hasher {
+            BodyHash::Streaming(hasher) => hasher.finish(),
+            BodyHash::Known(digest) => digest,
+        };
         // The reason, and whether sending the file again from scratch may fix it.
         let failure = if let Some(e) = sender_error {
             Some((format!("the sender could not read it: {e}"), false))
