@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
 use crate::hashing;
@@ -40,6 +40,8 @@ pub struct Storage {
     overwrite: bool,
     root_handle: File,
     active: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Whether `/proc/self/fd` can give a nameless file its name.
+    proc_links: bool,
 }
 
 /// What to do with an offered file, as far as DIR is concerned.
@@ -128,6 +130,8 @@ pub struct Partial {
     flushing: u64,
     wire: WirePath,
     active: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Created without a name (`O_TMPFILE`): it gets one only when committed.
+    anonymous: bool,
 }
 
 impl Drop for Partial {
@@ -161,6 +165,7 @@ impl Partial {
     /// Like `sync_file_range(2)` it does not flush the drive's cache; the
     /// final digest check covers a prefix that did not survive a power loss.
     pub fn record_progress(&mut self) -> io::Result<()> {
+        self.named()?;
         let upto = self.flushing;
         if upto <= self.record.durable {
             return Ok(());
@@ -186,6 +191,7 @@ impl Partial {
     /// Syncs what was written and records it as durable in the sidecar, so
     /// a crash after this point resumes from here.
     pub fn checkpoint(&mut self) -> io::Result<()> {
+        self.named()?;
         self.file.sync_data()?;
         self.record.durable = self.written;
         write_sidecar(self.dir.fd.as_fd(), &self.sidecar_name, &self.record)
@@ -198,8 +204,21 @@ impl Partial {
         self.file.set_permissions(meta.permissions())
     }
 
+    /// Only a named partial can be resumed.
+    fn named(&self) -> io::Result<()> {
+        if self.anonymous {
+            return Err(io::Error::other(
+                "a file received whole has no partial to resume from",
+            ));
+        }
+        Ok(())
+    }
+
     /// Removes the partial file and its sidecar.
     pub fn discard(self) {
+        if self.anonymous {
+            return; // closing it frees it
+        }
         let _ = rustix::fs::unlinkat(&self.dir.fd, self.partial_name.as_str(), AtFlags::empty());
         let _ = rustix::fs::unlinkat(&self.dir.fd, self.sidecar_name.as_str(), AtFlags::empty());
     }
@@ -279,6 +298,7 @@ impl Storage {
             overwrite,
             root_handle,
             active: Arc::default(),
+            proc_links: Path::new("/proc/self/fd").is_dir(),
         })
     }
 
@@ -492,6 +512,7 @@ impl Storage {
             flushing: offset,
             wire: path.clone(),
             active: Arc::clone(&self.active),
+            anonymous: false,
         };
         if offset > 0 {
             if hashing::hash_prefix(&mut partial.file, offset, hasher)? != offset {
@@ -516,6 +537,62 @@ impl Storage {
             );
         }
         Ok(partial)
+    }
+
+    /// [`Storage::begin`] from offset 0, for a body that arrives whole and
+    /// so never needs a name to resume from. Where the kernel allows, the
+    /// file is created without one (`O_TMPFILE`) and linked at its final
+    /// name when committed: a create and an unlink fewer per small file,
+    /// and a receiver killed meanwhile leaves nothing behind.
+    pub fn begin_whole(
+        &self,
+        path: &WirePath,
+        record: ResumeRecord,
+        dir: Option<DirHandle>,
+    ) -> io::Result<Partial> {
+        let mut unused = hashing::Hasher::new();
+        if self.overwrite || !self.proc_links {
+            // Replacing a file atomically needs a named file to rename.
+            return self.begin(path, record, 0, &mut unused, dir);
+        }
+        let dir = match dir {
+            Some(DirHandle(dir)) => dir,
+            None => Arc::new(self.open_dir(path.parent(), true)?),
+        };
+        let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
+        let key = dir.path.join(&partial_name);
+        if !self
+            .active
+            .lock()
+            .map_err(|_| io::Error::other("lock poisoned"))?
+            .insert(key.clone())
+        {
+            return Err(io::Error::other(
+                "the same path is being received from another sender right now",
+            ));
+        }
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir.fd, ".", flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => Ok(Partial {
+                file: File::from(fd),
+                sidecar_name: hidden_name(path.file_name(), SIDECAR_SUFFIX),
+                dir,
+                partial_name,
+                record,
+                written: 0,
+                flushing: 0,
+                wire: path.clone(),
+                active: Arc::clone(&self.active),
+                anonymous: true,
+            }),
+            // Not on this filesystem: a named partial, as for any other body.
+            Err(_) => {
+                if let Ok(mut active) = self.active.lock() {
+                    active.remove(&key);
+                }
+                self.begin(path, record, 0, &mut unused, Some(DirHandle(dir)))
+            }
+        }
     }
 
     /// Removes partial files and their sidecars under DIR: all of them, or
@@ -606,33 +683,47 @@ impl Storage {
         let dir = &partial.dir;
         let name = partial.wire.file_name();
         let from = partial.partial_name.as_str();
-        let stored = |target: &str| {
-            let _ = rustix::fs::unlinkat(&dir.fd, partial.sidecar_name.as_str(), AtFlags::empty());
-            Ok(self.relative(&dir.path.join(target)))
-        };
-        if self.overwrite {
+        if self.overwrite && !partial.anonymous {
             rustix::fs::renameat(&dir.fd, from, &dir.fd, name)?;
-            return stored(name);
+            let _ = rustix::fs::unlinkat(&dir.fd, partial.sidecar_name.as_str(), AtFlags::empty());
+            return Ok(self.relative(&dir.path.join(name)));
         }
-        for n in 0..=MAX_CONFLICT_SUFFIX {
-            let target = conflict_name(name, n);
-            match rustix::fs::linkat(&dir.fd, from, &dir.fd, target.as_str(), AtFlags::empty()) {
+        // Gives the file the name `target` unless it is taken (`Ok(false)`).
+        let place = |target: &str| -> io::Result<bool> {
+            if partial.anonymous {
+                let source = format!("/proc/self/fd/{}", partial.file.as_raw_fd());
+                let flags = AtFlags::SYMLINK_FOLLOW;
+                return match rustix::fs::linkat(CWD, source.as_str(), &dir.fd, target, flags) {
+                    Ok(()) => Ok(true),
+                    Err(Errno::EXIST) => Ok(false),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            match rustix::fs::linkat(&dir.fd, from, &dir.fd, target, AtFlags::empty()) {
                 Ok(()) => {
                     rustix::fs::unlinkat(&dir.fd, from, AtFlags::empty())?;
-                    return stored(&target);
+                    Ok(true)
                 }
-                Err(Errno::EXIST) => continue,
-                Err(_) => {
-                    // No hard links on this filesystem: check, then rename.
-                    match stat_in(dir.fd.as_fd(), &target) {
-                        Ok(_) => continue,
-                        Err(e) if is_missing(&e) => {
-                            rustix::fs::renameat(&dir.fd, from, &dir.fd, target.as_str())?;
-                            return stored(&target);
-                        }
-                        Err(e) => return Err(e),
+                Err(Errno::EXIST) => Ok(false),
+                // No hard links on this filesystem: check, then rename.
+                Err(_) => match stat_in(dir.fd.as_fd(), target) {
+                    Ok(_) => Ok(false),
+                    Err(e) if is_missing(&e) => {
+                        rustix::fs::renameat(&dir.fd, from, &dir.fd, target)?;
+                        Ok(true)
                     }
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        for n in 0..=MAX_CONFLICT_SUFFIX {
+            let target = conflict_name(name, n);
+            if place(&target)? {
+                if !partial.anonymous {
+                    let sidecar = partial.sidecar_name.as_str();
+                    let _ = rustix::fs::unlinkat(&dir.fd, sidecar, AtFlags::empty());
                 }
+                return Ok(self.relative(&dir.path.join(&target)));
             }
         }
         Err(io::Error::other(format!(
@@ -795,6 +886,72 @@ mod tests {
                 sha256: hashing::digest(b"one")
             }
         );
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_whole_body_has_no_name_until_committed_and_conflicts_still_get_a_new_one() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("d/f.txt").unwrap();
+        fs::create_dir(root.path().join("d")).unwrap();
+        fs::write(root.path().join("d/f.txt"), b"old").unwrap();
+        let mut p = storage
+            .begin_whole(&path, record("d/f.txt", 3, 1), None)
+            .unwrap();
+        p.write(b"new").unwrap();
+        if p.anonymous {
+            assert_eq!(
+                names_in(&root.path().join("d")),
+                ["f.txt"],
+                "nothing visible"
+            );
+            assert!(p.checkpoint().is_err(), "nothing to resume from");
+        } else {
+            // Without O_TMPFILE here, the named fallback must behave the same.
+            eprintln!("note: no O_TMPFILE on the temp filesystem; testing the fallback");
+        }
+        let stored = storage.commit(vec![p]).pop().unwrap().unwrap();
+        assert_eq!(stored, "d/f (1).txt");
+        assert_eq!(names_in(&root.path().join("d")), ["f (1).txt", "f.txt"]);
+        assert_eq!(fs::read(root.path().join("d/f (1).txt")).unwrap(), b"new");
+        assert_eq!(fs::read(root.path().join("d/f.txt")).unwrap(), b"old");
+
+        // Discarded, or its receiver gone: it leaves nothing behind.
+        let mut p = storage
+            .begin_whole(&path, record("d/f.txt", 3, 1), None)
+            .unwrap();
+        p.write(b"bad").unwrap();
+        p.discard();
+        let p = storage
+            .begin_whole(&path, record("d/f.txt", 3, 1), None)
+            .unwrap();
+        drop(p);
+        assert_eq!(names_in(&root.path().join("d")), ["f (1).txt", "f.txt"]);
+    }
+
+    #[test]
+    fn with_overwrite_a_whole_body_replaces_the_file_through_a_named_partial() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), true).unwrap();
+        let path = WirePath::parse("f.txt").unwrap();
+        fs::write(root.path().join("f.txt"), b"old").unwrap();
+        let mut p = storage
+            .begin_whole(&path, record("f.txt", 3, 1), None)
+            .unwrap();
+        assert!(!p.anonymous);
+        p.write(b"new").unwrap();
+        assert_eq!(storage.commit(vec![p]).pop().unwrap().unwrap(), "f.txt");
+        assert_eq!(names_in(root.path()), ["f.txt"]);
+        assert_eq!(fs::read(root.path().join("f.txt")).unwrap(), b"new");
     }
 
     #[test]

@@ -854,7 +854,7 @@ impl Sink {
             };
             idle_since = None;
             match command {
-                SinkCommand::Begin(begin) => self.begin(begin, None),
+                SinkCommand::Begin(begin) => self.begin(begin, false, None),
                 SinkCommand::Whole {
                     begin,
                     body,
@@ -862,7 +862,7 @@ impl Sink {
                     sha256,
                     error,
                 } => {
-                    self.begin(begin, received);
+                    self.begin(begin, true, received);
                     for chunk in &body {
                         self.write(chunk);
                     }
@@ -898,9 +898,9 @@ impl Sink {
         self.summary
     }
 
-    /// Opens the partial for `file`; `received` is the body's digest when
-    /// it is already known.
-    fn begin(&mut self, file: BeginFile, received: Option<Digest>) {
+    /// Opens the partial for `file`; `whole` when its body is all here
+    /// already, `received` the body's digest when it is already known.
+    fn begin(&mut self, file: BeginFile, whole: bool, received: Option<Digest>) {
         let BeginFile {
             dir,
             id,
@@ -912,7 +912,12 @@ impl Sink {
             header_sha256,
         } = file;
         let mut prefix = Hasher::new();
-        let (partial, error) = match self.storage.begin(&path, record, offset, &mut prefix, dir) {
+        let begun = if whole && offset == 0 {
+            self.storage.begin_whole(&path, record, dir)
+        } else {
+            self.storage.begin(&path, record, offset, &mut prefix, dir)
+        };
+        let (partial, error) = match begun {
             Ok(p) => (Some(p), None),
             Err(e) => (
                 None,
