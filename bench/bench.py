@@ -26,7 +26,6 @@ import asyncio
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -177,8 +176,9 @@ def dd_copy(src_file, dest):
 
 
 def hash_pass(path):
-    t = Timed(["openssl", "dgst", "-sha256", str(path)])
-    return t.wait()["wall"]
+    started = time.monotonic()
+    s = Timed(["openssl", "dgst", "-sha256", str(path)]).wait()
+    return s, {"wall": 0, "cpu": 0, "rss_mb": 0}, time.monotonic() - started
 
 
 class DelayProxy:
@@ -253,6 +253,24 @@ def median_run(fn, reps, dests):
     return runs[len(runs) // 2]
 
 
+def interleaved(tools, reps, dests):
+    """Runs each of `tools` (name -> fn(dest)) once per round, `reps` rounds,
+    starting each round with a different tool, so that slow spells of the
+    VM and leftovers of earlier work hit every tool alike; returns name ->
+    the run with the median wall time."""
+    runs = {name: [] for name in tools}
+    order = list(tools)
+    for i in range(reps):
+        for name in order[i % len(order):] + order[:i % len(order)]:
+            dest = dests.fresh()
+            drop_caches()
+            runs[name].append(tools[name](dest))
+    dests.clear()
+    for r in runs.values():
+        r.sort(key=lambda run: run[2])
+    return {name: r[len(r) // 2] for name, r in runs.items()}
+
+
 def row(name, run, nbytes):
     s, r, wall = run
     rate = nbytes / wall / 1e6 if wall else 0
@@ -306,20 +324,28 @@ def main():
         # One large file, first send and second send (digest cached).
         f = work / "src" / "big.bin"
         make_file(f, big)
-        drop_caches()
-        one_hash = hash_pass(f)
-        print(f"\n1. one {big // MIB} MiB file; one SHA-256 pass (openssl): {one_hash:.2f} s")
-        first = row("xfer, first send",
-                    median_run(lambda d: xfer_once([f], d, ["--no-cache"]), reps, dests), big)
+        print(f"\n1. one {big // MIB} MiB file")
         xfer_once([f], dests.fresh())  # fills the digest cache
         dests.clear()
-        second = row("xfer, digest cached", median_run(lambda d: xfer_once([f], d), reps, dests), big)
-        floor = row("dd + fsync (disk floor)", median_run(lambda d: dd_copy(f, d), reps, dests), big)
+        tools = {
+            "xfer, first send": lambda d: xfer_once([f], d, ["--no-cache"]),
+            "xfer, digest cached": lambda d: xfer_once([f], d),
+            "dd + fsync (disk floor)": lambda d: dd_copy(f, d),
+            "one SHA-256 pass (openssl)": lambda d: hash_pass(f),
+        }
         if have_nc:
-            nc = row("nc (raw TCP, no sync)", median_run(lambda d: nc_copy(f, d), reps, dests), big)
-            ratios.append(("1 GiB first send / nc", first / nc))
+            tools["nc (raw TCP, no sync)"] = lambda d: nc_copy(f, d)
         if rsyncd:
-            rs = row("rsync daemon (+sync)", median_run(lambda d: rsyncd.copy(f, d), reps, dests), big)
+            tools["rsync daemon (+sync)"] = lambda d: rsyncd.copy(f, d)
+        runs = interleaved(tools, reps, dests)
+        walls = {name: row(name, run, big) for name, run in runs.items()}
+        first, second = walls["xfer, first send"], walls["xfer, digest cached"]
+        floor = walls["dd + fsync (disk floor)"]
+        one_hash = walls["one SHA-256 pass (openssl)"]
+        if have_nc:
+            ratios.append(("1 GiB first send / nc", first / walls["nc (raw TCP, no sync)"]))
+        if rsyncd:
+            rs = walls["rsync daemon (+sync)"]
             ratios.append(("1 GiB first send / rsync daemon (target <= 1)", first / rs))
             ratios.append(("1 GiB cached send / rsync daemon (target <= 1)", second / rs))
         ratios.append(("1 GiB first send / one SHA-256 pass (target <= 1.25)", first / one_hash))
@@ -335,26 +361,27 @@ def main():
         make_tree(tree, 5000, 50, 16 * 1024)
         nbytes = 5000 * 16 * 1024
         print("\n3. 5,000 files of 16 KiB in 50 directories")
-        small = row("xfer", median_run(lambda d: xfer_once([tree], d, ["--no-cache"]), reps, dests), nbytes)
+        tools = {"xfer": lambda d: xfer_once([tree], d, ["--no-cache"])}
         if have_nc:
-            tn = row("tar | nc, then sync", median_run(lambda d: tar_nc(tree, d), reps, dests), nbytes)
-            ratios.append(("5,000 files / tar|nc+sync (target <= 1.5)", small / tn))
+            tools["tar | nc, then sync"] = lambda d: tar_nc(tree, d)
         if rsyncd:
-            rs = row("rsync daemon (+sync)", median_run(lambda d: rsyncd.copy(tree, d), reps, dests), nbytes)
-            ratios.append(("5,000 files / rsync daemon (target < 1)", small / rs))
+            tools["rsync daemon (+sync)"] = lambda d: rsyncd.copy(tree, d)
+        walls = {name: row(name, run, nbytes) for name, run in interleaved(tools, reps, dests).items()}
+        small = walls["xfer"]
+        if have_nc:
+            ratios.append(("5,000 files / tar|nc+sync (target <= 1.5)", small / walls["tar | nc, then sync"]))
+        if rsyncd:
+            ratios.append(("5,000 files / rsync daemon (target < 1)", small / walls["rsync daemon (+sync)"]))
         # Latency: the same proxy with and without the delay, runs interleaved,
         # so the proxy's own cost and the VM's drift cancel out.
         rtt = 0.010
         plain, delayed = DelayProxy(0.0), DelayProxy(rtt / 2)
         lat_reps = max(reps, 7)
-        times = {"plain": [], "delayed": []}
-        for _ in range(lat_reps):
-            for name, proxy in (("plain", plain), ("delayed", delayed)):
-                dest = dests.fresh()
-                drop_caches()
-                times[name].append(xfer_once([tree], dest, ["--no-cache"], via=proxy.forward)[2])
-            dests.clear()
-        t0, t5 = statistics.median(times["plain"]), statistics.median(times["delayed"])
+        runs = interleaved({
+            "plain": lambda d: xfer_once([tree], d, ["--no-cache"], via=plain.forward),
+            "delayed": lambda d: xfer_once([tree], d, ["--no-cache"], via=delayed.forward),
+        }, lat_reps, dests)
+        t0, t5 = runs["plain"][2], runs["delayed"][2]
         print(f"  {'xfer via proxy, 0 ms':<26} {t0:7.2f} s   (median of {lat_reps}, interleaved)")
         print(f"  {'xfer via proxy, +5 ms each way':<26} {t5:7.2f} s")
         ratios.append(("5,000 files: extra round trips at 10 ms RTT (target <= ~10)", (t5 - t0) / rtt))
