@@ -5,7 +5,7 @@ Runs on loopback with fresh destination directories, a few repetitions per
 case (the median is reported), and prints wall seconds, MB/s, CPU seconds and
 peak RSS of each side, then the ratios the performance targets are stated in.
 
-    python3 bench/bench.py            # everything (needs ~16 GB of disk, ~10 min)
+    python3 bench/bench.py            # everything (needs ~16 GB of disk, ~20 min)
     python3 bench/bench.py --quick    # smaller inputs, one repetition each
     python3 bench/bench.py --cases 1,3 # only some cases (numbers as printed)
 
