@@ -345,8 +345,14 @@ impl Receive {
                     return Err(self.lost("the sender closed the connection before it was done"))
                 }
                 Some(Message::Offer(offer)) => self.plan(offer).await?,
-                Some(Message::FileBegin { id, offset }) => self.receive_body(id, offset).await?,
-                Some(Message::Identical { id }) => self.identical(id).await?,
+                Some(Message::FileBegin { id, offset }) => {
+                    self.receive_body(id, offset).await?;
+                    self.commit_if_drained().await?;
+                }
+                Some(Message::Identical { id }) => {
+                    self.identical(id).await?;
+                    self.commit_if_drained().await?;
+                }
                 Some(Message::Done) => return self.finish().await,
                 Some(Message::Abort { reason }) => {
                     return Err(Error::PeerAborted {
@@ -464,6 +470,15 @@ impl Receive {
                 resumed_from: 0,
             },
         });
+    }
+
+    /// With no planned body left, the sender is waiting for verdicts (or
+    /// for plans): the sink commits now rather than waiting for quiet.
+    async fn commit_if_drained(&self) -> Result<(), Error> {
+        if self.planned.is_empty() {
+            self.to_sink(SinkCommand::CommitNow).await?;
+        }
+        Ok(())
     }
 
     /// The planned entry for `id`. Ids only grow: entries planned before it
@@ -744,6 +759,8 @@ enum SinkCommand {
         sha256: Digest,
         error: Option<String>,
     },
+    /// No more bodies are on their way for now: commit what is verified.
+    CommitNow,
     Finish(oneshot::Sender<Summary>),
 }
 
@@ -870,6 +887,7 @@ impl Sink {
                 }
                 SinkCommand::Data(bytes) => self.write(&bytes),
                 SinkCommand::End { sha256, error } => self.end(sha256, error),
+                SinkCommand::CommitNow => self.commit(),
                 SinkCommand::Finish(reply) => {
                     self.drain_committer();
                     let _ = reply.send(self.summary);
