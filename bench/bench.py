@@ -284,7 +284,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small inputs, one repetition")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cases", default="0,1,3,4,5,6", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="0,1,3,4,5,6,7", help="comma-separated case numbers")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench"))
     args = ap.parse_args()
     cases = {int(c) for c in args.cases.split(",")}
@@ -437,6 +437,24 @@ def main():
         print(f"  {'xfer x8':<26} {wall:7.2f} s {8 * 64 * MIB / wall / 1e6:8.0f} MB/s   "
               f"rss send max {max(s['rss_mb'] for s in sends):6.1f} MB recv {r['rss_mb']:6.1f} MB")
         ratios.append(("8 senders: receiver peak RSS MB (target <= 64)", r["rss_mb"]))
+        dests.clear()
+
+    if 7 in cases:
+        # Per-session overhead: many sessions of one small, new file each.
+        print("\n7. 20 sessions of one small file each, into one receiver")
+        dest = dests.fresh()
+        recv = Timed([str(XFER), "recv", "--quiet", "--listen", "127.0.0.1:0", "--dir", str(dest)],
+                     stdout=subprocess.PIPE)
+        port = int(recv.proc.stdout.readline().decode().rsplit(":", 1)[1])
+        one = work / "src" / "one.txt"
+        started = time.monotonic()
+        for i in range(20):
+            one.write_text(f"session {i}\n")
+            Timed([str(XFER), "send", "--quiet", "--no-cache", str(one), f"127.0.0.1:{port}"]).wait()
+        per = (time.monotonic() - started) / 20
+        subprocess.run(["pkill", "-TERM", "-P", str(recv.proc.pid)])
+        recv.wait()
+        print(f"  {'xfer, per session':<26} {per * 1000:7.1f} ms (process start, connect, verify, sync)")
         dests.clear()
 
     if rsyncd:
