@@ -470,23 +470,8 @@ impl Storage {
         hasher: &mut hashing::Hasher,
         dir: Option<DirHandle>,
     ) -> io::Result<Partial> {
-        let dir = match dir {
-            Some(DirHandle(dir)) => dir,
-            None => Arc::new(self.open_dir(path.parent(), true)?),
-        };
-        let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
+        let (dir, partial_name, key) = self.claim(path, dir)?;
         let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
-        let key = dir.path.join(&partial_name);
-        if !self
-            .active
-            .lock()
-            .map_err(|_| io::Error::other("lock poisoned"))?
-            .insert(key.clone())
-        {
-            return Err(io::Error::other(
-                "the same path is being received from another sender right now",
-            ));
-        }
         record.durable = offset;
         let mut flags = OFlags::RDWR | OFlags::CREATE;
         if offset == 0 {
@@ -495,9 +480,7 @@ impl Storage {
         let file = match open_in(dir.fd.as_fd(), &partial_name, flags, 0o600) {
             Ok(file) => file,
             Err(e) => {
-                if let Ok(mut active) = self.active.lock() {
-                    active.remove(&key);
-                }
+                self.release(&key);
                 return Err(e);
             }
         };
@@ -554,22 +537,15 @@ impl Storage {
         Ok(partial)
     }
 
-    /// [`Storage::begin`] from offset 0, for a body that arrives whole and
-    /// so never needs a name to resume from. Where the kernel allows, the
-    /// file is created without one (`O_TMPFILE`) and linked at its final
-    /// name when committed: a create and an unlink fewer per small file,
-    /// and a receiver killed meanwhile leaves nothing behind.
-    pub fn begin_whole(
+    /// Finds the parent directory of `path` (creating it as needed) and
+    /// marks its partial as being received, failing if another session
+    /// already is. Returns the directory, the partial's name and its key
+    /// in the active set.
+    fn claim(
         &self,
         path: &WirePath,
-        record: ResumeRecord,
         dir: Option<DirHandle>,
-    ) -> io::Result<Partial> {
-        let mut unused = hashing::Hasher::new();
-        if self.overwrite || !self.proc_links {
-            // Replacing a file atomically needs a named file to rename.
-            return self.begin(path, record, 0, &mut unused, dir);
-        }
+    ) -> io::Result<(Arc<Dir>, String, PathBuf)> {
         let dir = match dir {
             Some(DirHandle(dir)) => dir,
             None => Arc::new(self.open_dir(path.parent(), true)?),
@@ -586,6 +562,33 @@ impl Storage {
                 "the same path is being received from another sender right now",
             ));
         }
+        Ok((dir, partial_name, key))
+    }
+
+    /// Undoes [`Storage::claim`] when no partial came of it.
+    fn release(&self, key: &Path) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(key);
+        }
+    }
+
+    /// [`Storage::begin`] from offset 0, for a body that arrives whole and
+    /// so never needs a name to resume from. Where the kernel allows, the
+    /// file is created without one (`O_TMPFILE`) and linked at its final
+    /// name when committed: a create and an unlink fewer per small file,
+    /// and a receiver killed meanwhile leaves nothing behind.
+    pub fn begin_whole(
+        &self,
+        path: &WirePath,
+        record: ResumeRecord,
+        dir: Option<DirHandle>,
+    ) -> io::Result<Partial> {
+        let mut unused = hashing::Hasher::new();
+        if self.overwrite || !self.proc_links {
+            // Replacing a file atomically needs a named file to rename.
+            return self.begin(path, record, 0, &mut unused, dir);
+        }
+        let (dir, partial_name, key) = self.claim(path, dir)?;
         let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
         match rustix::fs::openat(&dir.fd, ".", flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => Ok(Partial {
@@ -602,9 +605,7 @@ impl Storage {
             }),
             // Not on this filesystem: a named partial, as for any other body.
             Err(_) => {
-                if let Ok(mut active) = self.active.lock() {
-                    active.remove(&key);
-                }
+                self.release(&key);
                 self.begin(path, record, 0, &mut unused, Some(DirHandle(dir)))
             }
         }
