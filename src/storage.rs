@@ -40,7 +40,8 @@ pub struct Storage {
     overwrite: bool,
     root_handle: File,
     active: Arc<Mutex<HashSet<PathBuf>>>,
-    /// Whether `/proc/self/fd` can give a nameless file its name.
+    /// Whether a nameless file in DIR can be given a name through
+    /// `/proc/self/fd`, as tried once at start.
     proc_links: bool,
 }
 
@@ -240,6 +241,31 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Re
     Ok(())
 }
 
+/// Tries once what small files rely on: a nameless (`O_TMPFILE`) file in
+/// `dir` linked at a name through `/proc/self/fd`. Without `/proc`, or on a
+/// filesystem that cannot, every body gets a named partial instead. The
+/// probe's name is a partial's, so a crash here leaves nothing the stale
+/// cleanup would not remove.
+fn nameless_files_link(dir: &File) -> bool {
+    let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600)) else {
+        return false;
+    };
+    let name = format!(".xfer-probe-{}{PARTIAL_SUFFIX}", std::process::id());
+    let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let linked = rustix::fs::linkat(
+        CWD,
+        source.as_str(),
+        dir,
+        name.as_str(),
+        AtFlags::SYMLINK_FOLLOW,
+    );
+    if linked.is_ok() {
+        let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+    }
+    linked.is_ok()
+}
+
 /// Opens `name` in `dir` without following a symlink in its place.
 fn open_in(dir: BorrowedFd<'_>, name: &str, flags: OFlags, mode: u32) -> io::Result<File> {
     let fd = rustix::fs::openat(
@@ -296,9 +322,9 @@ impl Storage {
         Ok(Storage {
             root,
             overwrite,
+            proc_links: nameless_files_link(&root_handle),
             root_handle,
             active: Arc::default(),
-            proc_links: Path::new("/proc/self/fd").is_dir(),
         })
     }
 
@@ -917,6 +943,10 @@ mod tests {
     fn a_whole_body_has_no_name_until_committed_and_conflicts_still_get_a_new_one() {
         let root = tempfile::tempdir().unwrap();
         let storage = Storage::open(root.path(), false).unwrap();
+        assert!(
+            names_in(root.path()).is_empty(),
+            "the start-up probe left nothing"
+        );
         let path = WirePath::parse("d/f.txt").unwrap();
         fs::create_dir(root.path().join("d")).unwrap();
         fs::write(root.path().join("d/f.txt"), b"old").unwrap();
