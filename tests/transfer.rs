@@ -4,6 +4,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -325,6 +326,16 @@ async fn a_missing_path_fails_before_connecting() {
     assert_eq!(rx.stop().await.sessions, 0);
 }
 
+/// Starts a receiver into `dest` and sends `file` to it with the digest
+/// cache at `cache_file`; the send must succeed.
+async fn send_through_cache(file: &Path, dest: &Path, cache_file: &Path) -> Receiver {
+    let rx = Receiver::start(dest).await;
+    let idle = Duration::from_secs(10);
+    let (result, _) = send_with(&[file], rx.addr, idle, Some(cache_file.to_path_buf())).await;
+    result.unwrap();
+    rx
+}
+
 #[tokio::test]
 async fn a_large_file_sent_before_carries_its_digest_in_the_header_next_time() {
     let (src, dst1, dst2, cache) = (
@@ -336,22 +347,13 @@ async fn a_large_file_sent_before_carries_its_digest_in_the_header_next_time() {
     let file = src.path().join("large.bin");
     let data = write_random(&file, 3_000_000, 11);
     let cache_file = cache.path().join("digests.jsonl");
-    let idle = Duration::from_secs(10);
-    let first = Receiver::start(dst1.path()).await;
-    send_with(&[&file], first.addr, idle, Some(cache_file.clone()))
-        .await
-        .0
-        .unwrap();
+    let first = send_through_cache(&file, dst1.path(), &cache_file).await;
     assert!(
         !first.events.report("large.bin").digest_in_header,
         "unknown the first time"
     );
 
-    let second = Receiver::start(dst2.path()).await;
-    send_with(&[&file], second.addr, idle, Some(cache_file.clone()))
-        .await
-        .0
-        .unwrap();
+    let second = send_through_cache(&file, dst2.path(), &cache_file).await;
     let report = second.events.report("large.bin");
     assert!(
         report.digest_in_header,
@@ -362,11 +364,7 @@ async fn a_large_file_sent_before_carries_its_digest_in_the_header_next_time() {
     // A changed file misses the cache and is still sent correctly.
     let changed = write_random(&file, 3_000_000, 12);
     fs::remove_file(dst2.path().join("large.bin")).unwrap();
-    let third = Receiver::start(dst2.path()).await;
-    send_with(&[&file], third.addr, idle, Some(cache_file))
-        .await
-        .0
-        .unwrap();
+    send_through_cache(&file, dst2.path(), &cache_file).await;
     assert_eq!(fs::read(dst2.path().join("large.bin")).unwrap(), changed);
 }
 
@@ -381,12 +379,7 @@ async fn a_stale_cached_digest_is_caught_and_the_file_resent_correctly() {
     let file = src.path().join("disk.img");
     write_random(&file, 5_000_000, 21);
     let cache_file = cache.path().join("digests.jsonl");
-    let idle = Duration::from_secs(10);
-    let first = Receiver::start(dst1.path()).await;
-    send_with(&[&file], first.addr, idle, Some(cache_file.clone()))
-        .await
-        .0
-        .unwrap();
+    send_through_cache(&file, dst1.path(), &cache_file).await;
 
     // New content, same size, inode and mtime: the cache cannot tell.
     let mtime = fs::metadata(&file).unwrap().modified().unwrap();
@@ -407,9 +400,7 @@ async fn a_stale_cached_digest_is_caught_and_the_file_resent_correctly() {
             .unwrap();
         data
     };
-    let second = Receiver::start(dst2.path()).await;
-    let (result, _) = send_with(&[&file], second.addr, idle, Some(cache_file)).await;
-    result.unwrap();
+    let second = send_through_cache(&file, dst2.path(), &cache_file).await;
     assert_eq!(fs::read(dst2.path().join("disk.img")).unwrap(), changed);
     let failures = second.events.failed();
     assert_eq!(
