@@ -796,26 +796,35 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// SHA-256 of the first `size` bytes of `file`, on a blocking thread, with
-/// one reused buffer small enough to stay in cache. Errors are in words for
-/// the receiver and the user.
-fn hash_file(mut file: File, size: u64, stop: &AtomicBool) -> Result<Digest, String> {
+/// SHA-256 of the first `size` bytes of `file`, on a blocking thread.
+/// Errors are in words for the receiver and the user.
+fn hash_file(file: File, size: u64, stop: &AtomicBool) -> Result<Digest, String> {
     let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; hashing::HASH_BUF];
-    let mut left = size;
-    while left > 0 {
+    let mut reader = Stoppable { file, stop };
+    let hashed = hashing::hash_prefix(&mut reader, size, &mut hasher).map_err(|e| {
         if stop.load(Ordering::Relaxed) {
-            return Err("sending stopped".into());
+            "sending stopped".to_owned()
+        } else {
+            format!("cannot read: {}", describe_io(&e))
         }
-        let want = left.min(buf.len() as u64) as usize;
-        let n = match file.read(&mut buf[..want]) {
-            Ok(0) => return Err("the file shrank while being sent".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("cannot read: {}", describe_io(&e))),
-        };
-        hasher.update(&buf[..n]);
-        left -= n as u64;
+    })?;
+    if hashed < size {
+        return Err("the file shrank while being sent".into());
     }
     Ok(hasher.finish())
+}
+
+/// A file whose reads fail once `stop` is set.
+struct Stoppable<'a> {
+    file: File,
+    stop: &'a AtomicBool,
+}
+
+impl Read for Stoppable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("sending stopped"));
+        }
+        self.file.read(buf)
+    }
 }
