@@ -742,7 +742,11 @@ impl Session {
         sha256: Digest,
         error: Option<String>,
     ) -> Result<(), Error> {
-        let zeros = vec![0u8; PAD_CHUNK];
+        let zeros = if missing > 0 {
+            vec![0u8; PAD_CHUNK]
+        } else {
+            Vec::new()
+        };
         while missing > 0 {
             let n = missing.min(PAD_CHUNK as u64) as usize;
             self.writer.send_raw(&zeros[..n]).await?;
