@@ -151,7 +151,7 @@ fn receiver_killed_mid_file_fails_the_sender_fast_then_resumes() {
     let resumed = received["resumed_from"].as_u64().unwrap();
     assert!(
         resumed >= 16 * MIB,
-        "resumed from {resumed}: a crash may lose at most 16 MiB + one 8 MiB writeback step"
+        "resumed from {resumed}: at 16 MiB/s a crash may lose at most 16 MiB (or a second) + one 8 MiB writeback step"
     );
     assert_eq!(
         summary["bytes"].as_u64().unwrap(),
