@@ -127,11 +127,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Up to `max` body bytes (at least one), buffered bytes first. The
-    /// chunk is filled as far as the socket allows without waiting twice.
+    /// chunk is filled as far as the socket allows without waiting twice;
+    /// `max` is also how much memory a read may reserve.
     pub async fn read_body(&mut self, max: usize) -> Result<Bytes, Error> {
         debug_assert!(max > 0);
         if self.buf.is_empty() {
-            self.buf.reserve(max.min(READ_RESERVE * 4));
+            self.buf.reserve(max);
             if self.fill().await? == 0 {
                 return Err(self.lost("connection closed in the middle of a file body".into()));
             }
