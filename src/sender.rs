@@ -11,8 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,6 +34,11 @@ use crate::source::{self, Batch, LocalEntry, Prepared, BATCH_MAX_ENTRIES};
 const PAD_CHUNK: usize = 1024 * 1024;
 /// Bytes per sendfile step, between progress reports and cancel checks.
 const SENDFILE_STEP: u64 = 8 * 1024 * 1024;
+/// How far the hashing thread may read ahead of sendfile, at least; more
+/// on machines with more memory (see [`hash_lead`]).
+const MIN_HASH_LEAD: u64 = 256 * 1024 * 1024;
+/// How often a hashing thread that is far enough ahead looks again.
+const HASH_LEAD_POLL: Duration = Duration::from_millis(10);
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an interrupted sender waits for a blocked write before closing.
@@ -679,10 +684,13 @@ impl Session {
             Some(known) => BodyDigest::Known(known),
             None => match open_same(&item.entry.local, &file) {
                 Ok(reader) => {
-                    let stop = StopOnDrop::default();
-                    let flag = stop.0.clone();
-                    let task = tokio::task::spawn_blocking(move || hash_file(reader, size, &flag));
-                    BodyDigest::Hashing(task, stop)
+                    let pace = Arc::new(HashPace::default());
+                    pace.sent.store(offset, Ordering::Relaxed);
+                    let shared = Arc::clone(&pace);
+                    let task = tokio::task::spawn_blocking(move || {
+                        hash_file(reader, size, &shared, hash_lead())
+                    });
+                    BodyDigest::Hashing(task, StopOnDrop(pace))
                 }
                 Err(e) => {
                     return self.local_failure(
@@ -704,6 +712,9 @@ impl Session {
             let step = (size - position).min(SENDFILE_STEP);
             let sent = self.writer.send_file(&file, position, step).await?;
             position += sent;
+            if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
+                pace.sent.store(position, Ordering::Relaxed);
+            }
             self.observer.event(Event::Progress {
                 session: 0,
                 bytes: sent,
@@ -789,24 +800,61 @@ enum BodyDigest {
     Hashing(tokio::task::JoinHandle<Result<Digest, String>>, StopOnDrop),
 }
 
-/// Set when the body being hashed is abandoned, so the hashing thread
-/// stops instead of reading the rest of a large file for nobody.
+/// What a body's sendfile loop and its hashing thread share.
 #[derive(Default)]
-struct StopOnDrop(Arc<AtomicBool>);
+struct HashPace {
+    /// Set when the body is abandoned, so the hashing thread stops instead
+    /// of reading the rest of a large file for nobody.
+    stop: AtomicBool,
+    /// How far into the file sendfile has got.
+    sent: AtomicU64,
+}
+
+/// Stops the hashing thread when the body is done with or abandoned.
+struct StopOnDrop(Arc<HashPace>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// SHA-256 of the first `size` bytes of `file`, on a blocking thread.
-/// Errors are in words for the receiver and the user.
-fn hash_file(file: File, size: u64, stop: &AtomicBool) -> Result<Digest, String> {
+/// How far the hashing thread may read ahead of sendfile: an eighth of
+/// the memory, at least [`MIN_HASH_LEAD`]. Further ahead, on a file larger
+/// than the page cache, sendfile would find its pages evicted and read the
+/// file a second time (on a spinning disk, two streams seeking against
+/// each other); up to here the hashing thread is free to fetch in bulk,
+/// which a disk shared with the receiver prefers.
+fn hash_lead() -> u64 {
+    static LEAD: OnceLock<u64> = OnceLock::new();
+    *LEAD.get_or_init(|| {
+        // SAFETY: sysconf only reads system configuration.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let memory = u64::try_from(pages)
+            .unwrap_or(0)
+            .saturating_mul(u64::try_from(page).unwrap_or(0));
+        (memory / 8).max(MIN_HASH_LEAD)
+    })
+}
+
+/// SHA-256 of the first `size` bytes of `file`, on a blocking thread, never
+/// more than `lead` bytes ahead of what `pace` says was sent. Errors are in
+/// words for the receiver and the user.
+fn hash_file(file: File, size: u64, pace: &HashPace, lead: u64) -> Result<Digest, String> {
     let mut hasher = Hasher::new();
-    let mut reader = Stoppable { file, stop };
+    let mut reader = Paced {
+        file,
+        pace,
+        lead,
+        read: 0,
+    };
     let hashed = hashing::hash_prefix(&mut reader, size, &mut hasher).map_err(|e| {
-        if stop.load(Ordering::Relaxed) {
+        if pace.stop.load(Ordering::Relaxed) {
             "sending stopped".to_owned()
         } else {
             format!("cannot read: {}", describe_io(&e))
@@ -818,17 +866,69 @@ fn hash_file(file: File, size: u64, stop: &AtomicBool) -> Result<Digest, String>
     Ok(hasher.finish())
 }
 
-/// A file whose reads fail once `stop` is set.
-struct Stoppable<'a> {
+/// A file read no further than `lead` bytes past what was sent, whose
+/// reads fail once the body is abandoned.
+struct Paced<'a> {
     file: File,
-    stop: &'a AtomicBool,
+    pace: &'a HashPace,
+    lead: u64,
+    read: u64,
 }
 
-impl Read for Stoppable<'_> {
+impl Read for Paced<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.stop.load(Ordering::Relaxed) {
-            return Err(io::Error::other("sending stopped"));
+        loop {
+            if self.pace.stop.load(Ordering::Relaxed) {
+                return Err(io::Error::other("sending stopped"));
+            }
+            let sent = self.pace.sent.load(Ordering::Relaxed);
+            if self.read < sent.saturating_add(self.lead) {
+                break;
+            }
+            std::thread::sleep(HASH_LEAD_POLL);
         }
-        self.file.read(buf)
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_of(bytes: &[u8]) -> (tempfile::NamedTempFile, File) {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(bytes).unwrap();
+        let file = File::open(tmp.path()).unwrap();
+        (tmp, file)
+    }
+
+    #[test]
+    fn hashing_waits_for_sendfile_to_catch_up_then_finishes_with_the_digest() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (_tmp, file) = file_of(&data);
+        let pace = Arc::new(HashPace::default());
+        let shared = Arc::clone(&pace);
+        let size = data.len() as u64;
+        let thread = std::thread::spawn(move || hash_file(file, size, &shared, 64 * 1024));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !thread.is_finished(),
+            "hashed past its lead while nothing was sent"
+        );
+        pace.sent.store(size, Ordering::Relaxed);
+        assert_eq!(thread.join().unwrap(), Ok(hashing::digest(&data)));
+    }
+
+    #[test]
+    fn a_waiting_hash_stops_when_the_body_is_abandoned() {
+        let (_tmp, file) = file_of(&[7u8; 300_000]);
+        let pace = Arc::new(HashPace::default());
+        let shared = Arc::clone(&pace);
+        let thread = std::thread::spawn(move || hash_file(file, 300_000, &shared, 1024));
+        drop(StopOnDrop(pace));
+        assert_eq!(thread.join().unwrap(), Err("sending stopped".to_owned()));
     }
 }
