@@ -545,12 +545,14 @@ impl Receive {
         };
         let mut body = Vec::new();
         let mut remaining = size - offset;
-        let piece = body_read_size(
-            self.context
-                .max_sessions
-                .saturating_sub(self.context.sessions.available_permits()),
-        );
         while remaining > 0 {
+            // Sized afresh for every read, so a body begun alone shrinks
+            // its pieces as other senders arrive.
+            let piece = body_read_size(
+                self.context
+                    .max_sessions
+                    .saturating_sub(self.context.sessions.available_permits()),
+            );
             let want = remaining.min(piece as u64) as usize;
             let chunk = tokio::select! {
                 c = self.reader.read_body(want) => c?,
