@@ -268,14 +268,20 @@ impl NamelessLink {
     }
 }
 
+/// A new nameless (`O_TMPFILE`) file in `dir`, readable only by us.
+fn open_nameless(dir: BorrowedFd<'_>) -> rustix::io::Result<File> {
+    let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600))?;
+    Ok(File::from(fd))
+}
+
 /// Tries once what small files rely on: a nameless (`O_TMPFILE`) file in
 /// `dir` given a name, by descriptor or else through `/proc/self/fd`. On a
 /// filesystem or kernel that allows neither, every body gets a named partial
 /// instead. The probe's name is a partial's, so a crash here leaves nothing
 /// the stale cleanup would not remove.
 fn probe_nameless_link(dir: &File) -> Option<NamelessLink> {
-    let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
-    let file = File::from(rustix::fs::openat(dir, ".", flags, Mode::from_raw_mode(0o600)).ok()?);
+    let file = open_nameless(dir.as_fd()).ok()?;
     let name = format!(".xfer-probe-{}{PARTIAL_SUFFIX}", std::process::id());
     let works = [NamelessLink::Descriptor, NamelessLink::ProcFd]
         .into_iter()
@@ -633,10 +639,9 @@ impl Storage {
             return self.begin(path, record, 0, &mut unused, dir);
         };
         let (dir, partial_name, key) = self.claim(path, dir)?;
-        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
-        match rustix::fs::openat(&dir.fd, ".", flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => Ok(Partial {
-                file: File::from(fd),
+        match open_nameless(dir.fd.as_fd()) {
+            Ok(file) => Ok(Partial {
+                file,
                 sidecar_name: hidden_name(path.file_name(), SIDECAR_SUFFIX),
                 dir,
                 partial_name,
@@ -959,16 +964,14 @@ mod tests {
     fn both_ways_of_naming_a_nameless_file_link_its_bytes_and_refuse_a_taken_name() {
         let root = tempfile::tempdir().unwrap();
         let dir = File::open(root.path()).unwrap();
-        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
         for (n, method) in [NamelessLink::Descriptor, NamelessLink::ProcFd]
             .into_iter()
             .enumerate()
         {
-            let Ok(fd) = rustix::fs::openat(&dir, ".", flags, Mode::from_raw_mode(0o600)) else {
+            let Ok(mut file) = open_nameless(dir.as_fd()) else {
                 eprintln!("note: no O_TMPFILE on the temp filesystem; nothing to link");
                 return;
             };
-            let mut file = File::from(fd);
             file.write_all(format!("body {n}").as_bytes()).unwrap();
             let name = format!("f{n}");
             match method.link(&file, dir.as_fd(), &name) {
