@@ -13,7 +13,6 @@
 //! - [`wait_until`] polls a condition under [`TIMEOUT`].
 //!
 //! Every await sits under a timeout and every process is bounded and killed.
-#![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -112,7 +111,6 @@ impl Events {
 /// An in-process receiver serving a temporary directory.
 pub struct Receiver {
     pub addr: SocketAddr,
-    pub dir: PathBuf,
     pub events: Arc<Events>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<ServeReport>>>,
@@ -167,7 +165,6 @@ impl Receiver {
         let task = tokio::spawn(server.serve(listener, events.clone(), shutdown.clone()));
         Receiver {
             addr,
-            dir: dir.to_path_buf(),
             events,
             shutdown,
             task: Some(task),
@@ -309,9 +306,14 @@ pub fn xfer_command() -> Command {
     command
 }
 
-/// Where the built binary keeps its digest cache during tests.
+/// Where the built binary keeps its digest cache during tests: a directory
+/// of this test run's own, removed when the run ends, so runs never share
+/// or leave behind a cache.
 pub fn test_cache_dir() -> PathBuf {
-    std::env::temp_dir().join("xfer-test-digest-cache")
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_path_buf()
 }
 
 impl XferProcess {

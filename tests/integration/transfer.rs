@@ -1,13 +1,11 @@
 //! Real sender and receiver, in-process, on loopback.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::harness::*;
 use std::io::Write;
 use tokio::io::AsyncWriteExt;
 

@@ -1,11 +1,9 @@
 //! The command line as scripts see it: the built binary, its output and exit codes.
 
-mod common;
-
 use std::fs;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = xfer_command().args(args).output().unwrap();

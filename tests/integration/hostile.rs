@@ -1,10 +1,8 @@
 //! A hand-driven peer speaking raw frames to a real receiver.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use xfer::protocol::{Action, Entry, EntryKind, Message, Offer};
 
 fn file_entry(path: &str) -> Entry {
@@ -22,7 +20,7 @@ fn file_entry(path: &str) -> Entry {
 #[tokio::test]
 async fn traversal_and_hostile_names_are_refused_and_nothing_escapes() {
     let names: Vec<String> =
-        serde_json::from_str(include_str!("../fixtures/hostile_paths.json")).unwrap();
+        serde_json::from_str(include_str!("../../fixtures/hostile_paths.json")).unwrap();
     let outer = tempfile::tempdir().unwrap();
     let dir = outer.path().join("inbox");
     let rx = Receiver::start(&dir).await;

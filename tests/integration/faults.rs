@@ -1,14 +1,12 @@
 //! Faults for real: processes killed, connections cut or silent, bytes
 //! flipped on the wire, a disk that fills up, a source that changes.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,0 +1,10 @@
+//! The one integration-test binary: real senders and receivers on loopback,
+//! and the built `xfer` binary where the command line itself is the subject.
+//! [`harness`] is the shared toolkit; each other module is one feature.
+
+mod harness;
+
+mod cli;
+mod faults;
+mod hostile;
+mod transfer;
