@@ -32,9 +32,7 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
     });
     let result = crate::sender::send(&config, reporter.clone(), cancel).await;
     reporter.clear_bars();
-    let summary = result?;
-    reporter.sent(&summary);
-    Ok(())
+    result.map(drop)
 }
 
 async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
@@ -65,6 +63,8 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     let report = server.serve(listener, reporter, shutdown).await?;
+    // A stop request is a clean stop, whether or not a sender ever came;
+    // only a session that ended by itself without storing everything fails.
     if once && report.failed_sessions > 0 {
         anyhow::bail!("the sender's session did not store every file (see the messages above)");
     }

@@ -88,7 +88,7 @@ pub struct RecvArgs {
     #[arg(long)]
     pub overwrite: bool,
 
-    /// Most senders served at once; further ones wait.
+    /// Most senders served at once; further ones are told the receiver is busy.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_connections: usize,
 

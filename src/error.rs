@@ -11,7 +11,10 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad command line (also what clap uses).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: could not reach the peer, or the connection broke.
+/// Exit code: the session could not start or did not run to its end because
+/// of the network or the peer: cannot connect or listen, the connection
+/// broke or went silent, or the peer ended the session early (`Abort`:
+/// shutting down, busy, interrupted). One rule for "the peer went away".
 pub const EXIT_NETWORK: u8 = 3;
 /// Exit code: the peer spoke something other than this xfer protocol version.
 pub const EXIT_PROTOCOL: u8 = 4;
@@ -59,6 +62,10 @@ pub enum Error {
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// A fault inside xfer itself (a task that panicked, a poisoned lock):
+    /// neither the network's nor the peer's doing.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -66,11 +73,12 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
-            Error::Connect { .. } | Error::Listen { .. } | Error::ConnectionLost { .. } => {
-                EXIT_NETWORK
-            }
+            Error::Connect { .. }
+            | Error::Listen { .. }
+            | Error::ConnectionLost { .. }
+            | Error::PeerAborted { .. } => EXIT_NETWORK,
             Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
-            Error::PeerAborted { .. } | Error::Incomplete { .. } => EXIT_FAILED,
+            Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
             Error::Interrupted => EXIT_INTERRUPTED,
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::events::{Event, Observer, Summary};
+use crate::events::{Event, FileReport, Observer, Outcome, Summary};
 use crate::hashing::to_hex;
 use crate::paths::escape_for_terminal;
 
@@ -58,24 +58,12 @@ impl Reporter {
     /// scripts read the port from it.
     pub fn listening(&self, addr: &std::net::SocketAddr) {
         if self.mode.json {
-            self.json(json!({"event": "listening", "addr": addr.to_string()}));
+            self.json(json!({"v": EVENTS_VERSION, "event": "listening", "addr": addr.to_string()}));
         } else {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening on {addr}");
             let _ = out.flush();
         }
-    }
-
-    /// The sender's closing line.
-    pub fn sent(&self, summary: &Summary) {
-        if self.mode.json {
-            self.json(json!({
-                "event": "summary", "files": summary.files, "skipped": summary.skipped,
-                "failed": summary.failed, "bytes": summary.bytes, "secs": summary.secs,
-                "verified": summary.failed == 0,
-            }));
-        }
-        self.line(format!("sent {}", describe(summary)));
     }
 
     /// Removes every bar, e.g. before the final error line.
@@ -155,109 +143,188 @@ impl Observer for Reporter {
                     bar.inc(bytes);
                 }
             }
-            Event::FileDone { peer, report, .. } => {
-                let sha256 = to_hex(&report.sha256);
-                match self.role {
-                    Role::Recv => {
-                        if self.mode.json {
-                            self.json(json!({
-                                "event": "received", "path": report.stored_as, "size": report.size,
-                                "sha256": sha256, "skipped": report.skipped, "peer": peer,
-                                "sent_as": report.path, "digest_in_header": report.digest_in_header,
-                                "resumed_from": report.resumed_from,
-                            }));
-                        }
-                        let verb = if report.skipped {
-                            "already had"
-                        } else {
-                            "received"
-                        };
-                        self.line(format!(
-                            "{verb} {} ({} bytes)",
-                            escape_for_terminal(&report.stored_as),
-                            report.size
-                        ));
-                    }
-                    Role::Send => {
-                        if self.mode.json {
-                            self.json(json!({
-                                "event": "sent", "path": report.path, "stored_as": report.stored_as,
-                                "size": report.size, "sha256": sha256, "skipped": report.skipped,
-                                "digest_in_header": report.digest_in_header,
-                                "resumed_from": report.resumed_from,
-                            }));
-                        }
-                    }
-                }
-            }
-            Event::FileFailed { path, reason, .. } => {
-                if self.mode.json {
-                    self.json(json!({"event": "failed", "path": path, "reason": reason}));
-                }
-                // Failures print even when quiet: they are errors.
-                let text = format!(
-                    "failed: {}: {}",
-                    escape_for_terminal(&path),
-                    escape_for_terminal(&reason)
-                );
-                self.multi.suspend(|| eprintln!("{text}"));
-            }
+            Event::FileDone { peer, report, .. } => self.file_done(&peer, &report),
             Event::SessionEnded {
                 session,
                 peer,
                 summary,
                 error,
+                exit_code,
             } => {
                 self.remove_bar(session);
-                if self.role != Role::Recv {
-                    return;
-                }
-                if self.mode.json {
-                    let mut value = json!({
-                        "event": "session", "peer": peer, "files": summary.files,
-                        "skipped": summary.skipped, "failed": summary.failed,
-                        "bytes": summary.bytes, "secs": summary.secs,
-                        "ok": error.is_none() && summary.failed == 0,
-                    });
-                    if let Some(e) = &error {
-                        value["error"] = json!(e);
-                    }
-                    self.json(value);
-                }
-                let from = escape_for_terminal(&peer);
-                match error {
-                    None => self.line(format!("from {from}: received {}", describe(&summary))),
-                    Some(_) => self.line(format!(
-                        "from {from}: session failed after {}",
-                        describe(&summary)
-                    )),
-                }
+                self.session_ended(&peer, &summary, error.as_deref(), exit_code);
             }
         }
     }
 }
 
-/// "3 files (1 already there), 1.5 MiB in 0.4 s (3.7 MiB/s), all verified"
-fn describe(s: &Summary) -> String {
+impl Reporter {
+    fn file_done(&self, peer: &str, report: &FileReport) {
+        if self.mode.json {
+            self.json(file_event(self.role, peer, report));
+        }
+        let shown = escape_for_terminal(report.stored_as.as_deref().unwrap_or(&report.path));
+        match (&report.outcome, self.role) {
+            // Problems print even when quiet: they are errors.
+            (Outcome::Refused(reason), _) => self.problem(format!(
+                "refused: {}: {}",
+                escape_for_terminal(&report.path),
+                escape_for_terminal(reason)
+            )),
+            (Outcome::Failed(reason), _) => self.problem(format!(
+                "failed: {}: {}",
+                escape_for_terminal(&report.path),
+                escape_for_terminal(reason)
+            )),
+            (Outcome::Stored, Role::Recv) => {
+                self.line(format!("received {shown} ({} bytes)", report.size))
+            }
+            (Outcome::Skipped, Role::Recv) => {
+                self.line(format!("already had {shown} ({} bytes)", report.size))
+            }
+            (Outcome::Stored | Outcome::Skipped, Role::Send) => {}
+        }
+    }
+
+    fn session_ended(&self, peer: &str, summary: &Summary, error: Option<&str>, exit_code: u8) {
+        if self.mode.json {
+            self.json(session_event(self.role, peer, summary, error, exit_code));
+        }
+        match self.role {
+            Role::Send => {
+                // Before anything was offered the error line says it all.
+                if summary.offered > 0 {
+                    self.line(format!("sent {}", describe(summary, error.is_none())));
+                }
+            }
+            Role::Recv => {
+                let from = escape_for_terminal(peer);
+                let mut text = match error {
+                    None => format!("from {from}: received {}", describe(summary, true)),
+                    Some(e) => format!(
+                        "from {from}: session ended early ({}); received {}",
+                        escape_for_terminal(e),
+                        describe(summary, false)
+                    ),
+                };
+                if summary.kept_files > 0 {
+                    text.push_str(&format!(
+                        "; kept {} of {} for resume",
+                        indicatif::HumanBytes(summary.kept_bytes),
+                        indicatif::HumanBytes(summary.kept_of)
+                    ));
+                }
+                self.line(text);
+            }
+        }
+    }
+
+    /// A line about a file that did not arrive: printed even when quiet.
+    fn problem(&self, text: String) {
+        self.multi.suspend(|| eprintln!("{text}"));
+    }
+}
+
+/// Version of the JSON Lines schema in docs/EVENTS.md.
+pub const EVENTS_VERSION: u32 = 1;
+
+/// The JSON object for one file's final state.
+fn file_event(role: Role, peer: &str, report: &FileReport) -> serde_json::Value {
+    let event = match (&report.outcome, role) {
+        (Outcome::Stored | Outcome::Skipped, Role::Send) => "sent",
+        (Outcome::Stored | Outcome::Skipped, Role::Recv) => "received",
+        (Outcome::Refused(_), _) => "refused",
+        (Outcome::Failed(_), _) => "failed",
+    };
+    let mut value = json!({
+        "v": EVENTS_VERSION, "event": event, "peer": peer,
+        "path": report.stored_as.as_deref().unwrap_or(&report.path),
+        "offered_as": report.path, "size": report.size,
+    });
+    if report.outcome.delivered() {
+        value["skipped"] = json!(report.skipped());
+        value["resumed_from"] = json!(report.resumed_from);
+        value["digest_in_header"] = json!(report.digest_in_header);
+        value["attempts"] = json!(report.attempts);
+    }
+    if let Some(sha256) = &report.sha256 {
+        value["sha256"] = json!(to_hex(sha256));
+    }
+    if let Some(reason) = report.outcome.reason() {
+        value["reason"] = json!(reason);
+    }
+    value
+}
+
+/// The JSON object closing one session: `summary` on send, `session` on recv.
+fn session_event(
+    role: Role,
+    peer: &str,
+    s: &Summary,
+    error: Option<&str>,
+    exit_code: u8,
+) -> serde_json::Value {
+    let mut value = json!({
+        "v": EVENTS_VERSION,
+        "event": match role { Role::Send => "summary", Role::Recv => "session" },
+        "peer": peer, "files": s.delivered(), "offered": s.offered, "stored": s.stored,
+        "skipped": s.skipped, "refused": s.refused, "failed": s.failed, "bytes": s.bytes,
+        "secs": s.secs,
+    });
+    let ok = error.is_none() && s.undelivered() == 0;
+    match role {
+        Role::Send => {
+            value["verified"] = json!(ok);
+            value["exit_code"] = json!(exit_code);
+        }
+        Role::Recv => {
+            value["ok"] = json!(ok);
+            value["kept_files"] = json!(s.kept_files);
+            value["kept_bytes"] = json!(s.kept_bytes);
+            value["kept_of"] = json!(s.kept_of);
+        }
+    }
+    if let Some(e) = error {
+        value["error"] = json!(e);
+    }
+    value
+}
+
+/// "3 of 4 files (1 already there, 1 refused), 1.5 MiB in 0.4 s (3.7 MiB/s), all verified"
+fn describe(s: &Summary, complete: bool) -> String {
     let rate = if s.secs > 0.0 {
         s.bytes as f64 / s.secs
     } else {
         0.0
     };
-    let skipped = if s.skipped > 0 {
-        format!(" ({} already there)", s.skipped)
+    let delivered = s.delivered();
+    let count = if delivered == s.offered {
+        let noun = if delivered == 1 { "file" } else { "files" };
+        format!("{delivered} {noun}")
     } else {
+        format!("{delivered} of {} files", s.offered)
+    };
+    let notes: Vec<String> = [
+        (s.skipped, "already there"),
+        (s.refused, "refused"),
+        (s.failed, "failed"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    let notes = if notes.is_empty() {
         String::new()
-    };
-    let verdict = if s.failed == 0 {
-        "all verified".to_owned()
     } else {
-        format!("{} failed", s.failed)
+        format!(" ({})", notes.join(", "))
     };
-    let noun = if s.files == 1 { "file" } else { "files" };
+    let verdict = if complete && s.undelivered() == 0 {
+        ", all verified"
+    } else {
+        ""
+    };
     format!(
-        "{} {noun}{skipped}, {} in {:.2} s ({}/s), {verdict}",
-        s.files,
+        "{count}{notes}, {} in {:.2} s ({}/s){verdict}",
         indicatif::HumanBytes(s.bytes),
         s.secs,
         indicatif::HumanBytes(rate as u64)
@@ -271,21 +338,31 @@ mod tests {
     #[test]
     fn summary_line_reads_well() {
         let s = Summary {
-            files: 3,
+            offered: 3,
+            stored: 2,
             skipped: 1,
-            failed: 0,
             bytes: 2048,
             secs: 2.0,
+            ..Summary::default()
         };
         assert_eq!(
-            describe(&s),
+            describe(&s, true),
             "3 files (1 already there), 2.00 KiB in 2.00 s (1.00 KiB/s), all verified"
         );
         let s = Summary {
-            files: 1,
+            offered: 4,
+            stored: 1,
+            refused: 1,
             failed: 2,
             ..Summary::default()
         };
-        assert!(describe(&s).ends_with("2 failed"));
+        assert!(describe(&s, true).starts_with("1 of 4 files (1 refused, 2 failed), "));
+        assert!(!describe(&s, true).contains("verified"));
+    }
+
+    #[test]
+    fn an_unfinished_session_is_never_all_verified() {
+        let s = Summary::default();
+        assert!(!describe(&s, false).contains("verified"));
     }
 }

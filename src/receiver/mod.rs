@@ -35,7 +35,7 @@ pub struct RecvConfig {
     pub once: bool,
     /// Replace an existing different file instead of keeping both.
     pub overwrite: bool,
-    /// Senders served at once; more wait for a free slot.
+    /// Senders served at once; more are told the receiver is busy.
     pub max_connections: usize,
     /// Longest wait for any byte from a sender.
     pub idle_timeout: Duration,
@@ -131,8 +131,13 @@ impl Server {
             next_session += 1;
             report.sessions += 1;
             let failed = Arc::clone(&failed);
+            let stopping = shutdown.clone();
             let task = tracker.spawn(async move {
-                if !session::serve_one(stream, peer, context, hello_permit).await {
+                // A session cut short by our own stop is not a failed one:
+                // its partials are kept, as a stop promises.
+                if !session::serve_one(stream, peer, context, hello_permit).await
+                    && !stopping.is_cancelled()
+                {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -155,10 +160,6 @@ impl Server {
             );
         }
         report.failed_sessions = failed.load(Ordering::Relaxed);
-        // --once promises success only for a session whose files all verified.
-        if self.config.once && report.sessions == 0 {
-            report.failed_sessions = 1;
-        }
         Ok(report)
     }
 }

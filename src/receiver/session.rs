@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{describe_io, Error};
-use crate::events::{Event, FileReport, Observer, Summary};
+use crate::events::{Event, FileReport, Observer, Outcome as FileOutcome, Summary};
 use crate::hashing::to_hex;
 use crate::hashing::{Hasher, StreamHasher};
 use crate::paths::{escape_for_terminal, WirePath};
@@ -121,23 +121,25 @@ pub(super) async fn serve_one(
         peer: peer.to_string(),
     });
     let result = run(stream, peer, context, hello_permit).await;
-    let (mut summary, error) = match result {
-        Ok(summary) => (summary, None),
+    let (mut summary, error, exit_code) = match result {
+        Ok(summary) => (summary, None, crate::error::EXIT_OK),
         Err((summary, e)) => {
             log::warn!(
                 "session with {peer} ended: {}",
                 escape_for_terminal(&e.to_string())
             );
-            (summary, Some(e.to_string()))
+            (summary, Some(e.to_string()), e.exit_code())
         }
     };
     summary.secs = started.elapsed().as_secs_f64();
-    let ok = error.is_none() && summary.failed == 0;
+    summary.offered = summary.stored + summary.skipped + summary.failed;
+    let ok = error.is_none() && summary.undelivered() == 0;
     observer.event(Event::SessionEnded {
         session,
         peer: peer.to_string(),
         summary,
         error,
+        exit_code,
     });
     ok
 }
@@ -245,7 +247,6 @@ async fn run(
     } = receive;
     match outcome {
         Ok(mut summary) => {
-            summary.files += skipped;
             summary.skipped += skipped;
             drop(out);
             drop(sink_tx);
@@ -458,7 +459,7 @@ impl Receive {
                     Action::Compare { sha256 }
                 }
                 Decision::File(_, FilePlan::Skip { existing }, _, _) => {
-                    self.report_skip(&entry, existing.clone(), entry.sha256.unwrap_or_default());
+                    self.report_skip(&entry, existing.clone(), entry.sha256);
                     Action::Skip { path: existing }
                 }
             };
@@ -472,17 +473,18 @@ impl Receive {
         .await
     }
 
-    fn report_skip(&mut self, entry: &Entry, existing: String, sha256: Digest) {
+    fn report_skip(&mut self, entry: &Entry, existing: String, sha256: Option<Digest>) {
         self.skipped += 1;
         self.context.observer.event(Event::FileDone {
             session: self.context.session,
             peer: self.reader.peer().to_owned(),
             report: FileReport {
                 path: entry.path.clone(),
-                stored_as: existing,
+                stored_as: Some(existing),
                 size: entry.size,
                 sha256,
-                skipped: true,
+                outcome: FileOutcome::Skipped,
+                attempts: 0,
                 digest_in_header: entry.sha256.is_some(),
                 resumed_from: 0,
             },
@@ -616,7 +618,7 @@ impl Receive {
                 "Identical for file {id}, which was not up for comparison"
             )));
         };
-        let sha256 = planned.entry.sha256.unwrap_or_default();
+        let sha256 = planned.entry.sha256;
         self.report_skip(&planned.entry, existing.clone(), sha256);
         self.reply(Message::Verdict(Verdict {
             id,
@@ -647,7 +649,7 @@ impl Receive {
         .await
         .map_err(|e| self.lost(&e.to_string()))?;
         self.reply(Message::Bye {
-            files: summary.files + self.skipped,
+            files: summary.stored + self.skipped,
             bytes: summary.bytes,
         })
         .await?;
@@ -1065,7 +1067,7 @@ impl Sink {
                 Err(e) => {
                     partial.discard();
                     let reason = format!("cannot set its metadata: {}", describe_io(&e));
-                    self.failed(current.id, &current.path, reason, false);
+                    self.failed(current.id, &current.path, current.size, reason, false);
                 }
             },
             (failure, partial) => {
@@ -1074,14 +1076,14 @@ impl Sink {
                 }
                 let (reason, retry) =
                     failure.unwrap_or_else(|| ("the file was not written".to_owned(), false));
-                self.failed(current.id, &current.path, reason, retry);
+                self.failed(current.id, &current.path, current.size, reason, retry);
             }
         }
     }
 
-    fn failed(&mut self, id: u64, path: &WirePath, reason: String, retry: bool) {
+    fn failed(&mut self, id: u64, path: &WirePath, size: u64, reason: String, retry: bool) {
         self.summary.failed += 1;
-        self.verdicts.failed(id, path, reason, retry);
+        self.verdicts.failed(id, path, size, reason, retry);
     }
 
     /// Hands the verified group to the committer thread.
@@ -1107,7 +1109,7 @@ impl Sink {
         if let Some((queue, thread)) = self.committer.take() {
             drop(queue);
             if let Ok(committed) = thread.join() {
-                self.summary.files += committed.files;
+                self.summary.stored += committed.stored;
                 self.summary.bytes += committed.bytes;
                 self.summary.failed += committed.failed;
             }
@@ -1125,17 +1127,26 @@ struct Verdicts {
 }
 
 impl Verdicts {
-    fn failed(&self, id: u64, path: &WirePath, reason: String, retry: bool) {
+    fn failed(&self, id: u64, path: &WirePath, size: u64, reason: String, retry: bool) {
         log::warn!(
             "{}: '{}' not stored: {}",
             self.peer,
             escape_for_terminal(path.as_str()),
             reason
         );
-        self.observer.event(Event::FileFailed {
+        self.observer.event(Event::FileDone {
             session: self.session,
-            path: path.to_string(),
-            reason: reason.clone(),
+            peer: self.peer.clone(),
+            report: FileReport {
+                path: path.to_string(),
+                stored_as: None,
+                size,
+                sha256: None,
+                outcome: FileOutcome::Failed(reason.clone()),
+                digest_in_header: false,
+                resumed_from: 0,
+                attempts: 1,
+            },
         });
         let outcome = Outcome::Failed { reason, retry };
         let _ = self
@@ -1145,8 +1156,8 @@ impl Verdicts {
 
     fn stored(&self, id: u64, report: FileReport) {
         let outcome = Outcome::Stored {
-            path: report.stored_as.clone(),
-            sha256: report.sha256,
+            path: report.stored_as.clone().unwrap_or_default(),
+            sha256: report.sha256.unwrap_or_default(),
         };
         self.observer.event(Event::FileDone {
             session: self.session,
@@ -1192,10 +1203,11 @@ fn commit_group(
         .map(|v| {
             let report = FileReport {
                 path: v.partial.wire_path().to_string(),
-                stored_as: String::new(),
+                stored_as: None,
                 size: v.size,
-                sha256: v.sha256,
-                skipped: false,
+                sha256: Some(v.sha256),
+                outcome: FileOutcome::Stored,
+                attempts: 1,
                 digest_in_header: v.digest_in_header,
                 resumed_from: v.resumed_from,
             };
@@ -1206,9 +1218,9 @@ fn commit_group(
     for ((id, path, mut report), result) in files.into_iter().zip(results) {
         match result {
             Ok(stored_as) => {
-                summary.files += 1;
+                summary.stored += 1;
                 summary.bytes += report.size - report.resumed_from;
-                report.stored_as = stored_as;
+                report.stored_as = Some(stored_as);
                 verdicts.stored(id, report);
             }
             Err(e) => {
@@ -1216,6 +1228,7 @@ fn commit_group(
                 verdicts.failed(
                     id,
                     &path,
+                    report.size,
                     format!("cannot store it: {}", describe_io(&e)),
                     false,
                 );

@@ -197,12 +197,21 @@ fn host_name_destination_resolves() {
 
 #[test]
 fn receiver_stops_cleanly_on_sigint_and_sigterm() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        let dst = tempfile::tempdir().unwrap();
-        let (recv, _) = XferProcess::recv(&["--dir", dst.path().to_str().unwrap()]);
-        recv.signal(sig);
-        let (status, err) = recv.wait(Duration::from_secs(5));
-        assert_eq!(status.code(), Some(0), "signal {sig}: {err}");
+    // With --once too: a stop request before any sender came is a clean
+    // stop, not a failed session.
+    for once in [false, true] {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            let dst = tempfile::tempdir().unwrap();
+            let mut args = vec!["--dir", dst.path().to_str().unwrap()];
+            if once {
+                args.push("--once");
+            }
+            let (recv, _) = XferProcess::recv(&args);
+            recv.signal(sig);
+            let (status, err) = recv.wait(Duration::from_secs(5));
+            assert_eq!(status.code(), Some(0), "signal {sig}, --once {once}: {err}");
+            assert!(err.is_empty(), "signal {sig}, --once {once}: {err}");
+        }
     }
 }
 
@@ -416,7 +425,8 @@ fn a_peer_cannot_inject_terminal_escapes_into_the_error_line() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let (code, _, err) = run(&["send", file.path().to_str().unwrap(), &addr.to_string()]);
     hostile.join().unwrap();
-    assert_eq!(code, 1, "{err}");
+    // The peer ended the session: exit 3, as for any peer that went away.
+    assert_eq!(code, 3, "{err}");
     assert!(
         !err.contains('\x1b') && !err.contains('\x07'),
         "raw control bytes reached the terminal: {err:?}"

@@ -160,6 +160,27 @@ fn receiver_killed_mid_file_fails_the_sender_fast_then_resumes() {
 }
 
 #[test]
+fn a_receiver_stopping_mid_file_is_the_peer_going_away_for_the_sender() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("film.mkv");
+    write_random(&file, 32 * MIB as usize, 4);
+    let (receiver, addr) = XferProcess::recv(&["--dir", dst.path().to_str().unwrap()]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let proxy = runtime.block_on(Proxy::start(addr, ProxyOptions::throttled(8 * MIB)));
+    let sender = send_binary(&file, &proxy.addr.to_string());
+    wait_until("some data to arrive", || {
+        partial_len(dst.path(), "film.mkv").unwrap_or(0) >= MIB
+    });
+    receiver.signal(libc::SIGTERM);
+    let (status, err) = receiver.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{err}");
+    let (status, err) = sender.wait(Duration::from_secs(15));
+    // The same exit code as for a receiver that was killed or a cable pulled.
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
+}
+
+#[test]
 fn ctrl_c_stops_either_side_promptly_and_leaves_a_resumable_partial() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = src.path().join("big.bin");
@@ -267,7 +288,7 @@ async fn a_byte_flipped_on_the_wire_is_caught_and_the_file_sent_again_once() {
     .await;
     let (result, events) = send(&[&file], proxy.addr).await;
     let summary = result.unwrap();
-    assert_eq!((summary.files, summary.failed), (1, 0));
+    assert_eq!((summary.delivered(), summary.failed), (1, 0));
     assert_eq!(summary.bytes, 2 * data.len() as u64, "sent twice");
     assert_eq!(fs::read(dst.path().join("payload.bin")).unwrap(), data);
     let failures = rx.events.failed();

@@ -51,8 +51,16 @@ impl Observer for Events {
 }
 
 impl Events {
-    /// Reports of files that ended well, in order.
+    /// Reports of files that were delivered (stored or skipped), in order.
     pub fn done(&self) -> Vec<FileReport> {
+        self.finals()
+            .into_iter()
+            .filter(|r| r.outcome.delivered())
+            .collect()
+    }
+
+    /// Every file's final report, in order.
+    pub fn finals(&self) -> Vec<FileReport> {
         let events = self.0.lock().unwrap();
         events
             .iter()
@@ -63,13 +71,21 @@ impl Events {
             .collect()
     }
 
-    /// (path, reason) of files that failed.
+    /// (path, reason) of files that were refused or failed.
     pub fn failed(&self) -> Vec<(String, String)> {
+        self.finals()
+            .into_iter()
+            .filter_map(|r| Some((r.path.clone(), r.outcome.reason()?.to_owned())))
+            .collect()
+    }
+
+    /// Every session's closing summary and error, in order.
+    pub fn endings(&self) -> Vec<(Summary, Option<String>)> {
         let events = self.0.lock().unwrap();
         events
             .iter()
             .filter_map(|e| match e {
-                Event::FileFailed { path, reason, .. } => Some((path.clone(), reason.clone())),
+                Event::SessionEnded { summary, error, .. } => Some((*summary, error.clone())),
                 _ => None,
             })
             .collect()

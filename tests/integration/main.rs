@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod events;
 mod faults;
 mod hostile;
 mod transfer;

@@ -17,11 +17,11 @@ async fn zero_byte_file_arrives() {
     let rx = Receiver::start(dst.path()).await;
     let (result, events) = send(&[&file], rx.addr).await;
     let summary = result.unwrap();
-    assert_eq!((summary.files, summary.failed), (1, 0));
+    assert_eq!((summary.delivered(), summary.failed), (1, 0));
     assert_eq!(fs::read(dst.path().join("empty.dat")).unwrap(), b"");
     assert_eq!(
         events.report("empty.dat").sha256,
-        xfer::hashing::digest(b"")
+        Some(xfer::hashing::digest(b""))
     );
 }
 
@@ -45,7 +45,7 @@ async fn several_mib_of_random_data_arrive_identical_with_digest_in_trailer() {
     assert_eq!(result.unwrap().bytes, data.len() as u64);
     assert_eq!(fs::read(dst.path().join("random.bin")).unwrap(), data);
     let sent = events.report("random.bin");
-    assert_eq!(sent.sha256, xfer::hashing::digest(&data));
+    assert_eq!(sent.sha256, Some(xfer::hashing::digest(&data)));
     // Too big to hash ahead: streamed at once, digest only in the trailer.
     assert!(!sent.digest_in_header);
     let received = rx.events.report("random.bin");
@@ -62,7 +62,7 @@ async fn small_file_digest_travels_in_the_header() {
     send(&[&file], rx.addr).await.0.unwrap();
     let received = rx.events.report("small.bin");
     assert!(received.digest_in_header);
-    assert_eq!(received.sha256, xfer::hashing::digest(&data));
+    assert_eq!(received.sha256, Some(xfer::hashing::digest(&data)));
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn three_level_tree_with_empty_files_and_an_empty_directory() {
     fs::create_dir_all(tree.join("2024/nothing here")).unwrap();
     let rx = Receiver::start(dst.path()).await;
     let (result, _) = send(&[&tree], rx.addr).await;
-    assert_eq!(result.unwrap().files, 4);
+    assert_eq!(result.unwrap().delivered(), 4);
     assert_same_tree(src.path(), dst.path());
     assert!(dst.path().join("photos/2024/nothing here").is_dir());
 }
@@ -111,7 +111,7 @@ async fn several_paths_in_one_send() {
     write_random(&c, 3_000_000, 3);
     let rx = Receiver::start(dst.path()).await;
     let (result, _) = send(&[&a, &dir, &c], rx.addr).await;
-    assert_eq!(result.unwrap().files, 3);
+    assert_eq!(result.unwrap().delivered(), 3);
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -128,7 +128,7 @@ async fn many_small_files_span_several_batches() {
     }
     let rx = Receiver::start(dst.path()).await;
     let (result, _) = send(&[&tree], rx.addr).await;
-    assert_eq!(result.unwrap().files, 700);
+    assert_eq!(result.unwrap().delivered(), 700);
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -143,7 +143,7 @@ async fn eight_concurrent_senders() {
         write_random(&dir.join("small.txt"), 100, i + 100);
         let addr = rx.addr;
         tasks.push(tokio::spawn(async move {
-            send(&[&dir], addr).await.0.map(|s| s.files)
+            send(&[&dir], addr).await.0.map(|s| s.delivered())
         }));
     }
     for task in tasks {
@@ -164,8 +164,8 @@ async fn identical_resend_is_skipped_for_small_and_large_files() {
     send(&[&small, &large], rx.addr).await.0.unwrap();
     let (again, events) = send(&[&small, &large], rx.addr).await;
     let again = again.unwrap();
-    assert_eq!((again.files, again.skipped, again.bytes), (2, 2, 0));
-    assert!(events.report("small.txt").skipped && events.report("large.bin").skipped);
+    assert_eq!((again.delivered(), again.skipped, again.bytes), (2, 2, 0));
+    assert!(events.report("small.txt").skipped() && events.report("large.bin").skipped());
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -212,7 +212,10 @@ async fn different_content_under_the_same_name_keeps_both() {
         fs::read(dst.path().join("disk (1).img")).unwrap(),
         second_large
     );
-    assert_eq!(events.report("notes.txt").stored_as, "notes (1).txt");
+    assert_eq!(
+        events.report("notes.txt").stored_as.as_deref(),
+        Some("notes (1).txt")
+    );
     // Sending the second version again finds it under its new name.
     let (again, _) = send(&[&src2.path().join("notes.txt")], rx.addr).await;
     assert_eq!(again.unwrap().skipped, 1);
@@ -357,7 +360,7 @@ async fn a_large_file_sent_before_carries_its_digest_in_the_header_next_time() {
         report.digest_in_header,
         "known from the cache the second time"
     );
-    assert_eq!(report.sha256, xfer::hashing::digest(&data));
+    assert_eq!(report.sha256, Some(xfer::hashing::digest(&data)));
 
     // A changed file misses the cache and is still sent correctly.
     let changed = write_random(&file, 3_000_000, 12);
@@ -410,4 +413,38 @@ async fn a_stale_cached_digest_is_caught_and_the_file_resent_correctly() {
         !second.events.report("disk.img").digest_in_header,
         "the retry streams and hashes"
     );
+}
+
+#[tokio::test]
+async fn a_refused_file_is_an_outcome_and_the_sender_still_ends_with_one_summary() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_random(&src.path().join("small.txt"), 100, 1);
+    write_random(&src.path().join("huge.bin"), 50_000, 2);
+    let rx = Receiver::start_with(
+        dst.path(),
+        RecvOptions {
+            limits: xfer::receiver::Limits {
+                max_file_size: Some(10_000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let (result, events) = send(&[src.path()], rx.addr).await;
+    let err = result.unwrap_err();
+    assert_eq!(xfer::error::exit_code_of(&err), 1, "{err:#}");
+    let endings = events.endings();
+    assert_eq!(endings.len(), 1, "exactly one ending");
+    let (summary, error) = &endings[0];
+    assert_eq!(
+        (summary.offered, summary.stored, summary.refused),
+        (2, 1, 1)
+    );
+    assert!(
+        error.as_deref().unwrap().contains("--max-size"),
+        "{error:?}"
+    );
+    let finals = events.finals();
+    assert_eq!(finals.len(), 2, "one final report per file: {finals:?}");
 }

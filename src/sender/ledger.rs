@@ -1,0 +1,409 @@
+//! The sender's one record per file. A file is offered, then its body goes
+//! out (or `Identical`, or nothing for `Skip`/`Refuse`), then its verdict
+//! lands; a verdict saying the bytes were damaged on the way moves the
+//! record back to be offered once more under a new id — the same record,
+//! not a second file. Every final state is reported from here exactly
+//! once, and the summary is this ledger counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::events::{Event, FileReport, Observer, Outcome, Summary};
+use crate::protocol::{self, Digest, EntryKind};
+use crate::source::LocalEntry;
+
+/// Bodies a file may be sent with: the first, and one more after damage.
+const MAX_ATTEMPTS: u32 = 2;
+
+/// Where one file stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// In an offer, waiting for its plan.
+    Offered,
+    /// Its body or `Identical` is out; the verdict is awaited.
+    AwaitingVerdict,
+    /// Damaged on the way; to be offered again.
+    Retry,
+    Done(Outcome),
+}
+
+/// One offered entry and everything known about it.
+#[derive(Debug, Clone)]
+pub struct FileRecord {
+    pub entry: LocalEntry,
+    state: State,
+    /// The digest, once known (header, hashing, or the receiver's verdict).
+    sha256: Option<Digest>,
+    digest_in_header: bool,
+    resumed_from: u64,
+    attempts: u32,
+    /// Body bytes put on the wire for it, over all attempts.
+    sent: u64,
+    stored_as: Option<String>,
+}
+
+/// What a verdict did to its file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Final; reported.
+    Final,
+    /// To be sent again from scratch.
+    Retry,
+}
+
+/// Every entry of one sending session.
+pub struct Ledger {
+    records: Vec<FileRecord>,
+    /// Wire id -> record, for entries whose plan or verdict is still due.
+    ids: HashMap<u64, usize>,
+    /// Records waiting to be offered again.
+    retries: Vec<usize>,
+    awaiting: usize,
+    observer: Arc<dyn Observer>,
+    peer: String,
+}
+
+impl Ledger {
+    pub fn new(observer: Arc<dyn Observer>, peer: String) -> Ledger {
+        Ledger {
+            records: Vec::new(),
+            ids: HashMap::new(),
+            retries: Vec::new(),
+            awaiting: 0,
+            observer,
+            peer,
+        }
+    }
+
+    /// An entry that could not even be read locally (a directory of the
+    /// tree that cannot be listed): it fails before anything is offered.
+    pub fn unreadable(&mut self, entry: LocalEntry, reason: String) {
+        let index = self.push(entry, None);
+        self.finish(index, Outcome::Failed(reason));
+    }
+
+    /// `entry` goes out in an offer as `id`, with `sha256` in its header.
+    pub fn offered(&mut self, id: u64, entry: &LocalEntry, sha256: Option<Digest>) {
+        let index = self.push(entry.clone(), sha256);
+        self.ids.insert(id, index);
+    }
+
+    /// A record from [`Ledger::take_retries`] is offered again as `id`.
+    pub fn reoffered(&mut self, id: u64, index: usize) {
+        if let Some(record) = self.records.get_mut(index) {
+            record.state = State::Offered;
+            record.digest_in_header = false;
+            self.ids.insert(id, index);
+        }
+    }
+
+    fn push(&mut self, entry: LocalEntry, sha256: Option<Digest>) -> usize {
+        self.records.push(FileRecord {
+            entry,
+            state: State::Offered,
+            sha256,
+            digest_in_header: sha256.is_some(),
+            resumed_from: 0,
+            attempts: 0,
+            sent: 0,
+            stored_as: None,
+        });
+        self.records.len() - 1
+    }
+
+    /// The record offered as `id`.
+    pub fn record(&self, id: u64) -> Option<&FileRecord> {
+        self.records.get(*self.ids.get(&id)?)
+    }
+
+    /// Its body (from `offset`) or `Identical` is going out now.
+    pub fn sending(&mut self, id: u64, offset: u64) {
+        let Some(&index) = self.ids.get(&id) else {
+            return;
+        };
+        let record = &mut self.records[index];
+        record.state = State::AwaitingVerdict;
+        record.attempts += 1;
+        record.resumed_from = offset;
+        self.awaiting += 1;
+    }
+
+    /// `bytes` more of `id`'s body are on the wire.
+    pub fn sent(&mut self, id: u64, bytes: u64) {
+        if let Some(&index) = self.ids.get(&id) {
+            self.records[index].sent += bytes;
+        }
+    }
+
+    /// The digest of `id` became known here (hashed while sending, or compared).
+    pub fn digest(&mut self, id: u64, sha256: Digest) {
+        if let Some(&index) = self.ids.get(&id) {
+            self.records[index].sha256 = Some(sha256);
+        }
+    }
+
+    /// The plan said `Skip`: identical content is at `stored_as`.
+    pub fn skipped(&mut self, id: u64, stored_as: String) {
+        if let Some(index) = self.ids.remove(&id) {
+            self.records[index].stored_as = Some(stored_as);
+            self.finish(index, Outcome::Skipped);
+        }
+    }
+
+    /// The plan said `DirReady`: the directory exists; nothing more to do.
+    pub fn dir_ready(&mut self, id: u64) {
+        self.ids.remove(&id);
+    }
+
+    /// The plan refused `id`.
+    pub fn refused(&mut self, id: u64, reason: String) {
+        if let Some(index) = self.ids.remove(&id) {
+            self.finish(index, Outcome::Refused(reason));
+        }
+    }
+
+    /// `id` could not be sent from here (unreadable, changed meanwhile).
+    /// A body already out for it still gets a verdict; this one wins.
+    pub fn failed_here(&mut self, id: u64, reason: String) {
+        if let Some(index) = self.ids.remove(&id) {
+            if self.records[index].state == State::AwaitingVerdict {
+                self.awaiting -= 1;
+            }
+            self.finish(index, Outcome::Failed(reason));
+        }
+    }
+
+    /// Applies the receiver's verdict for `id`.
+    pub fn verdict(&mut self, id: u64, outcome: protocol::Outcome) -> Result<Settled, String> {
+        let index = self
+            .ids
+            .remove(&id)
+            .ok_or_else(|| format!("verdict for file {id}, which awaits none"))?;
+        let record = &mut self.records[index];
+        if record.state != State::AwaitingVerdict {
+            return Err(format!("verdict for file {id}, which awaits none"));
+        }
+        self.awaiting -= 1;
+        match outcome {
+            protocol::Outcome::Stored { path, sha256 } => {
+                record.stored_as = Some(path);
+                record.sha256 = Some(sha256);
+                self.finish(index, Outcome::Stored);
+            }
+            protocol::Outcome::Skipped { path } => {
+                record.stored_as = Some(path);
+                self.finish(index, Outcome::Skipped);
+            }
+            protocol::Outcome::Failed {
+                reason,
+                retry: true,
+            } if record.attempts < MAX_ATTEMPTS => {
+                log::warn!(
+                    "'{}' arrived damaged ({reason}); sending it again from scratch",
+                    record.entry.wire_path
+                );
+                record.state = State::Retry;
+                record.sha256 = None;
+                self.retries.push(index);
+                return Ok(Settled::Retry);
+            }
+            protocol::Outcome::Failed { reason, .. } => {
+                self.finish(index, Outcome::Failed(reason));
+            }
+        }
+        Ok(Settled::Final)
+    }
+
+    /// Records damaged on the way, to be offered again (each at most once).
+    pub fn take_retries(&mut self) -> Vec<(usize, LocalEntry)> {
+        std::mem::take(&mut self.retries)
+            .into_iter()
+            .map(|i| (i, self.records[i].entry.clone()))
+            .collect()
+    }
+
+    /// Bodies or `Identical`s whose verdict has not come.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting
+    }
+
+    fn finish(&mut self, index: usize, outcome: Outcome) {
+        let record = &mut self.records[index];
+        if matches!(record.state, State::Done(_)) {
+            return;
+        }
+        if !outcome.delivered() {
+            record.stored_as = None;
+        }
+        record.state = State::Done(outcome.clone());
+        if record.entry.kind == EntryKind::Dir && outcome.delivered() {
+            return;
+        }
+        self.observer.event(Event::FileDone {
+            session: 0,
+            peer: self.peer.clone(),
+            report: FileReport {
+                path: record.entry.wire_path.clone(),
+                stored_as: record.stored_as.clone(),
+                size: record.entry.size,
+                sha256: record.sha256,
+                outcome,
+                digest_in_header: record.digest_in_header,
+                resumed_from: record.resumed_from,
+                attempts: record.attempts,
+            },
+        });
+    }
+
+    /// The first file that did not arrive, and why, for the final error.
+    pub fn first_failure(&self) -> Option<String> {
+        self.records.iter().find_map(|r| match &r.state {
+            State::Done(outcome) => outcome
+                .reason()
+                .map(|why| format!("{}: {why}", r.entry.wire_path)),
+            _ => None,
+        })
+    }
+
+    /// The ledger counted. Directories count only when they failed.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for r in &self.records {
+            s.bytes += r.sent;
+            let is_file = r.entry.kind == EntryKind::File;
+            match &r.state {
+                State::Done(Outcome::Stored) if is_file => s.stored += 1,
+                State::Done(Outcome::Skipped) if is_file => s.skipped += 1,
+                State::Done(Outcome::Refused(_)) => s.refused += 1,
+                State::Done(Outcome::Failed(_)) => s.failed += 1,
+                _ if !is_file => continue,
+                _ => {}
+            }
+            s.offered += 1;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<FileReport>>);
+
+    impl Observer for Seen {
+        fn event(&self, event: Event) {
+            if let Event::FileDone { report, .. } = event {
+                self.0.lock().unwrap().push(report);
+            }
+        }
+    }
+
+    fn file(name: &str, size: u64) -> LocalEntry {
+        LocalEntry {
+            wire_path: name.into(),
+            local: name.into(),
+            kind: EntryKind::File,
+            size,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            ino: 0,
+        }
+    }
+
+    fn ledger() -> (Ledger, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        (Ledger::new(seen.clone(), "peer".into()), seen)
+    }
+
+    fn damaged() -> protocol::Outcome {
+        protocol::Outcome::Failed {
+            reason: "SHA-256 mismatch".into(),
+            retry: true,
+        }
+    }
+
+    #[test]
+    fn a_file_damaged_then_stored_on_its_retry_counts_once_as_stored() {
+        let (mut ledger, seen) = ledger();
+        ledger.offered(0, &file("a.bin", 10), None);
+        ledger.sending(0, 0);
+        ledger.sent(0, 10);
+        assert_eq!(ledger.verdict(0, damaged()), Ok(Settled::Retry));
+        assert!(
+            seen.0.lock().unwrap().is_empty(),
+            "a retry is not an outcome"
+        );
+        let retries = ledger.take_retries();
+        assert_eq!(retries.len(), 1);
+        ledger.reoffered(7, retries[0].0);
+        ledger.sending(7, 0);
+        ledger.sent(7, 10);
+        let stored = protocol::Outcome::Stored {
+            path: "a.bin".into(),
+            sha256: [3; 32],
+        };
+        assert_eq!(ledger.verdict(7, stored), Ok(Settled::Final));
+        let s = ledger.summary();
+        assert_eq!((s.offered, s.stored, s.failed, s.bytes), (1, 1, 0, 20));
+        let reports = seen.0.lock().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].outcome, Outcome::Stored);
+        assert_eq!(reports[0].attempts, 2);
+        assert_eq!(reports[0].sha256, Some([3; 32]));
+    }
+
+    #[test]
+    fn damage_on_the_second_attempt_is_final() {
+        let (mut ledger, _) = ledger();
+        ledger.offered(0, &file("a.bin", 1), None);
+        ledger.sending(0, 0);
+        ledger.verdict(0, damaged()).unwrap();
+        let (index, _) = ledger.take_retries()[0].clone();
+        ledger.reoffered(1, index);
+        ledger.sending(1, 0);
+        assert_eq!(ledger.verdict(1, damaged()), Ok(Settled::Final));
+        assert!(ledger.take_retries().is_empty());
+        assert_eq!(ledger.summary().failed, 1);
+        assert!(ledger.first_failure().unwrap().starts_with("a.bin: "));
+    }
+
+    #[test]
+    fn every_outcome_is_counted_once_and_skips_carry_no_made_up_digest() {
+        let (mut ledger, seen) = ledger();
+        ledger.offered(0, &file("kept.txt", 5), None);
+        ledger.offered(1, &file("big.iso", 9), None);
+        ledger.offered(2, &file("gone.txt", 1), None);
+        ledger.unreadable(file("locked", 0), "cannot read directory".into());
+        ledger.skipped(0, "kept.txt".into());
+        ledger.refused(1, "over --max-size".into());
+        ledger.failed_here(2, "cannot read".into());
+        let s = ledger.summary();
+        assert_eq!(
+            (s.offered, s.stored, s.skipped, s.refused, s.failed),
+            (4, 0, 1, 1, 2)
+        );
+        assert_eq!(s.undelivered(), 3);
+        let reports = seen.0.lock().unwrap();
+        assert_eq!(reports.len(), 4);
+        let kept = reports.iter().find(|r| r.path == "kept.txt").unwrap();
+        assert_eq!(
+            kept.sha256, None,
+            "a skip without a header digest knows none"
+        );
+        assert_eq!(kept.stored_as.as_deref(), Some("kept.txt"));
+        let refused = reports.iter().find(|r| r.path == "big.iso").unwrap();
+        assert_eq!(refused.stored_as, None);
+    }
+
+    #[test]
+    fn a_verdict_for_an_unknown_or_settled_file_is_an_error() {
+        let (mut ledger, _) = ledger();
+        assert!(ledger.verdict(3, damaged()).is_err());
+        ledger.offered(0, &file("a", 1), None);
+        assert!(ledger.verdict(0, damaged()).is_err(), "no body was sent");
+    }
+}

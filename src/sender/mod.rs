@@ -1,0 +1,214 @@
+//! One sending session: walk, connect, offer batches, stream bodies, collect
+//! verdicts. No terminal code: progress leaves as [`Event`]s, and every
+//! file's fate is kept in one [`ledger::Ledger`] that the events, the final
+//! summary and the exit code are read from.
+//!
+//! Two tasks share the connection. [`session`] writes: it keeps offers ahead
+//! of the bodies it is sending, so the receiver's plans are on their way
+//! back while bodies flow. [`replies`] reads plans and verdicts concurrently,
+//! so verdicts never back up behind bodies. A file the receiver reports
+//! damaged on the way is sent once more, from scratch, before `Done`.
+
+mod body;
+mod connect;
+pub mod ledger;
+mod replies;
+mod session;
+
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::digest_cache::DigestCache;
+use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
+use crate::events::{Event, Observer, Summary};
+use crate::protocol::{handshake, EntryKind, FrameReader, FrameWriter};
+use crate::source;
+use ledger::Ledger;
+use session::{Session, OFFERS_AHEAD};
+
+/// How long an interrupted sender waits for a blocked write before closing.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Where to send: a host name or IP literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A validated `xfer send` invocation.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    pub paths: Vec<std::path::PathBuf>,
+    pub destination: Destination,
+    /// Longest wait for any progress in either direction.
+    pub idle_timeout: Duration,
+    /// Where the digest cache lives; `None` disables it.
+    pub digest_cache: Option<std::path::PathBuf>,
+}
+
+/// Sends every path to the receiver. `Ok` only if each file was verified
+/// and persisted there (or was already present, identical). Whatever
+/// happens, the last event is one [`Event::SessionEnded`] whose summary is
+/// the ledger counted.
+pub async fn send(
+    config: &SendConfig,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let peer = config.destination.to_string();
+    let ledger = Arc::new(Mutex::new(Ledger::new(Arc::clone(&observer), peer.clone())));
+    let result = run(config, &observer, &ledger, cancel).await;
+    let mut summary = match ledger.lock() {
+        Ok(ledger) => ledger.summary(),
+        Err(_) => Summary::default(),
+    };
+    summary.secs = started.elapsed().as_secs_f64();
+    let result = result.and_then(|()| {
+        let first = ledger.lock().ok().and_then(|l| l.first_failure());
+        match summary.undelivered() {
+            0 => Ok(()),
+            failed => Err(Error::Incomplete {
+                failed,
+                total: summary.offered,
+                first: first.unwrap_or_default(),
+            }
+            .into()),
+        }
+    });
+    observer.event(Event::SessionEnded {
+        session: 0,
+        peer,
+        summary,
+        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        exit_code: result.as_ref().err().map_or(EXIT_OK, exit_code_of),
+    });
+    result.map(|()| summary)
+}
+
+async fn run(
+    config: &SendConfig,
+    observer: &Arc<dyn Observer>,
+    ledger: &Arc<Mutex<Ledger>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let paths = config.paths.clone();
+    let entries = tokio::task::spawn_blocking(move || source::collect(&paths))
+        .await
+        .map_err(|e| Error::Internal(format!("walking the paths failed: {e}")))??;
+    let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
+    let bytes = entries.iter().map(|e| e.size).sum();
+    observer.event(Event::Totals {
+        session: 0,
+        files,
+        bytes,
+    });
+    let cache = config
+        .digest_cache
+        .as_deref()
+        .and_then(|path| match DigestCache::open(path) {
+            Ok(cache) => Some(Arc::new(cache)),
+            Err(e) => {
+                log::warn!(
+                    "digest cache '{}' unusable ({}); continuing without it",
+                    path.display(),
+                    describe_io(&e)
+                );
+                None
+            }
+        });
+
+    // The first batches are read and hashed while the connection and the
+    // hellos take their round trips.
+    let (batch_tx, batch_rx) = mpsc::channel(2);
+    let prep_cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        source::prepare_batches(entries, prep_cache.as_deref(), batch_tx)
+    });
+    let stream = tokio::select! {
+        s = connect::connect(&config.destination) => s?,
+        _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
+    };
+    let peer: Arc<str> = config.destination.to_string().into();
+    observer.event(Event::SessionStarted {
+        session: 0,
+        peer: peer.to_string(),
+    });
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half, Arc::clone(&peer), config.idle_timeout);
+    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), config.idle_timeout);
+    reader.watch(&writer);
+    tokio::select! {
+        r = handshake(&mut reader, &mut writer) => { r?; }
+        _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
+    }
+
+    let settled = Arc::new(Notify::new());
+    let closed = Arc::new(AtomicBool::new(false));
+    // At most OFFERS_AHEAD plans can be outstanding, so this channel never
+    // fills and the reply reader never stops draining verdicts.
+    let (plan_tx, plan_rx) = mpsc::channel(OFFERS_AHEAD + 1);
+    let replies = tokio::spawn(replies::read_replies(
+        reader,
+        plan_tx,
+        Arc::clone(ledger),
+        Arc::clone(&settled),
+        Arc::clone(&closed),
+    ));
+
+    let mut session = Session {
+        writer,
+        plans: plan_rx,
+        ledger: Arc::clone(ledger),
+        settled,
+        replies_closed: closed,
+        observer: Arc::clone(observer),
+        cache,
+        cancel: cancel.clone(),
+        peer: Arc::clone(&peer),
+        mid_body: false,
+        next_id: 0,
+    };
+    let written = tokio::select! {
+        r = session.run(batch_rx) => r,
+        _ = async { cancel.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
+            Err(Error::Interrupted)
+        }
+    };
+    if let Err(e) = written {
+        return Err(session.fail(e, replies).await.into());
+    }
+    match replies.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(Error::Internal(format!("the reply reader failed: {e}")).into()),
+    }
+    let awaiting = ledger
+        .lock()
+        .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
+        .awaiting();
+    if awaiting > 0 {
+        return Err(Error::Protocol {
+            peer: peer.to_string(),
+            detail: format!("session ended without verdicts for {awaiting} files"),
+        }
+        .into());
+    }
+    Ok(())
+}

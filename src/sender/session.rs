@@ -1,0 +1,412 @@
+//! The writing half of a sending session: offers kept ahead of the bodies,
+//! each plan carried out in order, then the verdicts awaited and damaged
+//! files offered once more before `Done`. Every step is written into the
+//! [`Ledger`]; nothing here counts on its own.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::body::{
+    hash_file, hash_lead, open_same, BodyDigest, HashPace, StopOnDrop, PAD_CHUNK, SENDFILE_STEP,
+};
+use super::ledger::Ledger;
+use crate::digest_cache::DigestCache;
+use crate::error::{describe_io, Error};
+use crate::events::{Event, Observer};
+use crate::hashing;
+use crate::protocol::{Action, Digest, Entry, EntryKind, FrameWriter, Message, Offer, Plan};
+use crate::source::{Batch, Prepared, BATCH_MAX_ENTRIES};
+
+/// Offers kept on the wire ahead of the bodies being sent, so plans come
+/// back while earlier bodies flow instead of costing a round trip each.
+/// Sender policy: the receiver allows far more (docs/PROTOCOL.md §4).
+pub(super) const OFFERS_AHEAD: usize = 3;
+
+/// The writing half of a session.
+pub(super) struct Session {
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    pub plans: mpsc::Receiver<Plan>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    /// Signalled by the reply reader when a verdict lands or it stops.
+    pub settled: Arc<Notify>,
+    /// Set by the reply reader when it has stopped.
+    pub replies_closed: Arc<std::sync::atomic::AtomicBool>,
+    pub observer: Arc<dyn Observer>,
+    pub cache: Option<Arc<DigestCache>>,
+    pub cancel: CancellationToken,
+    pub peer: Arc<str>,
+    /// Raw body bytes are owed: no frame (not even Abort) may be written.
+    pub mid_body: bool,
+    /// The id the next offer starts at.
+    pub next_id: u64,
+}
+
+impl Session {
+    pub async fn run(&mut self, mut batches: mpsc::Receiver<Batch>) -> Result<(), Error> {
+        let mut offered = VecDeque::new();
+        let mut exhausted = false;
+        loop {
+            while !exhausted && offered.len() < OFFERS_AHEAD {
+                match batches.recv().await {
+                    Some(batch) => {
+                        self.offer(&batch, None).await?;
+                        offered.push_back(batch);
+                    }
+                    None => exhausted = true,
+                }
+            }
+            let Some(batch) = offered.pop_front() else {
+                break;
+            };
+            self.writer.flush().await?;
+            let plan = self.next_plan().await?;
+            self.execute(batch, plan).await?;
+        }
+        // Every first attempt is out: once their verdicts are in, send the
+        // files that arrived damaged again, once, from scratch.
+        self.settle().await?;
+        let retries = self.ledger()?.take_retries();
+        if !retries.is_empty() {
+            let mut retries = retries.into_iter().peekable();
+            while retries.peek().is_some() {
+                let (records, items): (Vec<usize>, Vec<Prepared>) = retries
+                    .by_ref()
+                    .take(BATCH_MAX_ENTRIES)
+                    .map(|(record, entry)| {
+                        let item = Prepared {
+                            entry,
+                            sha256: None,
+                            content: None,
+                        };
+                        (record, item)
+                    })
+                    .unzip();
+                let batch = Batch {
+                    first_id: self.next_id,
+                    items,
+                    retry: true,
+                };
+                self.offer(&batch, Some(&records)).await?;
+                self.writer.flush().await?;
+                let plan = self.next_plan().await?;
+                self.execute(batch, plan).await?;
+            }
+            self.settle().await?;
+        }
+        self.writer.send(&Message::Done).await?;
+        self.writer.flush().await
+    }
+
+    async fn next_plan(&mut self) -> Result<Plan, Error> {
+        tokio::select! {
+            plan = self.plans.recv() => plan.ok_or_else(|| self.lost("the receiver stopped answering")),
+            _ = self.cancel.cancelled() => Err(Error::Interrupted),
+        }
+    }
+
+    /// Waits until every body sent so far has its verdict.
+    async fn settle(&mut self) -> Result<(), Error> {
+        self.writer.flush().await?;
+        loop {
+            // Armed before looking, so a verdict landing in between still wakes us.
+            let notified = self.settled.notified();
+            if self.ledger()?.awaiting() == 0 {
+                return Ok(());
+            }
+            if self.replies_closed.load(Ordering::Acquire) {
+                return Err(self.lost("the connection closed before every verdict arrived"));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.cancel.cancelled() => return Err(Error::Interrupted),
+            }
+        }
+    }
+
+    fn lost(&self, detail: &str) -> Error {
+        Error::ConnectionLost {
+            peer: self.peer.to_string(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn protocol(&self, detail: String) -> Error {
+        Error::Protocol {
+            peer: self.peer.to_string(),
+            detail,
+        }
+    }
+
+    fn ledger(&self) -> Result<MutexGuard<'_, Ledger>, Error> {
+        self.ledger
+            .lock()
+            .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))
+    }
+
+    /// After the writing side failed: tell the receiver when we can, and
+    /// prefer the reply reader's error, which usually says why.
+    pub async fn fail(
+        &mut self,
+        error: Error,
+        replies: tokio::task::JoinHandle<Result<(), Error>>,
+    ) -> Error {
+        if matches!(error, Error::Interrupted) {
+            // Between frames the receiver hears why; mid-body it sees the
+            // connection end and keeps the partial for a resume.
+            let abort = (!self.mid_body).then(|| Message::Abort {
+                reason: "the sender was interrupted".into(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                if let Some(abort) = &abort {
+                    self.writer.send(abort).await?;
+                }
+                self.writer.shutdown().await
+            })
+            .await;
+            replies.abort();
+            return error;
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(1), replies).await;
+        match reply {
+            Ok(Ok(Err(reply_error))) => reply_error,
+            _ => error,
+        }
+    }
+
+    /// Puts `batch` in an offer; `retried` names the ledger records a retry
+    /// batch re-offers, in order.
+    async fn offer(&mut self, batch: &Batch, retried: Option<&[usize]>) -> Result<(), Error> {
+        {
+            let mut ledger = self.ledger()?;
+            for (i, (id, p)) in (batch.first_id..).zip(&batch.items).enumerate() {
+                match retried.and_then(|r| r.get(i)) {
+                    Some(&record) => ledger.reoffered(id, record),
+                    None => ledger.offered(id, &p.entry, p.sha256),
+                }
+            }
+        }
+        let entries = batch
+            .items
+            .iter()
+            .map(|p| Entry {
+                path: p.entry.wire_path.clone(),
+                kind: p.entry.kind,
+                size: p.entry.size,
+                mode: p.entry.mode,
+                mtime_secs: p.entry.mtime_secs,
+                mtime_nanos: p.entry.mtime_nanos,
+                sha256: p.sha256,
+            })
+            .collect();
+        self.next_id = batch.first_id + batch.items.len() as u64;
+        self.writer
+            .send(&Message::Offer(Offer {
+                first_id: batch.first_id,
+                entries,
+            }))
+            .await
+    }
+
+    async fn execute(&mut self, batch: Batch, plan: Plan) -> Result<(), Error> {
+        if plan.first_id != batch.first_id || plan.actions.len() != batch.items.len() {
+            return Err(self.protocol("the plan does not match the offer".into()));
+        }
+        for (id, (item, action)) in
+            (batch.first_id..).zip(batch.items.into_iter().zip(plan.actions))
+        {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            match (item.entry.kind, action) {
+                (EntryKind::Dir, Action::DirReady) => self.ledger()?.dir_ready(id),
+                (_, Action::Refuse { reason }) => self.ledger()?.refused(id, reason),
+                (EntryKind::File, Action::Send { offset }) if offset <= item.entry.size => {
+                    self.send_body(id, item, offset).await?
+                }
+                (EntryKind::File, Action::Compare { sha256 }) => {
+                    self.compare(id, item, sha256).await?
+                }
+                (EntryKind::File, Action::Skip { path }) => self.ledger()?.skipped(id, path),
+                (_, action) => {
+                    return Err(self.protocol(format!(
+                        "plan action {action:?} does not fit '{}'",
+                        item.entry.wire_path
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The receiver holds a same-sized file: send ours only if it differs.
+    async fn compare(&mut self, id: u64, item: Prepared, theirs: Digest) -> Result<(), Error> {
+        let ours = match item.sha256 {
+            Some(d) => Ok(d),
+            None => {
+                let local = item.entry.local.clone();
+                let hashed = tokio::task::spawn_blocking(move || {
+                    File::open(local).and_then(|mut f| hashing::hash_reader(&mut f))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?
+                .map(|(d, _)| d);
+                if let (Ok(d), Some(cache)) = (&hashed, &self.cache) {
+                    cache.put(&item.entry, *d);
+                }
+                hashed
+            }
+        };
+        match ours {
+            Ok(ours) if ours == theirs => {
+                {
+                    let mut ledger = self.ledger()?;
+                    ledger.digest(id, ours);
+                    ledger.sending(id, 0);
+                }
+                self.writer.send(&Message::Identical { id }).await
+            }
+            Ok(_) => self.send_body(id, item, 0).await,
+            Err(e) => {
+                let reason = format!("cannot read: {}", describe_io(&e));
+                self.ledger()?.failed_here(id, reason);
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_body(&mut self, id: u64, item: Prepared, offset: u64) -> Result<(), Error> {
+        let size = item.entry.size;
+        self.observer.event(Event::FileStarted {
+            session: 0,
+            path: item.entry.wire_path.clone(),
+            size,
+        });
+        if let (Some(content), Some(sha256)) = (&item.content, item.sha256) {
+            let rest = content.get(offset as usize..).unwrap_or_default();
+            self.ledger()?.sending(id, offset);
+            self.writer.send(&Message::FileBegin { id, offset }).await?;
+            self.writer.send_raw(rest).await?;
+            self.writer
+                .send(&Message::FileEnd {
+                    sha256,
+                    error: None,
+                })
+                .await?;
+            self.ledger()?.sent(id, size - offset);
+            self.observer.event(Event::Progress {
+                session: 0,
+                bytes: size - offset,
+            });
+            return Ok(());
+        }
+        let cannot_read = |e: std::io::Error| format!("cannot read: {}", describe_io(&e));
+        let file = match File::open(&item.entry.local) {
+            Ok(f) => f,
+            Err(e) => {
+                self.ledger()?.failed_here(id, cannot_read(e));
+                return Ok(());
+            }
+        };
+        // The bytes go out with sendfile, straight from the page cache; a
+        // second handle of our own hashes the file meanwhile (unless the
+        // cache knows its digest), so no byte is copied through this process
+        // on its way to the socket.
+        let digest = match item.sha256 {
+            Some(known) => BodyDigest::Known(known),
+            None => match open_same(&item.entry.local, &file) {
+                Ok(reader) => {
+                    let pace = Arc::new(HashPace::default());
+                    pace.sent.store(offset, Ordering::Relaxed);
+                    let shared = Arc::clone(&pace);
+                    let task = tokio::task::spawn_blocking(move || {
+                        hash_file(reader, size, &shared, hash_lead())
+                    });
+                    BodyDigest::Hashing(task, StopOnDrop(pace))
+                }
+                Err(e) => {
+                    self.ledger()?.failed_here(id, cannot_read(e));
+                    return Ok(());
+                }
+            },
+        };
+        let before = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
+        self.ledger()?.sending(id, offset);
+        self.writer.send(&Message::FileBegin { id, offset }).await?;
+        self.mid_body = true;
+        let mut position = offset;
+        while position < size {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            let step = (size - position).min(SENDFILE_STEP);
+            let sent = self.writer.send_file(&file, position, step).await?;
+            position += sent;
+            if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
+                pace.sent.store(position, Ordering::Relaxed);
+            }
+            self.ledger()?.sent(id, sent);
+            self.observer.event(Event::Progress {
+                session: 0,
+                bytes: sent,
+            });
+            if sent < step {
+                break;
+            }
+        }
+        let (digest, hashed_here) = match digest {
+            BodyDigest::Known(known) => (Ok(known), false),
+            BodyDigest::Hashing(task, _stop) => (
+                task.await
+                    .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?,
+                true,
+            ),
+        };
+        let after = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
+        let (sha256, error) = match digest {
+            Err(e) => ([0; 32], Some(e)),
+            Ok(_) if position < size => ([0; 32], Some("the file shrank while being sent".into())),
+            Ok(_) if before != after => ([0; 32], Some("the file changed while being sent".into())),
+            Ok(d) => {
+                if let (true, Some(cache)) = (hashed_here, &self.cache) {
+                    cache.put(&item.entry, d);
+                }
+                self.ledger()?.digest(id, d);
+                (d, None)
+            }
+        };
+        self.end_body(size - position, sha256, error).await?;
+        // The padding crossed the wire too.
+        self.ledger()?.sent(id, size - position);
+        Ok(())
+    }
+
+    /// Closes a body: a short read still owes the declared length, so the
+    /// `missing` bytes are padded, and the trailer says why (`error`; its
+    /// digest field is then meaningless and zero, as PROTOCOL.md says).
+    async fn end_body(
+        &mut self,
+        mut missing: u64,
+        sha256: Digest,
+        error: Option<String>,
+    ) -> Result<(), Error> {
+        let zeros = if missing > 0 {
+            vec![0u8; PAD_CHUNK]
+        } else {
+            Vec::new()
+        };
+        while missing > 0 {
+            let n = missing.min(PAD_CHUNK as u64) as usize;
+            self.writer.send_raw(&zeros[..n]).await?;
+            missing -= n as u64;
+        }
+        self.mid_body = false;
+        self.writer.send(&Message::FileEnd { sha256, error }).await
+    }
+}

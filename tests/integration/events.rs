@@ -1,0 +1,199 @@
+//! Every JSON Lines event the binary emits, checked against the schema in
+//! docs/EVENTS.md (parsed from its tables, so the document is the test's
+//! source of truth), and the one-final-event rule on both sides.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// event name -> field -> (type, required)
+type Schema = BTreeMap<String, BTreeMap<String, (String, bool)>>;
+
+fn schema() -> Schema {
+    let doc = include_str!("../../docs/EVENTS.md");
+    let mut schema = Schema::new();
+    let mut current: Vec<String> = Vec::new();
+    for line in doc.lines() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            current = heading
+                .split('/')
+                .map(|n| n.trim().trim_matches('`').to_owned())
+                .collect();
+            continue;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| field | type | required | meaning |" rows, header and rule excluded.
+        if cells.len() < 5 || current.is_empty() || cells[1] == "field" || cells[1] == "---" {
+            continue;
+        }
+        for name in &current {
+            schema.entry(name.clone()).or_default().insert(
+                cells[1].to_owned(),
+                (cells[2].to_owned(), cells[3] == "yes"),
+            );
+        }
+    }
+    schema
+}
+
+/// Checks one line of output against the schema; returns the object.
+fn check(schema: &Schema, line: &str) -> Value {
+    let value: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let object = value.as_object().expect("an object per line");
+    let event = object["event"].as_str().expect("event is a string");
+    let fields = schema
+        .get(event)
+        .unwrap_or_else(|| panic!("event '{event}' is not in docs/EVENTS.md: {line}"));
+    assert_eq!(object["v"], 1, "{line}");
+    for (key, value) in object {
+        let (kind, _) = fields
+            .get(key)
+            .unwrap_or_else(|| panic!("field '{key}' of '{event}' is undocumented: {line}"));
+        let fits = match kind.as_str() {
+            "string" => value.is_string(),
+            "integer" => value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            other => panic!("unknown type '{other}' in docs/EVENTS.md"),
+        };
+        assert!(fits, "'{key}' of '{event}' is not a {kind}: {line}");
+    }
+    for (key, (_, required)) in fields {
+        assert!(
+            !required || object.contains_key(key),
+            "'{event}' lacks required '{key}': {line}"
+        );
+    }
+    if let Some(sha) = object.get("sha256").and_then(Value::as_str) {
+        assert!(
+            sha.len() == 64 && sha != "0".repeat(64),
+            "placeholder digest: {line}"
+        );
+    }
+    value
+}
+
+/// Runs `xfer send --json ARGS`; returns the exit code and checked events.
+fn send_json(schema: &Schema, args: &[&str]) -> (i32, Vec<Value>) {
+    let out = xfer_command()
+        .arg("send")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<Value> = stdout.lines().map(|l| check(schema, l)).collect();
+    let summaries = events.iter().filter(|e| e["event"] == "summary").count();
+    assert_eq!(summaries, 1, "exactly one summary: {stdout}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "summary", "the summary comes last: {stdout}");
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(last["exit_code"], code, "{stdout}");
+    assert_eq!(last["verified"], code == 0, "{stdout}");
+    (code, events)
+}
+
+/// Stops a `recv --json` process and returns its checked events.
+fn recv_events(schema: &Schema, mut recv: XferProcess) -> Vec<Value> {
+    recv.signal(libc::SIGTERM);
+    let mut events = Vec::new();
+    while let Some(line) = recv.next_line() {
+        events.push(check(schema, &line));
+    }
+    let (status, _) = recv.wait(Duration::from_secs(10));
+    assert!(status.success());
+    events
+}
+
+fn recv_json(dir: &std::path::Path, extra: &[&str]) -> (XferProcess, String) {
+    let mut args = vec![
+        "recv",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut recv = XferProcess::spawn(&args);
+    let first: Value = serde_json::from_str(&recv.next_line().unwrap()).unwrap();
+    assert_eq!(first["event"], "listening");
+    let addr = first["addr"].as_str().unwrap().to_owned();
+    (recv, addr)
+}
+
+#[test]
+fn every_event_of_a_delivery_a_skip_and_a_refusal_fits_the_schema() {
+    let schema = schema();
+    assert!(schema.len() >= 7, "schema tables not found: {schema:?}");
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tree = src.path().join("tree");
+    write_random(&tree.join("a.bin"), 3000, 1);
+    write_random(&tree.join("sub/big.bin"), 2_000_000, 2);
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    let (recv, addr) = recv_json(dst.path(), &["--max-size", "2M"]);
+
+    let (code, sent) = send_json(&schema, &["--quiet", tree.to_str().unwrap(), &addr]);
+    assert_eq!(code, 0);
+    let files: Vec<&Value> = sent.iter().filter(|e| e["event"] == "sent").collect();
+    assert_eq!(files.len(), 2);
+    assert!(files.iter().all(|f| f["sha256"].is_string()));
+
+    // Again: both files already there.
+    let (code, again) = send_json(&schema, &["--quiet", tree.to_str().unwrap(), &addr]);
+    assert_eq!(code, 0);
+    let summary = again.last().unwrap();
+    assert_eq!(
+        (summary["files"].as_u64(), summary["skipped"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(again
+        .iter()
+        .filter(|e| e["event"] == "sent")
+        .all(|e| e["skipped"] == true && e["sha256"].is_string()));
+
+    // Over --max-size: a refusal on both sides, and exit 1.
+    let large = src.path().join("large.bin");
+    write_random(&large, 3 << 20, 3);
+    let (code, refused) = send_json(&schema, &["--quiet", large.to_str().unwrap(), &addr]);
+    assert_eq!(code, 1);
+    assert_eq!(refused[0]["event"], "refused");
+    assert_eq!(refused.last().unwrap()["refused"], 1);
+
+    let received = recv_events(&schema, recv);
+    let sessions: Vec<&Value> = received
+        .iter()
+        .filter(|e| e["event"] == "session")
+        .collect();
+    assert_eq!(sessions.len(), 3, "one session event per sender");
+    assert_eq!(sessions[0]["stored"], 2);
+    assert_eq!(sessions[1]["skipped"], 2);
+}
+
+#[test]
+fn a_send_that_never_connects_still_ends_with_one_summary() {
+    let schema = schema();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, events) = send_json(&schema, &[file.path().to_str().unwrap(), &addr]);
+    assert_eq!(code, 3);
+    assert!(events[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
+
+    let (code, events) = send_json(&schema, &["/no/such/file", &addr]);
+    assert_eq!(code, 2);
+    assert_eq!(events.len(), 1);
+}
