@@ -84,7 +84,11 @@ pub async fn send(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let paths = config.paths.clone();
-    let entries = tokio::task::spawn_blocking(move || source::collect(&paths)).await??;
+    let collected = tokio::task::spawn_blocking(move || source::collect(&paths)).await??;
+    for u in &collected.unreadable {
+        log::warn!("skipping '{}': {}", u.local.display(), u.reason);
+    }
+    let entries = collected.entries;
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
     observer.event(Event::Totals {
