@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::digest_cache::DigestCache;
+use crate::digest_cache::{DigestCache, FileVersion};
 use crate::error::Error;
 use crate::hashing;
 use crate::protocol::{Digest, EntryKind};
@@ -41,7 +41,7 @@ pub struct LocalEntry {
     pub mode: u32,
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
-    /// Inode number, part of the digest cache key.
+    /// Inode number, part of the file's [`FileVersion`].
     pub ino: u64,
 }
 
@@ -61,6 +61,17 @@ impl LocalEntry {
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
             ino: meta.ino(),
+        }
+    }
+
+    /// The version of the file this entry was read as, for the digest cache.
+    pub fn version(&self) -> FileVersion {
+        FileVersion {
+            path: self.local.clone(),
+            size: self.size,
+            mtime_secs: self.mtime_secs,
+            mtime_nanos: self.mtime_nanos,
+            ino: self.ino,
         }
     }
 }
@@ -298,7 +309,7 @@ fn prepare(
 ) -> Prepared {
     if entry.kind == EntryKind::Dir || entry.size > HASH_AHEAD_MAX || !may_inline {
         let sha256 = match entry.kind {
-            EntryKind::File => cache.and_then(|c| c.get(&entry)),
+            EntryKind::File => cache.and_then(|c| c.get(&entry.version())),
             EntryKind::Dir => None,
         };
         return Prepared {
