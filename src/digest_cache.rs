@@ -18,12 +18,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::hashing::to_hex;
 use crate::protocol::Digest;
-use crate::source::LocalEntry;
 
 /// Lines kept after compaction.
 const KEEP_ENTRIES: usize = 10_000;
 /// Lines that trigger a compaction on open.
 const MAX_LINES: usize = 2 * KEEP_ENTRIES;
+
+/// One version of one local file: what a digest is recorded against. A file
+/// changed in place has a new size or mtime; one replaced by another has a
+/// new inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileVersion {
+    /// Absolute, so a key does not depend on the working directory.
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_secs: i64,
+    pub mtime_nanos: u32,
+    pub ino: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Key {
@@ -56,13 +68,14 @@ pub fn default_location() -> Option<PathBuf> {
     Some(dir.join("digests.jsonl"))
 }
 
-fn key_of(entry: &LocalEntry) -> Option<Key> {
+/// `None` for a path that is not UTF-8: the file format stores it as a string.
+fn key_of(version: &FileVersion) -> Option<Key> {
     Some(Key {
-        path: entry.local.to_str()?.to_owned(),
-        size: entry.size,
-        mtime_secs: entry.mtime_secs,
-        mtime_nanos: entry.mtime_nanos,
-        ino: entry.ino,
+        path: version.path.to_str()?.to_owned(),
+        size: version.size,
+        mtime_secs: version.mtime_secs,
+        mtime_nanos: version.mtime_nanos,
+        ino: version.ino,
     })
 }
 
@@ -125,15 +138,15 @@ impl DigestCache {
         })
     }
 
-    /// The digest of `entry` if it was recorded for this very file version.
-    pub fn get(&self, entry: &LocalEntry) -> Option<Digest> {
-        let key = key_of(entry)?;
+    /// The digest recorded for this very file version, if any.
+    pub fn get(&self, version: &FileVersion) -> Option<Digest> {
+        let key = key_of(version)?;
         self.entries.lock().ok()?.get(&key).copied()
     }
 
-    /// Records the digest of `entry`. Failures only cost a future re-hash.
-    pub fn put(&self, entry: &LocalEntry, digest: Digest) {
-        let Some(key) = key_of(entry) else { return };
+    /// Records the digest of `version`. Failures only cost a future re-hash.
+    pub fn put(&self, version: &FileVersion, digest: Digest) {
+        let Some(key) = key_of(version) else { return };
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -156,15 +169,11 @@ impl DigestCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::EntryKind;
 
-    fn entry(path: &str, mtime: i64) -> LocalEntry {
-        LocalEntry {
-            wire_path: "f".into(),
-            local: PathBuf::from(path),
-            kind: EntryKind::File,
+    fn version(path: &str, mtime: i64) -> FileVersion {
+        FileVersion {
+            path: PathBuf::from(path),
             size: 10,
-            mode: 0o644,
             mtime_secs: mtime,
             mtime_nanos: 0,
             ino: 42,
@@ -176,16 +185,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/digests.jsonl");
         let cache = DigestCache::open(&path).unwrap();
-        cache.put(&entry("/a", 1), [7; 32]);
+        cache.put(&version("/a", 1), [7; 32]);
         drop(cache);
         let cache = DigestCache::open(&path).unwrap();
-        assert_eq!(cache.get(&entry("/a", 1)), Some([7; 32]));
+        assert_eq!(cache.get(&version("/a", 1)), Some([7; 32]));
         assert_eq!(
-            cache.get(&entry("/a", 2)),
+            cache.get(&version("/a", 2)),
             None,
             "a newer mtime is another version"
         );
-        assert_eq!(cache.get(&entry("/b", 1)), None);
+        assert_eq!(cache.get(&version("/b", 1)), None);
     }
 
     #[test]
@@ -195,7 +204,7 @@ mod tests {
         let mut text = String::from("not json\n");
         for i in 0..(MAX_LINES + 5) {
             let line = Line {
-                key: key_of(&entry(&format!("/f{i}"), 1)).unwrap(),
+                key: key_of(&version(&format!("/f{i}"), 1)).unwrap(),
                 sha256: to_hex(&[1; 32]),
             };
             text.push_str(&serde_json::to_string(&line).unwrap());
@@ -204,7 +213,7 @@ mod tests {
         fs::write(&path, text).unwrap();
         let cache = DigestCache::open(&path).unwrap();
         assert_eq!(
-            cache.get(&entry(&format!("/f{}", MAX_LINES + 4), 1)),
+            cache.get(&version(&format!("/f{}", MAX_LINES + 4), 1)),
             Some([1; 32])
         );
         assert_eq!(

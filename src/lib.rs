@@ -15,6 +15,7 @@
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown.
+//! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
 
 pub mod app;
@@ -31,6 +32,7 @@ pub mod receiver;
 pub mod sender;
 pub mod source;
 pub mod storage;
+pub mod term;
 
 /// Keeps large buffers in the heap for reuse. Bodies move in chunks of up to
 /// 1 MiB; above glibc's default threshold (128 KiB) every chunk would be a

@@ -117,20 +117,9 @@ impl fmt::Display for WirePath {
     }
 }
 
-/// Makes a peer-controlled name safe to print on a terminal: control
-/// characters (escape sequences included) and bidirectional overrides are
-/// shown as `\u{..}` escapes instead of being interpreted.
+/// Kept while call sites move to [`crate::term`], which now owns this.
 pub fn escape_for_terminal(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}');
-        if c.is_control() || bidi {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::term::escape(name).into_owned()
 }
 
 #[cfg(test)]
@@ -213,12 +202,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn terminal_escape_neutralises_control_and_bidi() {
-        assert_eq!(escape_for_terminal("plain name"), "plain name");
-        assert_eq!(escape_for_terminal("a\x1b[31mb"), "a\\u{1b}[31mb");
-        assert_eq!(escape_for_terminal("evil\u{202E}txt"), "evil\\u{202e}txt");
     }
 }

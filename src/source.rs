@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::digest_cache::DigestCache;
+use crate::digest_cache::{DigestCache, FileVersion};
 use crate::error::Error;
 use crate::hashing;
 use crate::protocol::{Digest, EntryKind};
@@ -41,7 +41,7 @@ pub struct LocalEntry {
     pub mode: u32,
     pub mtime_secs: i64,
     pub mtime_nanos: u32,
-    /// Inode number, part of the digest cache key.
+    /// Inode number, part of the file's [`FileVersion`].
     pub ino: u64,
 }
 
@@ -63,6 +63,17 @@ impl LocalEntry {
             ino: meta.ino(),
         }
     }
+
+    /// The version of the file this entry was read as, for the digest cache.
+    pub fn version(&self) -> FileVersion {
+        FileVersion {
+            path: self.local.clone(),
+            size: self.size,
+            mtime_secs: self.mtime_secs,
+            mtime_nanos: self.mtime_nanos,
+            ino: self.ino,
+        }
+    }
 }
 
 /// An entry ready to offer: digest and content when it was cheap to know them.
@@ -82,13 +93,47 @@ pub struct Batch {
     pub retry: bool,
 }
 
+/// What [`collect`] found in the command-line paths.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Everything to send, each directory before its contents.
+    pub entries: Vec<LocalEntry>,
+    /// What was left out because it could not be read; the send goes on
+    /// without it and should not end as a success.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A directory that could not be listed, or an entry whose metadata could
+/// not be read, inside a tree being sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The wire path it would have had.
+    pub path: String,
+    pub local: PathBuf,
+    /// The I/O error, worded for people.
+    pub reason: String,
+}
+
+impl Unreadable {
+    fn new(path: String, local: PathBuf, e: &io::Error) -> Unreadable {
+        Unreadable {
+            path,
+            local,
+            reason: crate::error::describe_io(e),
+        }
+    }
+}
+
 /// Walks the command-line paths. A file arrives as its file name, a directory
 /// as its name plus everything under it; directories come before their
 /// contents. Symlinks named on the command line are followed; symlinks and
 /// special files inside a directory are skipped with a warning, so a walk
-/// never leaves the tree it was given.
-pub fn collect(paths: &[PathBuf]) -> Result<Vec<LocalEntry>, anyhow::Error> {
-    let mut entries = Vec::new();
+/// never leaves the tree it was given. What cannot be read inside a tree is
+/// left out and listed in [`Collected::unreadable`], as rsync does, so one
+/// locked directory does not stop the rest; a named path that cannot be
+/// found is a usage error.
+pub fn collect(paths: &[PathBuf]) -> Result<Collected, Error> {
+    let mut out = Collected::default();
     let mut top_names = std::collections::HashSet::new();
     for path in paths {
         let meta = fs::metadata(path).map_err(|e| {
@@ -100,27 +145,24 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<LocalEntry>, anyhow::Error> {
         })?;
         let name = top_level_name(path)?;
         // Absolute, so digest cache keys do not depend on the working directory.
-        let path = &std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
         if !top_names.insert(name.clone()) {
             return Err(Error::Usage(format!(
                 "two of the paths would both arrive as '{name}'; send them separately"
-            ))
-            .into());
+            )));
         }
         if meta.is_dir() {
-            entries.push(LocalEntry::new(name.clone(), path.clone(), &meta));
-            walk(path, &name, &mut entries)?;
+            add_dir(name, path, &meta, &mut out);
         } else if meta.is_file() {
-            entries.push(LocalEntry::new(name, path.clone(), &meta));
+            out.entries.push(LocalEntry::new(name, path, &meta));
         } else {
             return Err(Error::Usage(format!(
                 "cannot send '{}': not a regular file or directory",
                 path.display()
-            ))
-            .into());
+            )));
         }
     }
-    Ok(entries)
+    Ok(out)
 }
 
 fn top_level_name(path: &Path) -> Result<String, Error> {
@@ -141,19 +183,15 @@ fn top_level_name(path: &Path) -> Result<String, Error> {
         .map_err(|raw| Error::Usage(format!("cannot send {raw:?}: the name is not valid UTF-8")))
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<LocalEntry>) -> Result<(), anyhow::Error> {
-    let read = |e: io::Error| {
-        anyhow::anyhow!(
-            "cannot read directory '{}': {}",
-            dir.display(),
-            crate::error::describe_io(&e)
-        )
+/// Adds a directory and everything under it. One that cannot be listed is
+/// left out entirely, so the receiver shows no empty stand-in for it.
+fn add_dir(wire_path: String, local: PathBuf, meta: &Metadata, out: &mut Collected) {
+    let children = match list(&local) {
+        Ok(children) => children,
+        Err(e) => return out.unreadable.push(Unreadable::new(wire_path, local, &e)),
     };
-    let mut children: Vec<_> = fs::read_dir(dir)
-        .map_err(read)?
-        .collect::<Result<_, _>>()
-        .map_err(read)?;
-    children.sort_by_key(|c| c.file_name());
+    out.entries
+        .push(LocalEntry::new(wire_path.clone(), local, meta));
     for child in children {
         let local = child.path();
         let Ok(name) = child.file_name().into_string() else {
@@ -163,24 +201,23 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<LocalEntry>) -> Result<(), anyho
             );
             continue;
         };
-        let meta = fs::symlink_metadata(&local).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read '{}': {}",
-                local.display(),
-                crate::error::describe_io(&e)
-            )
-        })?;
-        let wire_path = format!("{prefix}/{name}");
+        let wire_path = format!("{wire_path}/{name}");
+        let meta = match fs::symlink_metadata(&local) {
+            Ok(meta) => meta,
+            Err(e) => {
+                out.unreadable.push(Unreadable::new(wire_path, local, &e));
+                continue;
+            }
+        };
         if meta.file_type().is_symlink() {
             log::warn!(
                 "skipping symlink '{}' (links inside a directory are not followed)",
                 local.display()
             );
         } else if meta.is_dir() {
-            out.push(LocalEntry::new(wire_path.clone(), local.clone(), &meta));
-            walk(&local, &wire_path, out)?;
+            add_dir(wire_path, local, &meta, out);
         } else if meta.is_file() {
-            out.push(LocalEntry::new(wire_path, local, &meta));
+            out.entries.push(LocalEntry::new(wire_path, local, &meta));
         } else {
             log::warn!(
                 "skipping '{}': not a regular file or directory",
@@ -188,7 +225,13 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<LocalEntry>) -> Result<(), anyho
             );
         }
     }
-    Ok(())
+}
+
+/// The entries of `dir`, sorted by name so walks are reproducible.
+fn list(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    let mut children = fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>()?;
+    children.sort_by_key(|c| c.file_name());
+    Ok(children)
 }
 
 /// Cuts `entries` into batches, reading and hashing small files ahead (and
@@ -266,7 +309,7 @@ fn prepare(
 ) -> Prepared {
     if entry.kind == EntryKind::Dir || entry.size > HASH_AHEAD_MAX || !may_inline {
         let sha256 = match entry.kind {
-            EntryKind::File => cache.and_then(|c| c.get(&entry)),
+            EntryKind::File => cache.and_then(|c| c.get(&entry.version())),
             EntryKind::Dir => None,
         };
         return Prepared {
@@ -314,6 +357,118 @@ mod tests {
     use super::*;
 
     #[test]
+    fn collect_skips_unreadable_directories_and_reports_them() {
+        where_permissions_bind(
+            "source::tests::collect_skips_unreadable_directories_and_reports_them",
+            || {
+                let tmp = tempfile::tempdir().unwrap();
+                let root = tmp.path().join("top");
+                // `listed` can be listed but its entries not looked at (no
+                // search bit); `locked` cannot even be listed.
+                fs::create_dir_all(root.join("listed")).unwrap();
+                fs::create_dir_all(root.join("locked")).unwrap();
+                fs::create_dir_all(root.join("z")).unwrap();
+                fs::write(root.join("a.txt"), b"a").unwrap();
+                fs::write(root.join("listed/x.txt"), b"x").unwrap();
+                fs::write(root.join("locked/hidden.txt"), b"h").unwrap();
+                fs::write(root.join("z/ok.txt"), b"ok").unwrap();
+                let set_mode = |dir: &str, mode: u32| {
+                    fs::set_permissions(root.join(dir), fs::Permissions::from_mode(mode)).unwrap()
+                };
+                set_mode("listed", 0o444);
+                set_mode("locked", 0o000);
+                let got = collect(std::slice::from_ref(&root));
+                let named = collect(&[root.join("locked")]);
+                set_mode("listed", 0o755);
+                set_mode("locked", 0o755);
+
+                let got = got.unwrap();
+                let names: Vec<_> = got.entries.iter().map(|e| e.wire_path.as_str()).collect();
+                assert_eq!(
+                    names,
+                    ["top", "top/a.txt", "top/listed", "top/z", "top/z/ok.txt"]
+                );
+                let left_out: Vec<_> = got
+                    .unreadable
+                    .iter()
+                    .map(|u| (u.path.as_str(), u.local.clone(), u.reason.as_str()))
+                    .collect();
+                let root = std::path::absolute(&root).unwrap();
+                assert_eq!(
+                    left_out,
+                    [
+                        (
+                            "top/listed/x.txt",
+                            root.join("listed/x.txt"),
+                            "Permission denied"
+                        ),
+                        ("top/locked", root.join("locked"), "Permission denied"),
+                    ]
+                );
+                // A directory named on the command line is found but unreadable:
+                // left out the same way, not a usage error.
+                let named = named.unwrap();
+                assert!(named.entries.is_empty());
+                assert_eq!(named.unreadable[0].path, "locked");
+            },
+        );
+    }
+
+    /// Whether this process is refused a directory with mode 0o000.
+    fn permissions_bind() -> bool {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = tmp.path().join("probe");
+        fs::create_dir(&probe).unwrap();
+        fs::set_permissions(&probe, fs::Permissions::from_mode(0o000)).unwrap();
+        let bind = fs::read_dir(&probe).is_err();
+        fs::set_permissions(&probe, fs::Permissions::from_mode(0o700)).unwrap();
+        bind
+    }
+
+    /// Runs `body` where permission bits bind. Tests usually run as root,
+    /// whom CAP_DAC_OVERRIDE lets read any directory, and a process cannot
+    /// give that up for one thread; so then the test named `test` runs again
+    /// in a child whose capability bounding set lacks it (setpriv), where
+    /// root's own 0o000 directory is refused every time. Skipped, saying
+    /// why, where setpriv cannot do that.
+    fn where_permissions_bind(test: &str, body: impl FnOnce()) {
+        const CHILD: &str = "XFER_TEST_WITHOUT_DAC_OVERRIDE";
+        if permissions_bind() {
+            return body();
+        }
+        assert!(
+            std::env::var_os(CHILD).is_none(),
+            "setpriv ran the test, but permission bits are still bypassed"
+        );
+        let run = std::process::Command::new("timeout")
+            .args([
+                "60",
+                "setpriv",
+                "--bounding-set=-dac_override,-dac_read_search",
+            ])
+            .arg("--")
+            .arg(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output();
+        let out = match run {
+            Ok(out) => out,
+            Err(e) => return eprintln!("skipped {test}: cannot run timeout/setpriv: {e}"),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stdout.contains("running 0 tests"), "no test named {test}");
+        // libtest prints this first; without it the child never got that far.
+        if !stdout.contains("running 1 test") {
+            return eprintln!("skipped {test}: setpriv cannot drop CAP_DAC_OVERRIDE: {stderr}");
+        }
+        assert!(
+            out.status.success(),
+            "{test} without CAP_DAC_OVERRIDE:\n{stdout}\n{stderr}"
+        );
+    }
+
+    #[test]
     fn collect_walks_directories_in_order_and_skips_symlinks() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("top");
@@ -323,6 +478,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
         let names: Vec<_> = collect(&[root])
             .unwrap()
+            .entries
             .into_iter()
             .map(|e| e.wire_path)
             .collect();
@@ -354,7 +510,7 @@ mod tests {
             fs::write(root.join(format!("f{i:04}")), format!("content {i}")).unwrap();
         }
         fs::write(root.join("sub/empty"), b"").unwrap();
-        let entries = collect(&[root]).unwrap();
+        let entries = collect(&[root]).unwrap().entries;
         let expected: Vec<String> = entries.iter().map(|e| e.wire_path.clone()).collect();
         let (tx, mut rx) = mpsc::channel(16);
         prepare_batches(entries, None, tx);
@@ -381,7 +537,7 @@ mod tests {
         fs::write(&small, b"tiny").unwrap();
         fs::write(&large, vec![7u8; HASH_AHEAD_MAX as usize + 1]).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
-        prepare_batches(collect(&[small, large]).unwrap(), None, tx);
+        prepare_batches(collect(&[small, large]).unwrap().entries, None, tx);
         let batch = rx.try_recv().unwrap();
         assert_eq!(batch.items[0].sha256, Some(hashing::digest(b"tiny")));
         assert_eq!(batch.items[0].content.as_deref(), Some(&b"tiny"[..]));

@@ -109,9 +109,33 @@ async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let paths = config.paths.clone();
-    let entries = tokio::task::spawn_blocking(move || source::collect(&paths))
+    let collected = tokio::task::spawn_blocking(move || source::collect(&paths))
         .await
         .map_err(|e| Error::Internal(format!("walking the paths failed: {e}")))??;
+    // rsync-style: what cannot be read is reported and fails the send at
+    // the end; the rest still goes.
+    for unreadable in collected.unreadable {
+        log::warn!(
+            "skipping '{}': {}",
+            unreadable.local.display(),
+            unreadable.reason
+        );
+        let entry = source::LocalEntry {
+            wire_path: unreadable.path,
+            local: unreadable.local,
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: 0,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            ino: 0,
+        };
+        ledger
+            .lock()
+            .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
+            .unreadable(entry, format!("cannot read: {}", unreadable.reason));
+    }
+    let entries = collected.entries;
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
     observer.event(Event::Totals {

@@ -258,7 +258,7 @@ impl Session {
                 .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?
                 .map(|(d, _)| d);
                 if let (Ok(d), Some(cache)) = (&hashed, &self.cache) {
-                    cache.put(&item.entry, *d);
+                    cache.put(&item.entry.version(), *d);
                 }
                 hashed
             }
@@ -375,7 +375,7 @@ impl Session {
             Ok(_) if before != after => ([0; 32], Some("the file changed while being sent".into())),
             Ok(d) => {
                 if let (true, Some(cache)) = (hashed_here, &self.cache) {
-                    cache.put(&item.entry, d);
+                    cache.put(&item.entry.version(), d);
                 }
                 self.ledger()?.digest(id, d);
                 (d, None)

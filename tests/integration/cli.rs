@@ -1,6 +1,7 @@
 //! The command line as scripts see it: the built binary, its output and exit codes.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -432,4 +433,67 @@ fn a_peer_cannot_inject_terminal_escapes_into_the_error_line() {
         "raw control bytes reached the terminal: {err:?}"
     );
     assert!(err.contains("\\u{1b}[2J"), "{err}");
+}
+
+#[test]
+fn an_unreadable_subdirectory_is_skipped_the_rest_sent_and_the_send_exits_1() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tree = src.path().join("tree");
+    write_random(&tree.join("a.txt"), 10, 1);
+    write_random(&tree.join("locked/secret.txt"), 10, 2);
+    write_random(&tree.join("z/b.txt"), 10, 3);
+    fs::set_permissions(tree.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    let (recv, addr) = XferProcess::recv(&["--dir", dst.path().to_str().unwrap()]);
+    // Root reads any directory; without CAP_DAC_OVERRIDE (dropped across
+    // exec by setpriv) its own 0o000 directory is refused, as a user's is.
+    let out = std::process::Command::new("timeout")
+        .args([
+            "30",
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_xfer"))
+        .args([
+            "send",
+            "--json",
+            "--no-cache",
+            tree.to_str().unwrap(),
+            &addr.to_string(),
+        ])
+        .output();
+    fs::set_permissions(tree.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    let Ok(out) = out else {
+        return eprintln!("skipped: cannot run timeout/setpriv");
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stdout.is_empty() && !stderr.contains("locked") {
+        return eprintln!("skipped: setpriv cannot drop CAP_DAC_OVERRIDE here: {stderr}");
+    }
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("skipping") && stderr.contains("locked"),
+        "{stderr}"
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let failed: Vec<_> = events.iter().filter(|e| e["event"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{stdout}");
+    assert_eq!(failed[0]["path"], "tree/locked");
+    let summary = events.last().unwrap();
+    assert_eq!(
+        (&summary["files"], &summary["failed"], &summary["exit_code"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        )
+    );
+    recv.signal(libc::SIGTERM);
+    assert!(recv.wait(Duration::from_secs(10)).0.success());
+    assert_eq!(fs::read(dst.path().join("tree/z/b.txt")).unwrap().len(), 10);
+    assert!(!dst.path().join("tree/locked").exists());
 }
