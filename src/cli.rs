@@ -152,7 +152,7 @@ impl SendArgs {
             digest_cache: if self.no_cache {
                 None
             } else {
-                crate::digest_cache::default_location()
+                crate::sender::digest_cache::default_location()
             },
         })
     }

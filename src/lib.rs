@@ -8,8 +8,9 @@
 //! - [`cli`]: command-line types and their validation into configurations.
 //! - [`app`]: runs a command: configuration, signals and output wired up.
 //! - [`protocol`]: wire messages, the bincode codec, framed connections.
-//! - [`sender`]: one sending session; [`source`]: walking and reading local
-//!   files; [`digest_cache`]: digests of files sent before.
+//! - [`sender`]: one sending session, its ledger, and what it reads:
+//!   [`sender::source`] walks local files, [`sender::digest_cache`] remembers
+//!   digests of files sent before.
 //! - [`receiver`]: the accept loop and one session per sender.
 //! - [`storage`]: everything that touches the receiving directory.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
@@ -20,7 +21,6 @@
 
 pub mod app;
 pub mod cli;
-pub mod digest_cache;
 pub mod error;
 pub mod events;
 pub mod hashing;
@@ -30,7 +30,6 @@ pub mod progress;
 pub mod protocol;
 pub mod receiver;
 pub mod sender;
-pub mod source;
 pub mod storage;
 pub mod term;
 

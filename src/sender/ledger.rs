@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::events::{Event, FileReport, Observer, Outcome, Summary};
 use crate::protocol::{self, Digest, EntryKind};
-use crate::source::LocalEntry;
+use crate::sender::source::LocalEntry;
 
 /// Bodies a file may be sent with: the first, and one more after damage.
 const MAX_ATTEMPTS: u32 = 2;

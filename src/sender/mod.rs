@@ -11,9 +11,11 @@
 
 mod body;
 mod connect;
+pub mod digest_cache;
 pub mod ledger;
 mod replies;
 mod session;
+pub mod source;
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
@@ -23,11 +25,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::digest_cache::DigestCache;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
 use crate::protocol::{handshake, EntryKind, FrameReader, FrameWriter};
-use crate::source;
+use digest_cache::DigestCache;
 use ledger::Ledger;
 use session::{Session, OFFERS_AHEAD};
 

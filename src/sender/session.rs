@@ -17,12 +17,12 @@ use super::body::{
     hash_file, hash_lead, open_same, BodyDigest, HashPace, StopOnDrop, PAD_CHUNK, SENDFILE_STEP,
 };
 use super::ledger::Ledger;
-use crate::digest_cache::DigestCache;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, Observer};
 use crate::hashing;
 use crate::protocol::{Action, Digest, Entry, EntryKind, FrameWriter, Message, Offer, Plan};
-use crate::source::{Batch, Prepared, BATCH_MAX_ENTRIES};
+use crate::sender::digest_cache::DigestCache;
+use crate::sender::source::{Batch, Prepared, BATCH_MAX_ENTRIES};
 
 /// Offers kept on the wire ahead of the bodies being sent, so plans come
 /// back while earlier bodies flow instead of costing a round trip each.

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::digest_cache::{DigestCache, FileVersion};
 use crate::error::Error;
 use crate::hashing;
 use crate::protocol::{Digest, EntryKind};
+use crate::sender::digest_cache::{DigestCache, FileVersion};
 
 /// Files up to this size are read and hashed ahead, so their digest travels
 /// in the header and their bytes are sent from memory.
@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn collect_skips_unreadable_directories_and_reports_them() {
         where_permissions_bind(
-            "source::tests::collect_skips_unreadable_directories_and_reports_them",
+            "sender::source::tests::collect_skips_unreadable_directories_and_reports_them",
             || {
                 let tmp = tempfile::tempdir().unwrap();
                 let root = tmp.path().join("top");
