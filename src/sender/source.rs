@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn collect_skips_unreadable_directories_and_reports_them() {
         where_permissions_bind(
-            "sender::source::tests::collect_skips_unreadable_directories_and_reports_them",
+            "collect_skips_unreadable_directories_and_reports_them",
             || {
                 let tmp = tempfile::tempdir().unwrap();
                 let root = tmp.path().join("top");
@@ -431,6 +431,13 @@ mod tests {
     /// in a child whose capability bounding set lacks it (setpriv), where
     /// root's own 0o000 directory is refused every time. Skipped, saying
     /// why, where setpriv cannot do that.
+    /// This module's path as libtest names tests: without the crate name.
+    fn test_module() -> &'static str {
+        module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, rest)| rest)
+    }
+
     fn where_permissions_bind(test: &str, body: impl FnOnce()) {
         const CHILD: &str = "XFER_TEST_WITHOUT_DAC_OVERRIDE";
         if permissions_bind() {
@@ -448,7 +455,8 @@ mod tests {
             ])
             .arg("--")
             .arg(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .arg(format!("{}::{test}", test_module()))
+            .args(["--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD, "1")
             .output();
         let out = match run {
