@@ -32,16 +32,3 @@ pub mod receiver;
 pub mod sender;
 pub mod storage;
 pub mod term;
-
-/// Keeps large buffers in the heap for reuse. Bodies move in chunks of up to
-/// 1 MiB; above glibc's default threshold (128 KiB) every chunk would be a
-/// fresh mmap, page-faulted in and unmapped again, which cost about as much
-/// CPU as hashing it.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
-    }
-}

@@ -1,9 +1,10 @@
 //! Diagnostics on stderr through the `log` facade: warnings always, debug
-//! detail with `-v`. Messages are escaped, since they may quote a peer.
+//! detail with `-v`. Messages are made terminal-safe here, the one place
+//! for log lines, since they may quote a peer; call sites do not escape.
 
 use log::{Level, LevelFilter, Metadata, Record};
 
-use crate::paths::escape_for_terminal;
+use crate::term;
 
 struct StderrLogger;
 
@@ -20,10 +21,7 @@ impl log::Log for StderrLogger {
                 Level::Info => "info",
                 Level::Debug | Level::Trace => "debug",
             };
-            eprintln!(
-                "{label}: {}",
-                escape_for_terminal(&record.args().to_string())
-            );
+            eprintln!("{label}: {}", term::for_stderr(&record.args().to_string()));
         }
     }
 

@@ -1,8 +1,8 @@
 //! Turns [`Event`]s into what a person or a script sees: indicatif bars and
 //! summary lines on stderr, JSON Lines on stdout, or nothing.
 //!
-//! Bars draw only when stderr is a terminal and `--quiet` is off; names from
-//! the peer are escaped before they reach the terminal. JSON goes to stdout
+//! Bars draw only when stderr is a terminal and `--quiet` is off; every
+//! line is made safe by [`term`] once, as it is written. JSON goes to stdout
 //! whatever the other settings, one flushed line per event.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::events::{Event, FileReport, Observer, Outcome, Summary};
 use crate::hashing::to_hex;
-use crate::paths::escape_for_terminal;
+use crate::term;
 
 /// What the user asked to see.
 #[derive(Debug, Clone, Copy, Default)]
@@ -79,9 +79,10 @@ impl Reporter {
     }
 
     /// A line for a person on stderr, unless quiet; keeps bars intact.
+    /// Made terminal-safe here, once, whatever it quotes.
     fn line(&self, text: String) {
         if !self.mode.quiet {
-            self.multi.suspend(|| eprintln!("{text}"));
+            self.problem(text);
         }
     }
 
@@ -130,12 +131,12 @@ impl Observer for Reporter {
             }
             Event::SessionStarted { session, peer } => {
                 if self.role == Role::Recv {
-                    self.add_bar(session, None, escape_for_terminal(&peer));
+                    self.add_bar(session, None, term::escape(&peer).into_owned());
                 }
             }
             Event::FileStarted { session, path, .. } => {
                 if let Some(bar) = self.bar(session) {
-                    bar.set_message(escape_for_terminal(&path));
+                    bar.set_message(term::escape(&path).into_owned());
                 }
             }
             Event::Progress { session, bytes } => {
@@ -163,19 +164,15 @@ impl Reporter {
         if self.mode.json {
             self.json(file_event(self.role, peer, report));
         }
-        let shown = escape_for_terminal(report.stored_as.as_deref().unwrap_or(&report.path));
+        let shown = report.stored_as.as_deref().unwrap_or(&report.path);
         match (&report.outcome, self.role) {
             // Problems print even when quiet: they are errors.
-            (Outcome::Refused(reason), _) => self.problem(format!(
-                "refused: {}: {}",
-                escape_for_terminal(&report.path),
-                escape_for_terminal(reason)
-            )),
-            (Outcome::Failed(reason), _) => self.problem(format!(
-                "failed: {}: {}",
-                escape_for_terminal(&report.path),
-                escape_for_terminal(reason)
-            )),
+            (Outcome::Refused(reason), _) => {
+                self.problem(format!("refused: {}: {}", report.path, reason))
+            }
+            (Outcome::Failed(reason), _) => {
+                self.problem(format!("failed: {}: {}", report.path, reason))
+            }
             (Outcome::Stored, Role::Recv) => {
                 self.line(format!("received {shown} ({} bytes)", report.size))
             }
@@ -198,12 +195,12 @@ impl Reporter {
                 }
             }
             Role::Recv => {
-                let from = escape_for_terminal(peer);
+                let from = peer;
                 let mut text = match error {
                     None => format!("from {from}: received {}", describe(summary, true)),
                     Some(e) => format!(
                         "from {from}: session ended early ({}); received {}",
-                        escape_for_terminal(e),
+                        e,
                         describe(summary, false)
                     ),
                 };
@@ -221,6 +218,7 @@ impl Reporter {
 
     /// A line about a file that did not arrive: printed even when quiet.
     fn problem(&self, text: String) {
+        let text = term::for_stderr(&text);
         self.multi.suspend(|| eprintln!("{text}"));
     }
 }

@@ -408,31 +408,47 @@ fn a_peer_cannot_inject_terminal_escapes_into_the_error_line() {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    // Two connections: one from a sender writing to a pipe, one on a terminal.
     let hostile = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut hello = [0u8; xfer::protocol::HELLO_LEN];
-        stream.read_exact(&mut hello).unwrap();
-        stream.write_all(&hello).unwrap();
-        let mut frame = bytes::BytesMut::new();
-        let reason = "\x1b[2J\x1b[31mYOUR DISK IS ON FIRE\x07".to_owned();
-        xfer::protocol::codec::encode(&xfer::protocol::Message::Abort { reason }, &mut frame)
-            .unwrap();
-        stream.write_all(&frame).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut hello = [0u8; xfer::protocol::HELLO_LEN];
+            stream.read_exact(&mut hello).unwrap();
+            stream.write_all(&hello).unwrap();
+            let mut frame = bytes::BytesMut::new();
+            let reason = "\x1b[2J\x1b[31mYOUR DISK IS ON FIRE\x07 \u{202e}txt.exe".to_owned();
+            xfer::protocol::codec::encode(&xfer::protocol::Message::Abort { reason }, &mut frame)
+                .unwrap();
+            stream.write_all(&frame).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        }
     });
     let file = tempfile::NamedTempFile::new().unwrap();
     let (code, _, err) = run(&["send", file.path().to_str().unwrap(), &addr.to_string()]);
-    hostile.join().unwrap();
     // The peer ended the session: exit 3, as for any peer that went away.
     assert_eq!(code, 3, "{err}");
     assert!(
         !err.contains('\x1b') && !err.contains('\x07'),
-        "raw control bytes reached the terminal: {err:?}"
+        "raw control bytes reached stderr: {err:?}"
     );
     assert!(err.contains("\\u{1b}[2J"), "{err}");
+    // To a pipe, only controls are escaped: the name reaches a script as it is.
+    assert!(err.contains('\u{202e}'), "{err}");
+
+    let args = vec![
+        "send".to_owned(),
+        file.path().to_str().unwrap().to_owned(),
+        addr.to_string(),
+    ];
+    let (code, screen) = run_on_terminal(&args).expect("util-linux 'script' is needed");
+    hostile.join().unwrap();
+    assert_eq!(code, 3, "{screen}");
+    // On a terminal a bidi override could reorder what is shown: escaped.
+    assert!(!screen.contains('\u{202e}'), "{screen:?}");
+    assert!(screen.contains("\\u{202e}txt.exe"), "{screen:?}");
 }
 
 #[test]
