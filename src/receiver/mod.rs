@@ -1,6 +1,7 @@
 //! The receiving server: a bounded accept loop, one task per sender, and a
 //! clean stop on shutdown. Session logic lives in [`session`].
 
+pub mod ledger;
 mod session;
 
 use std::net::SocketAddr;

@@ -1,0 +1,353 @@
+//! The receiver's one record per offered entry, for one session. A file is
+//! planned, its body arrives, it is verified, then committed (stored) — or
+//! it is skipped, refused or fails. A file that arrived damaged waits for
+//! the sender to offer it again: that second offer is the same record, so
+//! a retried-then-stored file is stored, once. Every final state is
+//! reported from here exactly once; the session's summary is this ledger
+//! counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::events::{Event, FileReport, Observer, Outcome, Summary};
+use crate::protocol::{Digest, EntryKind};
+
+/// Where one offered entry stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Planned; its body (or `Identical`) has not come.
+    Planned,
+    /// Its body is arriving or being verified and committed.
+    Receiving,
+    /// It arrived damaged; the sender may offer it again.
+    AwaitingRetry(String),
+    Done(Outcome),
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    path: String,
+    kind: EntryKind,
+    size: u64,
+    state: State,
+    stored_as: Option<String>,
+    sha256: Option<Digest>,
+    digest_in_header: bool,
+    resumed_from: u64,
+    attempts: u32,
+    /// Body bytes received and stored for it.
+    bytes: u64,
+    /// Bytes kept in a partial when the session was cut off mid-body.
+    kept: Option<u64>,
+}
+
+/// How a new offer of a path relates to what this session saw before.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// First time: a new record.
+    New,
+    /// A file that arrived damaged, offered again.
+    Retry,
+    /// Offered already in this session and not up for a retry.
+    Twice,
+}
+
+/// Every entry one sender offered in one session.
+pub struct Ledger {
+    records: Vec<Record>,
+    /// Wire id -> record.
+    ids: HashMap<u64, usize>,
+    /// Offered path -> record, to tell a retry from a repeat.
+    paths: HashMap<String, usize>,
+    observer: Arc<dyn Observer>,
+    session: u64,
+    peer: String,
+}
+
+impl Ledger {
+    pub fn new(observer: Arc<dyn Observer>, session: u64, peer: String) -> Ledger {
+        Ledger {
+            records: Vec::new(),
+            ids: HashMap::new(),
+            paths: HashMap::new(),
+            observer,
+            session,
+            peer,
+        }
+    }
+
+    /// Entry `id` was offered. A path seen before either continues its
+    /// record (a retry) or is a repeat, which gets a record of its own so
+    /// that its refusal is counted and reported too.
+    pub fn offered(
+        &mut self,
+        id: u64,
+        path: &str,
+        kind: EntryKind,
+        size: u64,
+        header: Option<Digest>,
+    ) -> Offered {
+        if let Some(&index) = self.paths.get(path) {
+            let record = &mut self.records[index];
+            if matches!(record.state, State::AwaitingRetry(_)) && record.size == size {
+                record.state = State::Planned;
+                record.sha256 = None;
+                record.digest_in_header = header.is_some();
+                self.ids.insert(id, index);
+                return Offered::Retry;
+            }
+        }
+        let index = self.records.len();
+        self.records.push(Record {
+            path: path.to_owned(),
+            kind,
+            size,
+            state: State::Planned,
+            stored_as: None,
+            sha256: header,
+            digest_in_header: header.is_some(),
+            resumed_from: 0,
+            attempts: 0,
+            bytes: 0,
+            kept: None,
+        });
+        self.ids.insert(id, index);
+        match self.paths.entry(path.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => Offered::Twice,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+                Offered::New
+            }
+        }
+    }
+
+    fn at(&mut self, id: u64) -> Option<(usize, &mut Record)> {
+        let index = *self.ids.get(&id)?;
+        Some((index, &mut self.records[index]))
+    }
+
+    /// The plan refused `id`.
+    pub fn refused(&mut self, id: u64, reason: String) {
+        if let Some((index, _)) = self.at(id) {
+            self.finish(index, Outcome::Refused(reason));
+        }
+    }
+
+    /// Identical content is already at `stored_as` (with digest `sha256`,
+    /// when known: the header's, or the one compared).
+    pub fn skipped(&mut self, id: u64, stored_as: String, sha256: Option<Digest>) {
+        if let Some((index, record)) = self.at(id) {
+            record.stored_as = Some(stored_as);
+            record.sha256 = sha256.or(record.sha256);
+            self.finish(index, Outcome::Skipped);
+        }
+    }
+
+    /// A directory of the offer exists now.
+    pub fn dir_ready(&mut self, id: u64) {
+        if let Some((index, _)) = self.at(id) {
+            self.records[index].state = State::Done(Outcome::Stored);
+        }
+    }
+
+    /// The body of `id` starts arriving at `offset`.
+    pub fn receiving(&mut self, id: u64, offset: u64) {
+        if let Some((_, record)) = self.at(id) {
+            record.state = State::Receiving;
+            record.attempts += 1;
+            record.resumed_from = offset;
+        }
+    }
+
+    /// `id` was verified and committed at `stored_as`.
+    pub fn stored(&mut self, id: u64, stored_as: String, sha256: Digest) {
+        if let Some((index, record)) = self.at(id) {
+            record.bytes += record.size - record.resumed_from;
+            record.stored_as = Some(stored_as);
+            record.sha256 = Some(sha256);
+            self.finish(index, Outcome::Stored);
+        }
+    }
+
+    /// `id` did not make it. With `retry` the sender may send it again, so
+    /// the outcome waits for that (or for the session's end).
+    pub fn failed(&mut self, id: u64, reason: String, retry: bool) {
+        if let Some((index, record)) = self.at(id) {
+            if retry {
+                record.state = State::AwaitingRetry(reason);
+            } else {
+                self.finish(index, Outcome::Failed(reason));
+            }
+        }
+    }
+
+    /// The session was cut off while `id`'s body was arriving; `kept`
+    /// bytes of it stay in a hidden partial for a resume.
+    pub fn kept(&mut self, id: u64, kept: u64) {
+        if let Some((_, record)) = self.at(id) {
+            record.kept = Some(kept);
+        }
+    }
+
+    /// The session ended. After a clean end (`Done`) every file still
+    /// without an outcome gets one: damaged and not retried, or planned and
+    /// never sent. A session cut short leaves those without one: they were
+    /// neither delivered nor given up on by the sender.
+    pub fn close(&mut self, clean: bool) {
+        for index in 0..self.records.len() {
+            let outcome = match &self.records[index].state {
+                State::AwaitingRetry(reason) => Outcome::Failed(reason.clone()),
+                State::Planned | State::Receiving if clean => {
+                    Outcome::Failed("the sender did not send it".into())
+                }
+                _ => continue,
+            };
+            self.finish(index, outcome);
+        }
+    }
+
+    fn finish(&mut self, index: usize, outcome: Outcome) {
+        let record = &mut self.records[index];
+        if matches!(record.state, State::Done(_)) {
+            return;
+        }
+        if !outcome.delivered() {
+            record.stored_as = None;
+        }
+        record.state = State::Done(outcome.clone());
+        self.observer.event(Event::FileDone {
+            session: self.session,
+            peer: self.peer.clone(),
+            report: FileReport {
+                path: record.path.clone(),
+                stored_as: record.stored_as.clone(),
+                size: record.size,
+                sha256: record.sha256.filter(|_| outcome.delivered()),
+                outcome,
+                digest_in_header: record.digest_in_header,
+                resumed_from: record.resumed_from,
+                attempts: record.attempts,
+            },
+        });
+    }
+
+    /// The ledger counted. Directories count only when refused.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for r in &self.records {
+            s.bytes += r.bytes;
+            let is_file = r.kind == EntryKind::File;
+            match &r.state {
+                State::Done(Outcome::Stored) if is_file => s.stored += 1,
+                State::Done(Outcome::Skipped) if is_file => s.skipped += 1,
+                State::Done(Outcome::Refused(_)) => s.refused += 1,
+                State::Done(Outcome::Failed(_)) => s.failed += 1,
+                _ if !is_file => continue,
+                _ => {
+                    if let Some(kept) = r.kept {
+                        s.kept_files += 1;
+                        s.kept_bytes += kept;
+                        s.kept_of += r.size;
+                    }
+                }
+            }
+            s.offered += 1;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<FileReport>>);
+
+    impl Observer for Seen {
+        fn event(&self, event: Event) {
+            if let Event::FileDone { report, .. } = event {
+                self.0.lock().unwrap().push(report);
+            }
+        }
+    }
+
+    fn ledger() -> (Ledger, Arc<Seen>) {
+        let seen = Arc::new(Seen::default());
+        (Ledger::new(seen.clone(), 1, "peer".into()), seen)
+    }
+
+    fn file(ledger: &mut Ledger, id: u64, path: &str) -> Offered {
+        ledger.offered(id, path, EntryKind::File, 100, None)
+    }
+
+    #[test]
+    fn a_file_damaged_then_stored_on_its_retry_is_stored_once() {
+        let (mut ledger, seen) = ledger();
+        assert_eq!(file(&mut ledger, 0, "a.bin"), Offered::New);
+        ledger.receiving(0, 0);
+        ledger.failed(0, "SHA-256 mismatch".into(), true);
+        assert!(seen.0.lock().unwrap().is_empty(), "not final yet");
+        assert_eq!(file(&mut ledger, 5, "a.bin"), Offered::Retry);
+        ledger.receiving(5, 0);
+        ledger.stored(5, "a.bin".into(), [9; 32]);
+        ledger.close(true);
+        let s = ledger.summary();
+        assert_eq!((s.offered, s.stored, s.failed, s.bytes), (1, 1, 0, 100));
+        let reports = seen.0.lock().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!((reports[0].attempts, reports[0].sha256), (2, Some([9; 32])));
+    }
+
+    #[test]
+    fn damage_without_a_retry_fails_when_the_session_ends() {
+        let (mut ledger, seen) = ledger();
+        file(&mut ledger, 0, "a.bin");
+        ledger.receiving(0, 0);
+        ledger.failed(0, "SHA-256 mismatch".into(), true);
+        ledger.close(true);
+        assert_eq!(ledger.summary().failed, 1);
+        assert_eq!(
+            seen.0.lock().unwrap()[0].outcome,
+            Outcome::Failed("SHA-256 mismatch".into())
+        );
+    }
+
+    #[test]
+    fn a_path_offered_twice_is_a_second_record_and_not_a_retry() {
+        let (mut ledger, _) = ledger();
+        assert_eq!(file(&mut ledger, 0, "dup.txt"), Offered::New);
+        assert_eq!(file(&mut ledger, 1, "dup.txt"), Offered::Twice);
+        ledger.refused(1, "offered twice".into());
+        ledger.receiving(0, 0);
+        ledger.stored(0, "dup.txt".into(), [1; 32]);
+        let s = ledger.summary();
+        assert_eq!((s.offered, s.stored, s.refused), (2, 1, 1));
+    }
+
+    #[test]
+    fn refusals_skips_and_kept_partials_are_all_counted() {
+        let (mut ledger, seen) = ledger();
+        file(&mut ledger, 0, "big.iso");
+        file(&mut ledger, 1, "same.txt");
+        file(&mut ledger, 2, "cut.bin");
+        ledger.offered(3, "dir", EntryKind::Dir, 0, None);
+        ledger.refused(0, "over --max-size".into());
+        ledger.skipped(1, "same.txt".into(), Some([4; 32]));
+        ledger.dir_ready(3);
+        ledger.receiving(2, 10);
+        ledger.kept(2, 60);
+        ledger.close(false);
+        let s = ledger.summary();
+        assert_eq!(
+            (s.offered, s.refused, s.skipped, s.kept_files, s.kept_bytes, s.kept_of),
+            (3, 1, 1, 1, 60, 100)
+        );
+        assert_eq!(s.undelivered(), 2);
+        let reports = seen.0.lock().unwrap();
+        assert_eq!(reports.len(), 2, "the cut file has no outcome: {reports:?}");
+        let skipped = reports.iter().find(|r| r.path == "same.txt").unwrap();
+        assert_eq!(skipped.sha256, Some([4; 32]));
+    }
+}
