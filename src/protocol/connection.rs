@@ -5,10 +5,11 @@
 //! makes split and coalesced TCP segments harmless; body bytes are served from
 //! that same buffer first, so nothing read ahead is ever lost.
 //!
-//! The idle timeout bounds every socket read and write, but a reader that
-//! [watches](FrameReader::watch) its writer counts the writer's progress as
-//! activity too: a sender streaming one huge file hears nothing back for
-//! minutes, and that is not idleness.
+//! The idle timeout: a wait for bytes fails once, for `idle`, nothing has
+//! arrived since it began and a [watched](FrameReader::watch) writer has
+//! made no progress either (a sender streaming one huge file hears nothing
+//! back for minutes, and that is not idleness); a write fails once it has
+//! made no progress for `idle`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::codec::{self, CodecError};
 use super::message::Message;
@@ -24,14 +26,43 @@ use crate::error::Error;
 
 const READ_RESERVE: usize = 64 * 1024;
 
+/// How an idle timeout past the hello begins.
+const NO_DATA: &str = "no data for";
+
+/// When a writer last made progress, readable by the reader that watches it
+/// without a lock.
+struct Activity {
+    origin: Instant,
+    /// Nanoseconds from `origin` to the last progress.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
 /// Reads frames and body bytes from one side of a connection.
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     peer: Arc<str>,
     idle: Duration,
-    /// Bytes written by the watched writer, and the count last seen.
-    writer_activity: Option<(Arc<AtomicU64>, u64)>,
+    /// The watched writer's progress.
+    writer_activity: Option<Arc<Activity>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -49,7 +80,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Counts `writer`'s progress as activity when deciding that the
     /// connection has gone idle.
     pub fn watch<W>(&mut self, writer: &FrameWriter<W>) {
-        self.writer_activity = Some((Arc::clone(&writer.activity), 0));
+        self.writer_activity = Some(Arc::clone(&writer.activity));
     }
 
     /// The peer's name, for messages.
@@ -57,27 +88,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.peer
     }
 
+    /// When a wait that began at `since` gives up, as far as is known now.
+    fn deadline(&self, since: Instant) -> Instant {
+        let last = match &self.writer_activity {
+            Some(activity) => activity.last().max(since),
+            None => since,
+        };
+        last + self.idle
+    }
+
     /// Reads more bytes into the buffer. Returns 0 at end of stream.
-    async fn fill(&mut self) -> Result<usize, Error> {
+    /// `silence` begins the idle error, up to its number of seconds.
+    async fn fill(&mut self, silence: &str) -> Result<usize, Error> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(READ_RESERVE);
         }
+        // The wait's start counts as activity: time spent not reading, busy
+        // with the last message, is not the peer's silence.
+        let since = Instant::now();
+        let mut deadline = self.deadline(since);
         loop {
-            match tokio::time::timeout(self.idle, self.inner.read_buf(&mut self.buf)).await {
+            match tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) => return Err(self.lost(e.to_string())),
                 Err(_) => {
-                    if let Some((written, seen)) = self.writer_activity.as_mut() {
-                        let now = written.load(Ordering::Relaxed);
-                        if now != *seen {
-                            *seen = now;
-                            continue;
-                        }
+                    let later = self.deadline(since);
+                    if later <= deadline {
+                        return Err(self.lost(format!(
+                            "{silence} {} s (idle timeout)",
+                            self.idle.as_secs()
+                        )));
                     }
-                    return Err(self.lost(format!(
-                        "no data for {} s (idle timeout)",
-                        self.idle.as_secs()
-                    )));
+                    // The writer made progress meanwhile.
+                    deadline = later;
                 }
             }
         }
@@ -107,7 +150,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Err(self.protocol(e.to_string()))
                 }
             }
-            if self.fill().await? == 0 {
+            if self.fill(NO_DATA).await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -133,7 +176,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         debug_assert!(max > 0);
         if self.buf.is_empty() {
             self.buf.reserve(max);
-            if self.fill().await? == 0 {
+            if self.fill(NO_DATA).await? == 0 {
                 return Err(self.lost("connection closed in the middle of a file body".into()));
             }
         }
@@ -144,7 +187,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads exactly `N` raw bytes (used for the fixed-layout hello).
     async fn read_array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
         while self.buf.len() < N {
-            if self.fill().await? == 0 {
+            if self.fill("no hello within").await? == 0 {
                 return Err(self.lost("connection closed during the hello".into()));
             }
         }
@@ -160,8 +203,8 @@ pub struct FrameWriter<W> {
     buf: BytesMut,
     peer: Arc<str>,
     idle: Duration,
-    /// Bytes written so far, watched by this connection's reader.
-    activity: Arc<AtomicU64>,
+    /// Progress, watched by this connection's reader.
+    activity: Arc<Activity>,
 }
 
 /// Above this many buffered bytes, writes go straight to the socket.
@@ -175,7 +218,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             buf: BytesMut::with_capacity(WRITE_BUFFER),
             peer,
             idle,
-            activity: Arc::default(),
+            activity: Arc::new(Activity::new()),
         }
     }
 
@@ -189,17 +232,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    /// Writes all of `bytes`, giving up when the peer stops reading.
-    async fn write_out(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        match tokio::time::timeout(self.idle, self.inner.write_all(bytes)).await {
-            Ok(Ok(())) => {
-                self.activity
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Ok(())
+    /// Writes all of `bytes`, giving up when the peer stops reading: each
+    /// write that lands restarts the clock, so a long write to a slow but
+    /// steady reader is not idleness.
+    async fn write_out(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
+        while !bytes.is_empty() {
+            match tokio::time::timeout(self.idle, self.inner.write(bytes)).await {
+                Ok(Ok(0)) => return Err(self.lost(std::io::ErrorKind::WriteZero.into())),
+                Ok(Ok(n)) => {
+                    self.activity.touch();
+                    bytes = bytes.get(n..).unwrap_or_default();
+                }
+                Ok(Err(e)) => return Err(self.lost(e)),
+                Err(_) => return Err(self.stopped_reading()),
             }
-            Ok(Err(e)) => Err(self.lost(e)),
-            Err(_) => Err(self.stopped_reading()),
         }
+        Ok(())
     }
 
     fn lost(&self, e: std::io::Error) -> Error {
@@ -283,10 +331,11 @@ impl FrameWriter<tokio::net::tcp::OwnedWriteHalf> {
     ) -> Result<u64, Error> {
         self.write_buffered().await?;
         let mut position = offset;
-        let end = offset + len;
+        let end = offset.saturating_add(len);
+        let mut progressed = Instant::now();
         while position < end {
             let stream = self.inner.as_ref();
-            let ready = tokio::time::timeout(self.idle, stream.writable()).await;
+            let ready = tokio::time::timeout_at(progressed + self.idle, stream.writable()).await;
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.lost(e)),
@@ -299,8 +348,9 @@ impl FrameWriter<tokio::net::tcp::OwnedWriteHalf> {
             });
             match sent {
                 Ok(0) => break,
-                Ok(n) => {
-                    self.activity.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(_) => {
+                    self.activity.touch();
+                    progressed = Instant::now();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(self.lost(e)),
@@ -405,12 +455,145 @@ mod tests {
         assert!(matches!(err, Error::ConnectionLost { .. }), "{err}");
     }
 
-    #[tokio::test]
-    async fn idle_peer_times_out() {
+    /// Idle timeout of the paused-clock tests, and how late a timeout may fire
+    /// (the timer wheel's millisecond).
+    const IDLE: Duration = Duration::from_secs(30);
+    const SLACK: Duration = Duration::from_millis(5);
+
+    fn assert_fired_at(elapsed: Duration, want: Duration) {
+        assert!(
+            elapsed >= want && elapsed <= want + SLACK,
+            "gave up after {elapsed:?}, expected {want:?}"
+        );
+    }
+
+    /// A reader watching a writer on one end of a pipe whose far end reads
+    /// everything and writes nothing.
+    fn watched_pair() -> (
+        FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        FrameWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (near, mut far) = duplex(64);
+        let (near_r, near_w) = tokio::io::split(near);
+        let mut r = FrameReader::new(near_r, "peer".into(), IDLE);
+        let w = FrameWriter::new(near_w, "peer".into(), IDLE);
+        r.watch(&w);
+        let drain = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut far, &mut tokio::io::sink()).await;
+        });
+        (r, w, drain)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_peer_times_out_after_exactly_idle() {
         let (_a, b) = duplex(64);
-        let mut r = FrameReader::new(b, "peer".into(), Duration::from_millis(50));
-        let err = r.read_message().await.unwrap_err();
+        let mut r = FrameReader::new(b, "peer".into(), IDLE);
+        let start = tokio::time::Instant::now();
+        let err = tokio::time::timeout(10 * IDLE, r.read_message())
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(err.to_string().contains("idle timeout"), "{err}");
+        assert_fired_at(start.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_watched_writers_last_write() {
+        let (mut r, mut w, _drain) = watched_pair();
+        let start = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        w.send(&Message::Done).await.unwrap();
+        w.flush().await.unwrap();
+        let err = tokio::time::timeout(10 * IDLE, r.read_message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("idle timeout"), "{err}");
+        assert_fired_at(start.elapsed(), IDLE + Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_writer_progress_keeps_the_reader_alive() {
+        let (mut r, mut w, _drain) = watched_pair();
+        let start = tokio::time::Instant::now();
+        let writes = 8u32;
+        let writer = tokio::spawn(async move {
+            for _ in 0..writes {
+                tokio::time::sleep(IDLE / 2).await;
+                w.send(&Message::Done).await.unwrap();
+                w.flush().await.unwrap();
+            }
+            w
+        });
+        let err = tokio::time::timeout(10 * IDLE, r.read_message())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("idle timeout"), "{err}");
+        // Alive past 3 × idle, and gone idle after the last write.
+        assert_fired_at(start.elapsed(), IDLE / 2 * writes + IDLE);
+        tokio::time::timeout(IDLE, writer).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_nobody_reads_fails_after_exactly_idle() {
+        let (_reader_end, b) = duplex(64);
+        let mut w = FrameWriter::new(b, "peer".into(), IDLE);
+        let start = tokio::time::Instant::now();
+        let err = tokio::time::timeout(10 * IDLE, w.send_raw(&[7; 1024 * 1024]))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("stopped reading"), "{err}");
+        assert_fired_at(start.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_reader_keeps_a_long_write_alive() {
+        let (mut far, near) = duplex(4096);
+        let mut w = FrameWriter::new(near, "peer".into(), IDLE);
+        let body = vec![7u8; 64 * 1024];
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut chunk = [0u8; 4096];
+            while got < 64 * 1024 {
+                tokio::time::sleep(IDLE / 2).await;
+                got += far.read(&mut chunk).await.unwrap();
+            }
+            got
+        });
+        // Sixteen reads half an idle apart: 8 × idle in all, never idle.
+        tokio::time::timeout(100 * IDLE, async {
+            w.send_raw(&body).await?;
+            w.flush().await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            tokio::time::timeout(IDLE, reader).await.unwrap().unwrap(),
+            body.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_waiting_for_its_hello() {
+        let (a, mut b) = duplex(64);
+        let (ar, aw) = tokio::io::split(a);
+        let mut r = FrameReader::new(ar, "peer".into(), IDLE);
+        let mut w = FrameWriter::new(aw, "peer".into(), IDLE);
+        r.watch(&w);
+        let start = tokio::time::Instant::now();
+        let err = tokio::time::timeout(10 * IDLE, handshake(&mut r, &mut w))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("no hello within 30 s"), "{err}");
+        assert_fired_at(start.elapsed(), IDLE);
+        let mut hello = [0; HELLO_LEN];
+        b.read_exact(&mut hello).await.unwrap();
+        assert_eq!(hello[..8], MAGIC);
     }
 
     #[tokio::test]
