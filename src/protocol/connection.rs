@@ -695,6 +695,132 @@ mod tests {
         );
     }
 
+    /// Everything `write` puts on the wire through a [`FrameWriter`].
+    async fn wire_bytes<F>(write: F) -> Vec<u8>
+    where
+        F: AsyncFnOnce(&mut FrameWriter<tokio::io::DuplexStream>) -> Result<(), Error>,
+    {
+        let (near, mut far) = duplex(64 * 1024);
+        let mut w = FrameWriter::new(near, "peer".into(), T);
+        tokio::time::timeout(T, async {
+            write(&mut w).await?;
+            w.shutdown().await
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let mut bytes = Vec::new();
+        tokio::time::timeout(T, far.read_to_end(&mut bytes))
+            .await
+            .unwrap()
+            .unwrap();
+        bytes
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// docs/PROTOCOL.md's worked example, sender to receiver, piece by piece.
+    const EXAMPLE_SENDER: [(&str, &str); 6] = [
+        ("hello", "58 46 45 52 0d 0a 1a 0a 00 00 00 01 00 00 00 00"),
+        (
+            "Offer",
+            "00 00 00 36 00 00 01 06 68 69 2e 74 78 74 00 03 fb a4 01 fc 00 e2 a7 ca 00 01 \
+             98 ea 6e 4f 21 6f 2f b4 b6 9f ff 9b 3a 44 84 2c 38 68 6c a6 85 f3 f5 5d c4 8c 5d 3f b1 10 7b e4",
+        ),
+        ("FileBegin", "00 00 00 03 02 00 00"),
+        ("body", "68 69 0a"),
+        (
+            "FileEnd",
+            "00 00 00 22 03 98 ea 6e 4f 21 6f 2f b4 b6 9f ff 9b 3a 44 84 2c 38 68 6c a6 85 f3 f5 5d c4 8c 5d 3f b1 10 7b e4 00",
+        ),
+        ("Done", "00 00 00 01 06"),
+    ];
+
+    /// ...and receiver to sender.
+    const EXAMPLE_RECEIVER: [(&str, &str); 4] = [
+        ("hello", "58 46 45 52 0d 0a 1a 0a 00 00 00 01 00 00 00 00"),
+        ("Plan", "00 00 00 05 01 00 01 00 00"),
+        (
+            "Verdict",
+            "00 00 00 2a 05 00 00 06 68 69 2e 74 78 74 \
+             98 ea 6e 4f 21 6f 2f b4 b6 9f ff 9b 3a 44 84 2c 38 68 6c a6 85 f3 f5 5d c4 8c 5d 3f b1 10 7b e4",
+        ),
+        ("Bye", "00 00 00 03 07 01 03"),
+    ];
+
+    /// Asserts that `bytes` are `pieces`, one after another, naming the
+    /// first piece that differs.
+    fn assert_pieces(bytes: &[u8], pieces: &[(&str, &str)]) {
+        let mut rest = hex(bytes);
+        for (name, want) in pieces {
+            let got: String = rest.chars().take(want.len()).collect();
+            assert_eq!(got, *want, "{name} differs");
+            rest = rest.chars().skip(want.len() + 1).collect();
+        }
+        assert!(
+            rest.is_empty(),
+            "unexpected bytes after the last piece: {rest}"
+        );
+    }
+
+    /// The worked example of docs/PROTOCOL.md: a session sending one 3-byte
+    /// file, both directions byte for byte.
+    #[tokio::test]
+    async fn worked_example_session_bytes() {
+        use crate::protocol::{Action, Entry, EntryKind, Offer, Outcome, Plan, Verdict};
+        let body = b"hi\n";
+        let sha256 = crate::hashing::digest(body);
+        let offer = Message::Offer(Offer {
+            first_id: 0,
+            entries: vec![Entry {
+                path: "hi.txt".into(),
+                kind: EntryKind::File,
+                size: 3,
+                mode: 0o644,
+                mtime_secs: 1_700_000_000,
+                mtime_nanos: 0,
+                sha256: Some(sha256),
+            }],
+        });
+        let sent = wire_bytes(async |w| {
+            w.write_hello().await?;
+            w.send(&offer).await?;
+            w.send(&Message::FileBegin { id: 0, offset: 0 }).await?;
+            w.send_raw(body).await?;
+            w.send(&Message::FileEnd {
+                sha256,
+                error: None,
+            })
+            .await?;
+            w.send(&Message::Done).await
+        })
+        .await;
+        assert_pieces(&sent, &EXAMPLE_SENDER);
+        let answered = wire_bytes(async |w| {
+            w.write_hello().await?;
+            let plan = Plan {
+                first_id: 0,
+                actions: vec![Action::Send { offset: 0 }],
+            };
+            w.send(&Message::Plan(plan)).await?;
+            let outcome = Outcome::Stored {
+                path: "hi.txt".into(),
+                sha256,
+            };
+            w.send(&Message::Verdict(Verdict { id: 0, outcome }))
+                .await?;
+            w.send(&Message::Bye { files: 1, bytes: 3 }).await
+        })
+        .await;
+        assert_pieces(&answered, &EXAMPLE_RECEIVER);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_times_out_waiting_for_its_hello() {
         let (a, mut b) = duplex(64);
@@ -747,7 +873,7 @@ mod tests {
         ] {
             let (a, b) = duplex(64);
             let (br, bw) = tokio::io::split(b);
-            let (_ar, mut aw) = tokio::io::split(a);
+            let (mut ar, mut aw) = tokio::io::split(a);
             aw.write_all(&bytes).await.unwrap();
             let mut r = FrameReader::new(br, "peer".into(), T);
             let mut w = FrameWriter::new(bw, "peer".into(), T);
@@ -760,6 +886,15 @@ mod tests {
             } else {
                 assert!(matches!(err, Error::Protocol { .. }), "{err}");
             }
+            // The peer got our hello, then the close: no Abort.
+            drop((r, w));
+            let mut got = Vec::new();
+            tokio::time::timeout(T, ar.read_to_end(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.len(), HELLO_LEN);
+            assert_eq!(got[..8], MAGIC);
         }
     }
 }
