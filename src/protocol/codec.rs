@@ -212,6 +212,58 @@ mod tests {
         assert!(matches!(decode(&mut buf), Err(CodecError::Malformed(_))));
     }
 
+    /// A decoded frame holding `payload`.
+    fn decode_payload(payload: &[u8]) -> Result<Option<Message>, CodecError> {
+        let mut buf = BytesMut::new();
+        buf.put_u32(payload.len() as u32);
+        buf.put_slice(payload);
+        decode(&mut buf)
+    }
+
+    /// An offer of one empty file "a" whose mode is encoded as `mode`.
+    fn offer_with_mode_bytes(mode: &[u8]) -> Vec<u8> {
+        // Offer, first_id 0, one entry, path "a", File, size 0
+        let mut payload = vec![0, 0, 1, 1, b'a', 0, 0];
+        payload.extend_from_slice(mode);
+        // mtime_secs 0, mtime_nanos 0, no digest
+        payload.extend_from_slice(&[0, 0, 0]);
+        payload
+    }
+
+    #[test]
+    fn read_non_canonical_varints_accepted() {
+        // FileBegin, id 5 as 251 + u16, offset 0 as 252 + u32.
+        let payload = [2, 251, 5, 0, 252, 0, 0, 0, 0];
+        assert_eq!(
+            decode_payload(&payload),
+            Ok(Some(Message::FileBegin { id: 5, offset: 0 }))
+        );
+        // Done's variant index as 251 + u16.
+        assert_eq!(decode_payload(&[251, 6, 0]), Ok(Some(Message::Done)));
+    }
+
+    #[test]
+    fn read_u64_tag_in_a_u32_field_rejected() {
+        let canonical = offer_with_mode_bytes(&[251, 0xa4, 0x01]);
+        let Ok(Some(Message::Offer(offer))) = decode_payload(&canonical) else {
+            panic!("the hand-built offer does not decode");
+        };
+        assert_eq!(offer.entries[0].mode, 0o644);
+        let mut wide = vec![253];
+        wide.extend_from_slice(&0o644u64.to_le_bytes());
+        assert!(matches!(
+            decode_payload(&offer_with_mode_bytes(&wide)),
+            Err(CodecError::Malformed(_))
+        ));
+        // The same for a variant index, and for the tags no field has.
+        for payload in [&[253, 6, 0, 0, 0, 0, 0, 0, 0][..], &[254, 6], &[255, 6]] {
+            assert!(matches!(
+                decode_payload(payload),
+                Err(CodecError::Malformed(_))
+            ));
+        }
+    }
+
     proptest! {
         #[test]
         fn any_split_decodes_the_same_frames(cuts in proptest::collection::vec(0usize..4096, 0..8)) {

@@ -4,9 +4,11 @@
 pub mod codec;
 pub mod connection;
 pub mod message;
+pub mod transport;
 
 pub use connection::{handshake, FrameReader, FrameWriter};
 pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
+pub use transport::Transport;
 
 /// The first bytes either side writes. Chosen so that a stray HTTP client, a
 /// text protocol or an older binary format cannot be mistaken for xfer.
