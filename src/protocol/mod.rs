@@ -8,7 +8,7 @@ pub mod transport;
 
 pub use connection::{handshake, FrameReader, FrameWriter};
 pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
-pub use transport::Transport;
+pub use transport::{Connection, Transport};
 
 /// The first bytes either side writes. Chosen so that a stray HTTP client, a
 /// text protocol or an older binary format cannot be mistaken for xfer.

@@ -32,3 +32,27 @@ impl Transport for TcpStream {
 impl Transport for DuplexStream {}
 
 impl<T: AsyncRead + AsyncWrite + Send> Transport for WriteHalf<T> {}
+
+/// A whole connection, cut into the halves a session's reader and writer
+/// own (plain TCP keeps sendfile on its writing half).
+pub trait Connection: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: Transport + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Connection for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Connection for DuplexStream {
+    type Read = tokio::io::ReadHalf<DuplexStream>;
+    type Write = WriteHalf<DuplexStream>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}

@@ -341,7 +341,14 @@ mod tests {
         ledger.close(false);
         let s = ledger.summary();
         assert_eq!(
-            (s.offered, s.refused, s.skipped, s.kept_files, s.kept_bytes, s.kept_of),
+            (
+                s.offered,
+                s.refused,
+                s.skipped,
+                s.kept_files,
+                s.kept_bytes,
+                s.kept_of
+            ),
             (3, 1, 1, 1, 60, 100)
         );
         assert_eq!(s.undelivered(), 2);

@@ -18,6 +18,7 @@ mod session;
 pub mod source;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
-use crate::protocol::{handshake, EntryKind, FrameReader, FrameWriter};
+use crate::protocol::{handshake, Connection, EntryKind, FrameReader, FrameWriter};
 use digest_cache::DigestCache;
 use ledger::Ledger;
 use session::{Session, OFFERS_AHEAD};
@@ -72,10 +73,22 @@ pub async fn send(
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Summary> {
+    let open = connect::connect(&config.destination);
+    send_over(config, open, observer, cancel).await
+}
+
+/// [`send`] over the connection `open` makes: a TCP connect, or in tests
+/// one end of an in-memory pipe. `config.destination` only names the peer.
+pub async fn send_over<C: Connection>(
+    config: &SendConfig,
+    open: impl Future<Output = Result<C, Error>>,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let peer = config.destination.to_string();
     let ledger = Arc::new(Mutex::new(Ledger::new(Arc::clone(&observer), peer.clone())));
-    let result = run(config, &observer, &ledger, cancel).await;
+    let result = run(config, open, &observer, &ledger, cancel).await;
     let mut summary = match ledger.lock() {
         Ok(ledger) => ledger.summary(),
         Err(_) => Summary::default(),
@@ -103,8 +116,9 @@ pub async fn send(
     result.map(|()| summary)
 }
 
-async fn run(
+async fn run<C: Connection>(
     config: &SendConfig,
+    open: impl Future<Output = Result<C, Error>>,
     observer: &Arc<dyn Observer>,
     ledger: &Arc<Mutex<Ledger>>,
     cancel: CancellationToken,
@@ -167,7 +181,7 @@ async fn run(
         source::prepare_batches(entries, prep_cache.as_deref(), batch_tx)
     });
     let stream = tokio::select! {
-        s = connect::connect(&config.destination) => s?,
+        s = open => s?,
         _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
     };
     let peer: Arc<str> = config.destination.to_string().into();
@@ -175,7 +189,7 @@ async fn run(
         session: 0,
         peer: peer.to_string(),
     });
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_halves();
     let mut reader = FrameReader::new(read_half, Arc::clone(&peer), config.idle_timeout);
     let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), config.idle_timeout);
     reader.watch(&writer);

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +19,9 @@ use super::ledger::Ledger;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, Observer};
 use crate::hashing;
-use crate::protocol::{Action, Digest, Entry, EntryKind, FrameWriter, Message, Offer, Plan};
+use crate::protocol::{
+    Action, Digest, Entry, EntryKind, FrameWriter, Message, Offer, Plan, Transport,
+};
 use crate::sender::digest_cache::DigestCache;
 use crate::sender::source::{Batch, Prepared, BATCH_MAX_ENTRIES};
 
@@ -30,8 +31,8 @@ use crate::sender::source::{Batch, Prepared, BATCH_MAX_ENTRIES};
 pub(super) const OFFERS_AHEAD: usize = 3;
 
 /// The writing half of a session.
-pub(super) struct Session {
-    pub writer: FrameWriter<OwnedWriteHalf>,
+pub(super) struct Session<W> {
+    pub writer: FrameWriter<W>,
     pub plans: mpsc::Receiver<Plan>,
     pub ledger: Arc<Mutex<Ledger>>,
     /// Signalled by the reply reader when a verdict lands or it stops.
@@ -48,7 +49,7 @@ pub(super) struct Session {
     pub next_id: u64,
 }
 
-impl Session {
+impl<W: Transport> Session<W> {
     pub async fn run(&mut self, mut batches: mpsc::Receiver<Batch>) -> Result<(), Error> {
         let mut offered = VecDeque::new();
         let mut exhausted = false;
