@@ -15,9 +15,43 @@ use crate::sender::{Destination, SendConfig};
 /// The port used when an address names none.
 pub const DEFAULT_PORT: u16 = 7171;
 
+/// The exit codes, as `--help` shows them (README, "Exit codes").
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every file was verified and persisted by the receiver (recv: stopped cleanly)
+  1    the session ran to its end but some file is not at the receiver, or a local error
+  2    bad command line: unknown flag, malformed address, a path that does not exist
+  3    the network or the peer: cannot connect or listen, connection lost or silent,
+       or the peer ended the session early (stopped, interrupted, busy)
+  4    the peer is not xfer, speaks another protocol version, or broke the protocol
+  130  interrupted with Ctrl-C";
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  xfer recv --dir ~/inbox                  # on the receiving machine
+  xfer send holiday.mov photos/ laptop:7171  # on the sending machine";
+
+const SEND_EXAMPLES: &str = "\
+Examples:
+  xfer send report.pdf 192.168.1.20        # port 7171
+  xfer send photos/ notes.txt laptop.local:7171
+  xfer send --json big.iso '[2001:db8::5]:7171' | jq .
+  xfer send -- -odd-name.txt host:7171";
+
+const RECV_EXAMPLES: &str = "\
+Examples:
+  xfer recv --dir ~/inbox                  # all interfaces, port 7171
+  xfer recv --listen 127.0.0.1:0 --once    # a free port, one sender, then exit
+  xfer recv --json --max-size 10G --dir /srv/drop";
+
 /// Move files between machines on a LAN over TCP, verified with SHA-256.
 #[derive(Debug, Parser)]
-#[command(name = "xfer", version, propagate_version = true)]
+#[command(
+    name = "xfer",
+    version,
+    propagate_version = true,
+    after_long_help = concat_help(MAIN_EXAMPLES)
+)]
 pub struct Cli {
     /// Log debugging detail to stderr.
     #[arg(short, long, global = true)]
@@ -30,9 +64,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Send files and directories to a running `xfer recv`.
+    #[command(after_long_help = concat_help(SEND_EXAMPLES))]
     Send(SendArgs),
     /// Receive files into a directory, serving senders until stopped.
+    #[command(after_long_help = concat_help(RECV_EXAMPLES))]
     Recv(RecvArgs),
+}
+
+/// Examples, then the exit-code table, for a `--help` page.
+fn concat_help(examples: &'static str) -> String {
+    format!("{examples}\n\n{EXIT_CODES}")
 }
 
 /// Output flags shared by both subcommands.

@@ -43,6 +43,30 @@ fn help_for_each_subcommand() {
     ] {
         assert!(out.contains(flag), "recv --help lacks {flag}");
     }
+    // The long help of each command carries the README's exit-code table.
+    let readme = include_str!("../../README.md");
+    let table = &readme[readme.find("## Exit codes").unwrap()..];
+    let codes: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("| 0 "))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap().trim())
+        .collect();
+    assert_eq!(codes, ["0", "1", "2", "3", "4", "130"]);
+    for command in ["send", "recv"] {
+        let (code, out, _) = run(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("Examples:\n  xfer "), "{out}");
+        let listed = &out[out.find("Exit codes:").expect("no exit codes in --help")..];
+        for code in &codes {
+            assert!(
+                listed
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+                "{command} --help lacks exit code {code}: {listed}"
+            );
+        }
+    }
     let (code, out, _) = run(&["--version"]);
     assert_eq!(
         (code, out.trim()),
@@ -512,4 +536,37 @@ fn an_unreadable_subdirectory_is_skipped_the_rest_sent_and_the_send_exits_1() {
     assert!(recv.wait(Duration::from_secs(10)).0.success());
     assert_eq!(fs::read(dst.path().join("tree/z/b.txt")).unwrap().len(), 10);
     assert!(!dst.path().join("tree/locked").exists());
+}
+
+#[test]
+fn a_peer_that_is_not_xfer_or_another_version_is_exit_4() {
+    use std::io::{Read, Write};
+    let mut other_version = xfer::protocol::MAGIC.to_vec();
+    other_version.extend_from_slice(&2u32.to_be_bytes());
+    other_version.extend_from_slice(&0u32.to_be_bytes());
+    for (answer, expected) in [
+        (
+            b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+            "not speaking the xfer protocol",
+        ),
+        (other_version, "speaks xfer protocol version 2"),
+    ] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut hello = [0u8; xfer::protocol::HELLO_LEN];
+            let _ = stream.read_exact(&mut hello);
+            let _ = stream.write_all(&answer);
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let (code, _, err) = run(&["send", file.path().to_str().unwrap(), &addr.to_string()]);
+        peer.join().unwrap();
+        assert_eq!(code, 4, "{err}");
+        assert_one_error_line(&err, expected);
+    }
 }
