@@ -6,8 +6,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use crate::error::describe_io;
 use crate::hashing::{self, Hasher};
@@ -20,8 +19,6 @@ pub(super) const SENDFILE_STEP: u64 = 8 * 1024 * 1024;
 /// How far the hashing thread may read ahead of sendfile, at least; more
 /// on machines with more memory (see [`hash_lead`]).
 const MIN_HASH_LEAD: u64 = 256 * 1024 * 1024;
-/// How often a hashing thread that is far enough ahead looks again.
-const HASH_LEAD_POLL: Duration = Duration::from_millis(10);
 
 /// Opens `path` a second time, so hashing keeps its own read-ahead apart
 /// from sendfile's, and checks that both handles are the same file.
@@ -43,14 +40,64 @@ pub(super) enum BodyDigest {
     Hashing(tokio::task::JoinHandle<Result<Digest, String>>, StopOnDrop),
 }
 
-/// What a body's sendfile loop and its hashing thread share.
+/// What a body's sendfile loop and its hashing thread share. A hashing
+/// thread that is far enough ahead sleeps until sendfile moves on (or the
+/// body is abandoned) and is woken by it, rather than looking again and again.
 #[derive(Default)]
 pub(super) struct HashPace {
     /// Set when the body is abandoned, so the hashing thread stops instead
     /// of reading the rest of a large file for nobody.
-    pub stop: AtomicBool,
+    stop: AtomicBool,
     /// How far into the file sendfile has got.
-    pub sent: AtomicU64,
+    sent: AtomicU64,
+    wake: (Mutex<()>, Condvar),
+}
+
+impl HashPace {
+    /// Sendfile has got to `position`.
+    pub fn advance(&self, position: u64) {
+        self.sent.store(position, Ordering::Release);
+        self.notify();
+    }
+
+    /// The body is abandoned or done.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn notify(&self) {
+        // Taken so a waiter between its check and its wait cannot miss this.
+        let _held = self.wake.0.lock();
+        self.wake.1.notify_all();
+    }
+
+    /// Blocks until reading at `read` stays within `lead` of what was
+    /// sent; fails once the body is abandoned.
+    fn wait_for_room(&self, read: u64, lead: u64) -> io::Result<()> {
+        let mut held = self
+            .wake
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("lock poisoned"))?;
+        loop {
+            if self.stopped() {
+                return Err(io::Error::other("sending stopped"));
+            }
+            if read < self.sent.load(Ordering::Acquire).saturating_add(lead) {
+                return Ok(());
+            }
+            held = self
+                .wake
+                .1
+                .wait(held)
+                .map_err(|_| io::Error::other("lock poisoned"))?;
+        }
+    }
 }
 
 /// Stops the hashing thread when the body is done with or abandoned.
@@ -58,7 +105,7 @@ pub(super) struct StopOnDrop(pub Arc<HashPace>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::Relaxed);
+        self.0.stop();
     }
 }
 
@@ -102,7 +149,7 @@ pub(super) fn hash_file(
         read: 0,
     };
     let hashed = hashing::hash_prefix(&mut reader, size, &mut hasher).map_err(|e| {
-        if pace.stop.load(Ordering::Relaxed) {
+        if pace.stopped() {
             "sending stopped".to_owned()
         } else {
             format!("cannot read: {}", describe_io(&e))
@@ -125,16 +172,7 @@ struct Paced<'a> {
 
 impl Read for Paced<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.pace.stop.load(Ordering::Relaxed) {
-                return Err(io::Error::other("sending stopped"));
-            }
-            let sent = self.pace.sent.load(Ordering::Relaxed);
-            if self.read < sent.saturating_add(self.lead) {
-                break;
-            }
-            std::thread::sleep(HASH_LEAD_POLL);
-        }
+        self.pace.wait_for_room(self.read, self.lead)?;
         let n = self.file.read(buf)?;
         self.read += n as u64;
         Ok(n)
@@ -161,12 +199,12 @@ mod tests {
         let shared = Arc::clone(&pace);
         let size = data.len() as u64;
         let thread = std::thread::spawn(move || hash_file(file, size, &shared, 64 * 1024));
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(
             !thread.is_finished(),
             "hashed past its lead while nothing was sent"
         );
-        pace.sent.store(size, Ordering::Relaxed);
+        pace.advance(size);
         assert_eq!(thread.join().unwrap(), Ok(hashing::digest(&data)));
     }
 

@@ -324,7 +324,7 @@ impl<W: Transport> Session<W> {
             None => match open_same(&item.entry.local, &file) {
                 Ok(reader) => {
                     let pace = Arc::new(HashPace::default());
-                    pace.sent.store(offset, Ordering::Relaxed);
+                    pace.advance(offset);
                     let shared = Arc::clone(&pace);
                     let task = tokio::task::spawn_blocking(move || {
                         hash_file(reader, size, &shared, hash_lead())
@@ -350,7 +350,7 @@ impl<W: Transport> Session<W> {
             let sent = self.writer.send_file(&file, position, step).await?;
             position += sent;
             if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
-                pace.sent.store(position, Ordering::Relaxed);
+                pace.advance(position);
             }
             self.ledger()?.sent(id, sent);
             self.observer.event(Event::Progress {
