@@ -692,7 +692,7 @@ fn decide(
 ) -> Vec<(Entry, Decision)> {
     let mut free = storage.free_space().unwrap_or(u64::MAX);
     // Consecutive files usually share a directory: look it up once.
-    let mut last_dir: Option<(Option<String>, Option<DirHandle>)> = None;
+    let mut last_dir: Option<(Option<WirePath>, Option<DirHandle>)> = None;
     entries
         .into_iter()
         .map(|entry| {
@@ -707,16 +707,16 @@ fn decide(
                 (Ok(path), EntryKind::Dir) => {
                     // A directory that did not exist may exist now.
                     last_dir = None;
-                    match storage.make_dirs(Some(path.as_str())) {
+                    match storage.make_dirs(Some(&path)) {
                         Ok(()) => Decision::Dir(path),
                         Err(e) => Decision::Refuse(describe_io(&e)),
                     }
                 }
                 (Ok(path), EntryKind::File) => {
-                    let parent = path.parent().map(str::to_owned);
+                    let parent = path.parent();
                     let dir = match &last_dir {
                         Some((p, dir)) if *p == parent => Ok(dir.clone()),
-                        _ => storage.find_dir(parent.as_deref()),
+                        _ => storage.find_dir(parent.as_ref()),
                     };
                     match dir {
                         Err(e) => Decision::Refuse(describe_io(&e)),

@@ -59,11 +59,11 @@ pub(super) fn is_missing(e: &io::Error) -> bool {
 impl Storage {
     /// Walks from DIR to the directory `path`, one component at a time and
     /// never through a symlink, creating missing directories when `create`.
-    pub(super) fn open_dir(&self, path: Option<&str>, create: bool) -> io::Result<Dir> {
+    pub(super) fn open_dir(&self, path: Option<&WirePath>, create: bool) -> io::Result<Dir> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut fd = rustix::fs::openat(&self.root_handle, ".", flags, Mode::empty())?;
         let mut shown = self.root.clone();
-        for component in path.into_iter().flat_map(|p| p.split('/')) {
+        for component in path.into_iter().flat_map(WirePath::components) {
             shown.push(component);
             let mut opened = rustix::fs::openat(&fd, component, flags, Mode::empty());
             if create && matches!(opened, Err(Errno::NOENT)) {
@@ -94,20 +94,20 @@ impl Storage {
 
     /// Creates `path` and its parents as directories, refusing symlinks and
     /// non-directories on the way.
-    pub fn make_dirs(&self, path: Option<&str>) -> io::Result<()> {
+    pub fn make_dirs(&self, path: Option<&WirePath>) -> io::Result<()> {
         self.open_dir(path, true).map(drop)
     }
 
     /// Applies mode and mtime to a directory received in this session.
     pub fn set_dir_metadata(&self, path: &WirePath, meta: &Metadata) -> io::Result<()> {
-        let dir = File::from(self.open_dir(Some(path.as_str()), false)?.fd);
+        let dir = File::from(self.open_dir(Some(path), false)?.fd);
         // Keep the owner able to write, or a later session could not add files.
         dir.set_permissions(Permissions::from_mode((meta.mode & 0o777) | 0o700))?;
         dir.set_times(FileTimes::new().set_modified(meta.mtime()))
     }
 
     /// The directory `parent` (DIR itself for `None`), if it exists.
-    pub fn find_dir(&self, parent: Option<&str>) -> io::Result<Option<DirHandle>> {
+    pub fn find_dir(&self, parent: Option<&WirePath>) -> io::Result<Option<DirHandle>> {
         match self.open_dir(parent, false) {
             Ok(dir) => Ok(Some(DirHandle(Arc::new(dir)))),
             Err(e) if is_missing(&e) => Ok(None),

@@ -237,7 +237,7 @@ impl Storage {
     ) -> io::Result<(Arc<Dir>, String, PathBuf)> {
         let dir = match dir {
             Some(DirHandle(dir)) => dir,
-            None => Arc::new(self.open_dir(path.parent(), true)?),
+            None => Arc::new(self.open_dir(path.parent().as_ref(), true)?),
         };
         let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
         let key = dir.path.join(&partial_name);

@@ -27,7 +27,12 @@ impl Storage {
         size: u64,
         sha256: Option<Digest>,
     ) -> io::Result<FilePlan> {
-        self.plan_file_in(self.find_dir(path.parent())?.as_ref(), path, size, sha256)
+        self.plan_file_in(
+            self.find_dir(path.parent().as_ref())?.as_ref(),
+            path,
+            size,
+            sha256,
+        )
     }
 
     /// [`Storage::plan_file`] in an already opened parent (`None`: it does not exist yet).

@@ -67,7 +67,11 @@ impl Storage {
     /// prefix, at most the file's length); otherwise a stale partial of the
     /// same name is removed and the answer is `None`.
     pub fn resumable(&self, path: &WirePath, offer: &ResumeRecord) -> Option<u64> {
-        self.resumable_in(self.find_dir(path.parent()).ok()?.as_ref(), path, offer)
+        self.resumable_in(
+            self.find_dir(path.parent().as_ref()).ok()?.as_ref(),
+            path,
+            offer,
+        )
     }
 
     /// [`Storage::resumable`] in an already opened parent.
