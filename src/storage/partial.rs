@@ -21,6 +21,10 @@ use crate::paths::{WirePath, MAX_COMPONENT_LEN, PARTIAL_SUFFIX, SIDECAR_SUFFIX};
 /// Bytes between two starts of writeback while a partial is written.
 pub(super) const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
+/// Most disk reserved ahead of the bytes written: a declared size is a claim,
+/// so space is reserved as data arrives, a half lead at a time.
+pub(super) const RESERVE_LEAD: u64 = 64 * 1024 * 1024;
+
 /// A hidden file being received. Dropping it leaves the bytes on disk (a later
 /// session may resume from them); [`Partial::discard`] removes them.
 pub struct Partial {
@@ -32,6 +36,10 @@ pub struct Partial {
     pub(super) written: u64,
     /// Writeback has been started for bytes before this offset.
     pub(super) flushing: u64,
+    /// Blocks are reserved (`fallocate` KEEP_SIZE) up to this offset.
+    pub(super) reserved: u64,
+    /// Whether to keep reserving ahead as writes advance.
+    pub(super) reserving: bool,
     pub(super) wire: WirePath,
     pub(super) active: Arc<Mutex<HashSet<PathBuf>>>,
     /// Created without a name (`O_TMPFILE`), and how it gets one when
@@ -41,6 +49,7 @@ pub struct Partial {
 
 impl Drop for Partial {
     fn drop(&mut self) {
+        self.release_reservation();
         if let Ok(mut active) = self.active.lock() {
             active.remove(&self.dir.path.join(&self.partial_name));
         }
@@ -51,6 +60,9 @@ impl Partial {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.written += bytes.len() as u64;
+        if self.reserving && self.reserved.saturating_sub(self.written) < RESERVE_LEAD / 2 {
+            self.reserve_ahead();
+        }
         if self.written - self.flushing >= WRITEBACK_STEP {
             // Start writing back what we have, without waiting for it.
             sync_range(
@@ -94,9 +106,11 @@ impl Partial {
     }
 
     /// Syncs what was written and records it as durable in the sidecar, so
-    /// a crash after this point resumes from here.
+    /// a crash after this point resumes from here. Space reserved beyond
+    /// the data is given back: a partial kept for a resume holds only its bytes.
     pub fn checkpoint(&mut self) -> io::Result<()> {
         self.named()?;
+        self.release_reservation();
         self.file.sync_data()?;
         self.record.durable = self.written;
         write_sidecar(self.dir.fd.as_fd(), &self.sidecar_name, &self.record)
@@ -107,6 +121,45 @@ impl Partial {
         self.file
             .set_times(FileTimes::new().set_modified(meta.mtime()))?;
         self.file.set_permissions(meta.permissions())
+    }
+
+    /// Reserves blocks up to [`RESERVE_LEAD`] past the bytes written, never
+    /// past the declared size: big steps spare the filesystem allocating
+    /// blocks piecemeal, and a peer that declares much and sends little
+    /// holds at most one lead. KEEP_SIZE: the length still says what was
+    /// written, which resuming relies on.
+    fn reserve_ahead(&mut self) {
+        let from = self.reserved.max(self.written);
+        let to = self
+            .record
+            .size
+            .min(self.written.saturating_add(RESERVE_LEAD));
+        if to <= from {
+            self.reserving = to < self.record.size;
+            return;
+        }
+        let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, from, to - from) {
+            Ok(()) => {
+                self.reserved = to;
+                self.reserving = to < self.record.size;
+            }
+            // Unsupported here, or the disk is full (which the writes will
+            // report): nothing is lost by going on without.
+            Err(_) => self.reserving = false,
+        }
+    }
+
+    /// Gives back the blocks reserved beyond the bytes written: truncating
+    /// to the length frees those kept past it (`PUNCH_HOLE` would not do on
+    /// ext4, which punches nothing beyond the length).
+    fn release_reservation(&mut self) {
+        if self.reserved <= self.written {
+            return;
+        }
+        if self.file.set_len(self.written).is_ok() {
+            self.reserved = self.written;
+        }
     }
 
     /// Only a named partial can be resumed.
@@ -120,7 +173,9 @@ impl Partial {
     }
 
     /// Removes the partial file and its sidecar.
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        // Unlinked below, its blocks go with it.
+        self.reserved = 0;
         if self.nameless.is_some() {
             return; // closing it frees it
         }
@@ -182,6 +237,8 @@ impl Storage {
             record,
             written: offset,
             flushing: offset,
+            reserved: 0,
+            reserving: false,
             wire: path.clone(),
             active: Arc::clone(&self.active),
             nameless: None,
@@ -208,20 +265,10 @@ impl Storage {
                 AtFlags::empty(),
             );
         }
-        let rest = partial.record.size.saturating_sub(offset);
-        if rest > WRITEBACK_STEP {
-            // A body longer than one writeback step gets its blocks reserved
-            // at once, which spares the filesystem allocating them piecemeal
-            // (receiver system time -0.1 to -0.2 s per GiB) and means a disk
-            // filling up meanwhile cannot cut it short. KEEP_SIZE: the length
-            // still says what was written, which resuming relies on. Where
-            // it is unsupported, nothing is lost.
-            let _ = rustix::fs::fallocate(
-                &partial.file,
-                rustix::fs::FallocateFlags::KEEP_SIZE,
-                offset,
-                rest,
-            );
+        // A body within one writeback step is not worth a reservation.
+        if partial.record.size.saturating_sub(offset) > WRITEBACK_STEP {
+            partial.reserving = true;
+            partial.reserve_ahead();
         }
         Ok(partial)
     }
@@ -281,6 +328,7 @@ pub fn hidden_name(name: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::path::Path;
 
     use super::super::testing::{begin, record};
     use super::*;
@@ -316,6 +364,71 @@ mod tests {
         let meta = fs::metadata(root.path().join(".big.bin.xfer-part")).unwrap();
         assert_eq!(meta.len(), 3);
         assert!(meta.blocks() * 512 >= size, "{} blocks", meta.blocks());
+    }
+
+    /// Bytes the filesystem has allocated to the partial for `name`.
+    fn allocated(root: &Path, name: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(root.join(name)).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn a_declared_size_reserves_only_a_bounded_lead_and_a_kept_partial_none() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let path = WirePath::parse("huge.bin").unwrap();
+        let mut p = begin(&storage, &path, 4 << 30);
+        p.write(b"abc").unwrap();
+        let reserved = allocated(root.path(), ".huge.bin.xfer-part");
+        assert!(
+            reserved <= RESERVE_LEAD + (1 << 20),
+            "{reserved} bytes reserved"
+        );
+        // Kept for a resume at the session's end: nothing held beyond the data.
+        p.checkpoint().unwrap();
+        let kept = allocated(root.path(), ".huge.bin.xfer-part");
+        assert!(kept < 1 << 20, "{kept} bytes still allocated");
+        drop(p);
+        assert_eq!(
+            storage.resumable(&path, &record("huge.bin", 4 << 30, 1)),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn the_reservation_moves_ahead_with_the_writes() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let mut p = begin(
+            &storage,
+            &WirePath::parse("big.bin").unwrap(),
+            4 * RESERVE_LEAD,
+        );
+        let chunk = vec![0u8; 1 << 20];
+        while p.written() < RESERVE_LEAD * 3 / 2 {
+            p.write(&chunk).unwrap();
+        }
+        let reserved = allocated(root.path(), ".big.bin.xfer-part");
+        let ahead = reserved - p.written();
+        assert!(
+            (RESERVE_LEAD / 2..=RESERVE_LEAD + (1 << 20)).contains(&ahead),
+            "{ahead} bytes reserved ahead"
+        );
+    }
+
+    #[test]
+    fn a_dropped_partial_releases_its_reservation() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = Storage::open(root.path(), false).unwrap();
+        let mut p = begin(&storage, &WirePath::parse("huge.bin").unwrap(), 4 << 30);
+        p.write(b"abc").unwrap();
+        drop(p);
+        let kept = allocated(root.path(), ".huge.bin.xfer-part");
+        assert!(kept < 1 << 20, "{kept} bytes still allocated");
+        assert_eq!(
+            fs::read(root.path().join(".huge.bin.xfer-part")).unwrap(),
+            b"abc"
+        );
     }
 
     #[test]

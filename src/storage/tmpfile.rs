@@ -95,6 +95,8 @@ impl Storage {
                 record,
                 written: 0,
                 flushing: 0,
+                reserved: 0,
+                reserving: false,
                 wire: path.clone(),
                 active: Arc::clone(&self.active),
                 nameless: Some(method),
