@@ -133,7 +133,7 @@ mod tests {
         let path = WirePath::parse("link/x.bin").unwrap();
         let err = storage
             .begin(
-                &path,
+                storage.claim(&path).unwrap(),
                 record("link/x.bin", 1, 1),
                 0,
                 &mut hashing::Hasher::new(),

@@ -37,7 +37,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::protocol::Digest;
 
 pub use dir::DirHandle;
-pub use partial::{hidden_name, Partial};
+pub use partial::{hidden_name, Claim, Partial};
 pub use publish::conflict_name;
 pub use resume::ResumeRecord;
 use tmpfile::{probe_nameless_link, NamelessLink};
@@ -147,7 +147,7 @@ mod testing {
     pub fn begin(storage: &Storage, path: &WirePath, size: u64) -> Partial {
         storage
             .begin(
-                path,
+                storage.claim(path).unwrap(),
                 record(path.as_str(), size, 1),
                 0,
                 &mut hashing::Hasher::new(),

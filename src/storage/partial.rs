@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs::{File, FileTimes};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, OFlags};
@@ -25,6 +25,32 @@ pub(super) const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 /// so space is reserved as data arrives, a half lead at a time.
 pub(super) const RESERVE_LEAD: u64 = 64 * 1024 * 1024;
 
+/// The right to receive one path: taken when the file is planned, so a
+/// second sender offering the same path is refused at once rather than
+/// after its body, held by the planned entry and then by its [`Partial`].
+/// Dropping it frees the path.
+pub struct Claim {
+    path: WirePath,
+    /// The partial's path under DIR, its key in the active set.
+    key: PathBuf,
+    active: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl Claim {
+    /// The path claimed.
+    pub fn path(&self) -> &WirePath {
+        &self.path
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(&self.key);
+        }
+    }
+}
+
 /// A hidden file being received. Dropping it leaves the bytes on disk (a later
 /// session may resume from them); [`Partial::discard`] removes them.
 pub struct Partial {
@@ -40,8 +66,8 @@ pub struct Partial {
     pub(super) reserved: u64,
     /// Whether to keep reserving ahead as writes advance.
     pub(super) reserving: bool,
-    pub(super) wire: WirePath,
-    pub(super) active: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Released when the partial is dropped, after its last use.
+    pub(super) claim: Claim,
     /// Created without a name (`O_TMPFILE`), and how it gets one when
     /// committed.
     pub(super) nameless: Option<NamelessLink>,
@@ -50,9 +76,6 @@ pub struct Partial {
 impl Drop for Partial {
     fn drop(&mut self) {
         self.release_reservation();
-        if let Ok(mut active) = self.active.lock() {
-            active.remove(&self.dir.path.join(&self.partial_name));
-        }
     }
 }
 
@@ -185,7 +208,7 @@ impl Partial {
 
     /// The wire path this partial will be stored under.
     pub fn wire_path(&self) -> &WirePath {
-        &self.wire
+        &self.claim.path
     }
 }
 
@@ -201,34 +224,50 @@ fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Re
 }
 
 impl Storage {
-    /// Opens the hidden partial for `path`, creating parent directories.
-    /// With `offset` 0 it starts empty; otherwise the first `offset` bytes of
-    /// the existing partial are kept and fed to `hasher`, so the final digest
-    /// covers the whole file. Fails if another session is receiving the path.
-    /// `dir` is the parent found when the file was planned, if it existed.
+    /// Marks `path` as being received by the caller until the [`Claim`]
+    /// is dropped; fails if another session holds it.
+    pub fn claim(&self, path: &WirePath) -> io::Result<Claim> {
+        let mut key = path.under(&self.root);
+        key.set_file_name(hidden_name(path.file_name(), PARTIAL_SUFFIX));
+        let mut active = self
+            .active
+            .lock()
+            .map_err(|_| io::Error::other("internal fault: the active-path lock is poisoned"))?;
+        if !active.insert(key.clone()) {
+            return Err(io::Error::other(
+                "this path is being received from another sender right now; \
+                 send it again when that transfer is done",
+            ));
+        }
+        Ok(Claim {
+            path: path.clone(),
+            key,
+            active: Arc::clone(&self.active),
+        })
+    }
+
+    /// Opens the hidden partial for the claimed path, creating parent
+    /// directories. With `offset` 0 it starts empty; otherwise the first
+    /// `offset` bytes of the existing partial are kept and fed to `hasher`,
+    /// so the final digest covers the whole file. `dir` is the parent found
+    /// when the file was planned, if it existed.
     pub fn begin(
         &self,
-        path: &WirePath,
+        claim: Claim,
         mut record: ResumeRecord,
         offset: u64,
         hasher: &mut hashing::Hasher,
         dir: Option<DirHandle>,
     ) -> io::Result<Partial> {
-        let (dir, partial_name, key) = self.claim(path, dir)?;
-        let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
+        let dir = self.parent_dir(claim.path(), dir)?;
+        let partial_name = hidden_name(claim.path().file_name(), PARTIAL_SUFFIX);
+        let sidecar_name = hidden_name(claim.path().file_name(), SIDECAR_SUFFIX);
         record.durable = offset;
         let mut flags = OFlags::RDWR | OFlags::CREATE;
         if offset == 0 {
             flags |= OFlags::TRUNC;
         }
-        let file = match open_in(dir.fd.as_fd(), &partial_name, flags, 0o600) {
-            Ok(file) => file,
-            Err(e) => {
-                self.release(&key);
-                return Err(e);
-            }
-        };
-        // From here on, dropping `partial` releases the path.
+        let file = open_in(dir.fd.as_fd(), &partial_name, flags, 0o600)?;
         let mut partial = Partial {
             file,
             dir,
@@ -239,8 +278,7 @@ impl Storage {
             flushing: offset,
             reserved: 0,
             reserving: false,
-            wire: path.clone(),
-            active: Arc::clone(&self.active),
+            claim,
             nameless: None,
         };
         if offset > 0 {
@@ -273,38 +311,16 @@ impl Storage {
         Ok(partial)
     }
 
-    /// Finds the parent directory of `path` (creating it as needed) and
-    /// marks its partial as being received, failing if another session
-    /// already is. Returns the directory, the partial's name and its key
-    /// in the active set.
-    pub(super) fn claim(
+    /// The parent directory of `path`: `dir` when it was found at plan
+    /// time, else walked to (and created as needed) now.
+    pub(super) fn parent_dir(
         &self,
         path: &WirePath,
         dir: Option<DirHandle>,
-    ) -> io::Result<(Arc<Dir>, String, PathBuf)> {
-        let dir = match dir {
-            Some(DirHandle(dir)) => dir,
-            None => Arc::new(self.open_dir(path.parent().as_ref(), true)?),
-        };
-        let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
-        let key = dir.path.join(&partial_name);
-        if !self
-            .active
-            .lock()
-            .map_err(|_| io::Error::other("lock poisoned"))?
-            .insert(key.clone())
-        {
-            return Err(io::Error::other(
-                "the same path is being received from another sender right now",
-            ));
-        }
-        Ok((dir, partial_name, key))
-    }
-
-    /// Undoes [`Storage::claim`] when no partial came of it.
-    pub(super) fn release(&self, key: &Path) {
-        if let Ok(mut active) = self.active.lock() {
-            active.remove(key);
+    ) -> io::Result<Arc<Dir>> {
+        match dir {
+            Some(DirHandle(dir)) => Ok(dir),
+            None => Ok(Arc::new(self.open_dir(path.parent().as_ref(), true)?)),
         }
     }
 }
@@ -353,7 +369,7 @@ mod tests {
         let size = 4 * WRITEBACK_STEP;
         let mut p = storage
             .begin(
-                &path,
+                storage.claim(&path).unwrap(),
                 record("big.bin", size, 1),
                 0,
                 &mut hashing::Hasher::new(),
@@ -390,7 +406,10 @@ mod tests {
         assert!(kept < 1 << 20, "{kept} bytes still allocated");
         drop(p);
         assert_eq!(
-            storage.resumable(&path, &record("huge.bin", 4 << 30, 1)),
+            storage.resumable(
+                &storage.claim(&path).unwrap(),
+                &record("huge.bin", 4 << 30, 1)
+            ),
             Some(3)
         );
     }
@@ -432,21 +451,20 @@ mod tests {
     }
 
     #[test]
-    fn a_path_cannot_be_received_twice_at_once() {
+    fn a_path_is_claimed_once_until_its_claim_or_partial_is_dropped() {
         let root = tempfile::tempdir().unwrap();
         let storage = Storage::open(root.path(), false).unwrap();
-        let path = WirePath::parse("same.bin").unwrap();
-        let first = begin(&storage, &path, 1);
-        assert!(storage
-            .begin(
-                &path,
-                record("same.bin", 1, 1),
-                0,
-                &mut hashing::Hasher::new(),
-                None
-            )
-            .is_err());
-        drop(first);
-        begin(&storage, &path, 1);
+        let path = WirePath::parse("d/same.bin").unwrap();
+        let claim = storage.claim(&path).unwrap();
+        let err = storage.claim(&path).err().unwrap();
+        assert!(err.to_string().contains("another sender"), "{err}");
+        let other = storage.claim(&WirePath::parse("same.bin").unwrap());
+        assert!(other.is_ok(), "only the same path is taken");
+        drop(claim);
+        // A partial holds its path's claim for as long as it lives.
+        let partial = begin(&storage, &path, 1);
+        assert!(storage.claim(&path).is_err());
+        drop(partial);
+        storage.claim(&path).unwrap();
     }
 }

@@ -114,7 +114,7 @@ impl Storage {
     /// rule. Everything happens relative to the partial's directory handle.
     fn publish(&self, partial: &Partial) -> io::Result<String> {
         let dir = &partial.dir;
-        let name = partial.wire.file_name();
+        let name = partial.wire_path().file_name();
         let from = partial.partial_name.as_str();
         if self.overwrite && partial.nameless.is_none() {
             rustix::fs::renameat(&dir.fd, from, &dir.fd, name)?;

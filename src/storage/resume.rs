@@ -9,8 +9,8 @@ use rustix::fs::{AtFlags, FileType, OFlags};
 
 use super::dir::{open_in, stat_in, DirHandle};
 use super::partial::hidden_name;
-use super::Storage;
-use crate::paths::{WirePath, PARTIAL_SUFFIX, SIDECAR_SUFFIX};
+use super::{Claim, Storage};
+use crate::paths::{PARTIAL_SUFFIX, SIDECAR_SUFFIX};
 
 /// What a partial file belongs to, kept in its sidecar so a later session
 /// can resume it. Stored as one JSON object (see docs/PROTOCOL.md).
@@ -65,33 +65,24 @@ impl Storage {
     /// How many bytes of an earlier partial of this file can be kept:
     /// `Some(n)` when a partial and its sidecar match `offer` (the durable
     /// prefix, at most the file's length); otherwise a stale partial of the
-    /// same name is removed and the answer is `None`.
-    pub fn resumable(&self, path: &WirePath, offer: &ResumeRecord) -> Option<u64> {
-        self.resumable_in(
-            self.find_dir(path.parent().as_ref()).ok()?.as_ref(),
-            path,
-            offer,
-        )
+    /// same name is removed and the answer is `None`. Only the holder of
+    /// the path's claim may look, as no other session may be writing it.
+    pub fn resumable(&self, claim: &Claim, offer: &ResumeRecord) -> Option<u64> {
+        let parent = claim.path().parent();
+        self.resumable_in(self.find_dir(parent.as_ref()).ok()?.as_ref(), claim, offer)
     }
 
     /// [`Storage::resumable`] in an already opened parent.
     pub fn resumable_in(
         &self,
         dir: Option<&DirHandle>,
-        path: &WirePath,
+        claim: &Claim,
         offer: &ResumeRecord,
     ) -> Option<u64> {
         let DirHandle(dir) = dir?;
-        let partial_name = hidden_name(path.file_name(), PARTIAL_SUFFIX);
-        let sidecar_name = hidden_name(path.file_name(), SIDECAR_SUFFIX);
-        if self
-            .active
-            .lock()
-            .ok()?
-            .contains(&dir.path.join(&partial_name))
-        {
-            return None;
-        }
+        let name = claim.path().file_name();
+        let partial_name = hidden_name(name, PARTIAL_SUFFIX);
+        let sidecar_name = hidden_name(name, SIDECAR_SUFFIX);
         // The common case, no partial at all, costs one stat.
         let (kind, len) = stat_in(dir.fd.as_fd(), &partial_name).ok()?;
         let record = read_sidecar(dir.fd.as_fd(), &sidecar_name);
@@ -115,6 +106,7 @@ mod tests {
     use super::super::testing::{begin, record};
     use super::*;
     use crate::hashing;
+    use crate::paths::WirePath;
 
     #[test]
     fn checkpointed_partial_resumes_and_its_prefix_is_hashed() {
@@ -126,10 +118,19 @@ mod tests {
         p.checkpoint().unwrap();
         p.write(b"56").unwrap(); // written, not checkpointed
         drop(p);
-        assert_eq!(storage.resumable(&path, &record("big.bin", 10, 1)), Some(5));
+        assert_eq!(
+            storage.resumable(&storage.claim(&path).unwrap(), &record("big.bin", 10, 1)),
+            Some(5)
+        );
         let mut hasher = hashing::Hasher::new();
         let mut p = storage
-            .begin(&path, record("big.bin", 10, 1), 5, &mut hasher, None)
+            .begin(
+                storage.claim(&path).unwrap(),
+                record("big.bin", 10, 1),
+                5,
+                &mut hasher,
+                None,
+            )
             .unwrap();
         assert_eq!(p.written(), 5);
         p.write(b"56789").unwrap();
@@ -152,7 +153,10 @@ mod tests {
         p.checkpoint().unwrap();
         drop(p);
         // Different mtime: the source changed since the partial was written.
-        assert_eq!(storage.resumable(&path, &record("f.bin", 10, 2)), None);
+        assert_eq!(
+            storage.resumable(&storage.claim(&path).unwrap(), &record("f.bin", 10, 2)),
+            None
+        );
         assert_eq!(
             fs::read_dir(root.path()).unwrap().count(),
             0,

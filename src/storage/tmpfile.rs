@@ -5,15 +5,14 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
 use super::dir::DirHandle;
 use super::partial::hidden_name;
-use super::{Partial, ResumeRecord, Storage};
+use super::{Claim, Partial, ResumeRecord, Storage};
 use crate::hashing;
-use crate::paths::{WirePath, PARTIAL_SUFFIX, SIDECAR_SUFFIX};
+use crate::paths::{PARTIAL_SUFFIX, SIDECAR_SUFFIX};
 
 /// A way to give a nameless (`O_TMPFILE`) file a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,36 +75,32 @@ impl Storage {
     /// and a receiver killed meanwhile leaves nothing behind.
     pub fn begin_whole(
         &self,
-        path: &WirePath,
+        claim: Claim,
         record: ResumeRecord,
         dir: Option<DirHandle>,
     ) -> io::Result<Partial> {
         let mut unused = hashing::Hasher::new();
         let (false, Some(method)) = (self.overwrite, self.nameless_link) else {
             // Replacing a file atomically needs a named file to rename.
-            return self.begin(path, record, 0, &mut unused, dir);
+            return self.begin(claim, record, 0, &mut unused, dir);
         };
-        let (dir, partial_name, key) = self.claim(path, dir)?;
+        let dir = self.parent_dir(claim.path(), dir)?;
         match open_nameless(dir.fd.as_fd()) {
             Ok(file) => Ok(Partial {
                 file,
-                sidecar_name: hidden_name(path.file_name(), SIDECAR_SUFFIX),
+                sidecar_name: hidden_name(claim.path().file_name(), SIDECAR_SUFFIX),
+                partial_name: hidden_name(claim.path().file_name(), PARTIAL_SUFFIX),
                 dir,
-                partial_name,
                 record,
                 written: 0,
                 flushing: 0,
                 reserved: 0,
                 reserving: false,
-                wire: path.clone(),
-                active: Arc::clone(&self.active),
+                claim,
                 nameless: Some(method),
             }),
             // Not on this filesystem: a named partial, as for any other body.
-            Err(_) => {
-                self.release(&key);
-                self.begin(path, record, 0, &mut unused, Some(DirHandle(dir)))
-            }
+            Err(_) => self.begin(claim, record, 0, &mut unused, Some(DirHandle(dir))),
         }
     }
 }
@@ -119,6 +114,7 @@ mod tests {
 
     use super::super::testing::{names_in, record};
     use super::*;
+    use crate::paths::WirePath;
 
     #[test]
     fn both_ways_of_naming_a_nameless_file_link_its_bytes_and_refuse_a_taken_name() {
@@ -170,7 +166,7 @@ mod tests {
         fs::create_dir(root.path().join("d")).unwrap();
         fs::write(root.path().join("d/f.txt"), b"old").unwrap();
         let mut p = storage
-            .begin_whole(&path, record("d/f.txt", 3, 1), None)
+            .begin_whole(storage.claim(&path).unwrap(), record("d/f.txt", 3, 1), None)
             .unwrap();
         p.write(b"new").unwrap();
         if p.nameless.is_some() {
@@ -192,12 +188,12 @@ mod tests {
 
         // Discarded, or its receiver gone: it leaves nothing behind.
         let mut p = storage
-            .begin_whole(&path, record("d/f.txt", 3, 1), None)
+            .begin_whole(storage.claim(&path).unwrap(), record("d/f.txt", 3, 1), None)
             .unwrap();
         p.write(b"bad").unwrap();
         p.discard();
         let p = storage
-            .begin_whole(&path, record("d/f.txt", 3, 1), None)
+            .begin_whole(storage.claim(&path).unwrap(), record("d/f.txt", 3, 1), None)
             .unwrap();
         drop(p);
         assert_eq!(names_in(&root.path().join("d")), ["f (1).txt", "f.txt"]);
@@ -210,7 +206,7 @@ mod tests {
         let path = WirePath::parse("f.txt").unwrap();
         fs::write(root.path().join("f.txt"), b"old").unwrap();
         let mut p = storage
-            .begin_whole(&path, record("f.txt", 3, 1), None)
+            .begin_whole(storage.claim(&path).unwrap(), record("f.txt", 3, 1), None)
             .unwrap();
         assert!(p.nameless.is_none());
         p.write(b"new").unwrap();

@@ -7,4 +7,5 @@ mod harness;
 mod cli;
 mod faults;
 mod hostile;
+mod storage;
 mod transfer;
