@@ -32,8 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::paths::PARTIAL_SUFFIX;
 use crate::protocol::Digest;
 
 pub use dir::DirHandle;
@@ -98,6 +99,7 @@ impl Storage {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?);
+        check_writable(&root_handle)?;
         Ok(Storage {
             root,
             overwrite,
@@ -121,6 +123,22 @@ impl Storage {
             .collect::<Vec<_>>()
             .join("/")
     }
+}
+
+/// Creates and removes a file in `dir`, so a DIR that cannot take files
+/// (read-only, not ours) fails at start-up instead of at the first body.
+/// Named like a partial, so one left by a crash here is cleaned up later.
+fn check_writable(dir: &File) -> io::Result<()> {
+    let name = format!(".xfer-writable-{}{PARTIAL_SUFFIX}", std::process::id());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    drop(rustix::fs::openat(
+        dir,
+        name.as_str(),
+        flags,
+        Mode::from_raw_mode(0o600),
+    )?);
+    rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty())?;
+    Ok(())
 }
 
 /// Helpers the tests of every storage module share.
@@ -163,5 +181,54 @@ mod testing {
             .collect();
         names.sort();
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// A read-only tmpfs mounted on a fresh temporary directory, unmounted
+    /// when dropped; `None` (with the reason printed) where mounting is not
+    /// allowed.
+    struct ReadOnlyMount(tempfile::TempDir);
+
+    impl ReadOnlyMount {
+        fn new() -> Option<ReadOnlyMount> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "ro", "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match mounted {
+                Ok(out) if out.status.success() => Some(ReadOnlyMount(dir)),
+                Ok(out) => {
+                    let why = String::from_utf8_lossy(&out.stderr);
+                    eprintln!("skipped: cannot mount a read-only tmpfs: {}", why.trim());
+                    None
+                }
+                Err(e) => {
+                    eprintln!("skipped: cannot run mount: {e}");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for ReadOnlyMount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_dir_it_cannot_write() {
+        let Some(mount) = ReadOnlyMount::new() else {
+            return;
+        };
+        let err = Storage::open(mount.0.path(), false).err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     }
 }
