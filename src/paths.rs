@@ -98,9 +98,12 @@ impl WirePath {
         self.0.rsplit('/').next().unwrap_or(&self.0)
     }
 
-    /// The directory part, if any.
-    pub fn parent(&self) -> Option<&str> {
-        self.0.rsplit_once('/').map(|(dir, _)| dir)
+    /// The directory part, if any: valid too, as every prefix of a valid
+    /// path ending at a component boundary is.
+    pub fn parent(&self) -> Option<WirePath> {
+        self.0
+            .rsplit_once('/')
+            .map(|(dir, _)| WirePath(dir.to_owned()))
     }
 
     /// This path joined under `root`.
@@ -185,7 +188,10 @@ mod tests {
     fn parts_and_joining() {
         let p = WirePath::parse("a/b/c.txt").unwrap();
         assert_eq!(p.file_name(), "c.txt");
-        assert_eq!(p.parent(), Some("a/b"));
+        let parent = p.parent().unwrap();
+        assert_eq!(parent.as_str(), "a/b");
+        assert_eq!(parent, WirePath::parse("a/b").unwrap());
+        assert_eq!(parent.parent().unwrap().as_str(), "a");
         assert_eq!(p.under(Path::new("/in")), PathBuf::from("/in/a/b/c.txt"));
         assert_eq!(WirePath::parse("c").unwrap().parent(), None);
     }
@@ -199,6 +205,10 @@ mod tests {
                 proptest::prop_assert!(joined.starts_with(root) && joined != root);
                 for c in joined.strip_prefix(root).unwrap().components() {
                     proptest::prop_assert!(matches!(c, std::path::Component::Normal(_)), "{:?} gave {:?}", raw, c);
+                }
+                // A parent is built without validation: it must pass it anyway.
+                if let Some(parent) = path.parent() {
+                    proptest::prop_assert_eq!(WirePath::parse(parent.as_str()), Ok(parent));
                 }
             }
         }

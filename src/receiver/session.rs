@@ -26,7 +26,7 @@ use crate::protocol::{
     handshake, Action, Digest, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Outcome,
     Plan, Verdict, MAX_BATCH_ENTRIES,
 };
-use crate::storage::{DirHandle, FilePlan, Metadata, Partial, ResumeRecord, Storage};
+use crate::storage::{Claim, DirHandle, FilePlan, Metadata, Partial, ResumeRecord, Storage};
 
 /// Bodies up to this size are collected and handed to the sink whole; no
 /// read of the socket asks for more.
@@ -301,6 +301,8 @@ struct Planned {
     offset: u64,
     /// The parent directory as found when planning, if it existed.
     dir: Option<DirHandle>,
+    /// Keeps other senders off this path until its partial holds it.
+    claim: Claim,
 }
 
 /// The reading side of a session.
@@ -436,29 +438,36 @@ impl Receive {
                     self.dirs.push((path, metadata_of(&entry)));
                     Action::DirReady
                 }
-                Decision::File(path, FilePlan::Receive, offset, dir) => {
+                Decision::Receive { claim, offset, dir } => {
                     let planned = Planned {
-                        path,
+                        path: claim.path().clone(),
                         entry,
                         existing: None,
                         offset,
                         dir,
+                        claim,
                     };
                     self.planned.insert(id, planned);
                     Action::Send { offset }
                 }
-                Decision::File(path, FilePlan::Compare { existing, sha256 }, _, dir) => {
+                Decision::Compare {
+                    claim,
+                    existing,
+                    sha256,
+                    dir,
+                } => {
                     let planned = Planned {
-                        path,
+                        path: claim.path().clone(),
                         entry,
                         existing: Some(existing),
                         offset: 0,
                         dir,
+                        claim,
                     };
                     self.planned.insert(id, planned);
                     Action::Compare { sha256 }
                 }
-                Decision::File(_, FilePlan::Skip { existing }, _, _) => {
+                Decision::Skip(existing) => {
                     self.report_skip(&entry, existing.clone(), entry.sha256);
                     Action::Skip { path: existing }
                 }
@@ -530,6 +539,7 @@ impl Receive {
         });
         let begin = BeginFile {
             dir: planned.dir,
+            claim: planned.claim,
             id,
             record: record_of(&planned.entry),
             meta: metadata_of(&planned.entry),
@@ -678,9 +688,23 @@ fn metadata_of(entry: &Entry) -> Metadata {
 
 enum Decision {
     Dir(WirePath),
-    /// A file, where its body starts (resuming a partial), and its parent
-    /// directory if it already exists.
-    File(WirePath, FilePlan, u64, Option<DirHandle>),
+    /// A file to receive, where its body starts (resuming a partial), and
+    /// its parent directory if it already exists.
+    Receive {
+        claim: Claim,
+        offset: u64,
+        dir: Option<DirHandle>,
+    },
+    /// A file the sender first compares with `existing`, which has the
+    /// same name and size.
+    Compare {
+        claim: Claim,
+        existing: String,
+        sha256: Digest,
+        dir: Option<DirHandle>,
+    },
+    /// Identical content is stored here already.
+    Skip(String),
     Refuse(String),
 }
 
@@ -694,7 +718,7 @@ fn decide(
 ) -> Vec<(Entry, Decision)> {
     let mut free = storage.free_space().unwrap_or(u64::MAX);
     // Consecutive files usually share a directory: look it up once.
-    let mut last_dir: Option<(Option<String>, Option<DirHandle>)> = None;
+    let mut last_dir: Option<(Option<WirePath>, Option<DirHandle>)> = None;
     entries
         .into_iter()
         .map(|entry| {
@@ -709,16 +733,16 @@ fn decide(
                 (Ok(path), EntryKind::Dir) => {
                     // A directory that did not exist may exist now.
                     last_dir = None;
-                    match storage.make_dirs(Some(path.as_str())) {
+                    match storage.make_dirs(Some(&path)) {
                         Ok(()) => Decision::Dir(path),
                         Err(e) => Decision::Refuse(describe_io(&e)),
                     }
                 }
                 (Ok(path), EntryKind::File) => {
-                    let parent = path.parent().map(str::to_owned);
+                    let parent = path.parent();
                     let dir = match &last_dir {
                         Some((p, dir)) if *p == parent => Ok(dir.clone()),
-                        _ => storage.find_dir(parent.as_deref()),
+                        _ => storage.find_dir(parent.as_ref()),
                     };
                     match dir {
                         Err(e) => Decision::Refuse(describe_io(&e)),
@@ -742,29 +766,43 @@ fn decide_file(
     free: &mut u64,
     session_left: &mut u64,
 ) -> Decision {
-    match storage.plan_file_in(dir.as_ref(), &path, entry.size, entry.sha256) {
-        Ok(FilePlan::Receive) => {
-            let offset = storage
-                .resumable_in(dir.as_ref(), &path, &record_of(entry))
-                .unwrap_or(0);
-            let needed = entry.size - offset;
-            if needed > *free {
-                Decision::Refuse(format!(
-                    "not enough free space on the receiver: {needed} bytes needed, {free} available"
-                ))
-            } else if needed > *session_left {
-                Decision::Refuse(format!(
-                    "over the receiver's limit of bytes per session (--max-session-size); \
-                     {session_left} bytes were left"
-                ))
-            } else {
-                *free -= needed;
-                *session_left -= needed;
-                Decision::File(path, FilePlan::Receive, offset, dir)
-            }
-        }
-        Ok(plan) => Decision::File(path, plan, 0, dir),
-        Err(e) => Decision::Refuse(describe_io(&e)),
+    let compare = match storage.plan_file_in(dir.as_ref(), &path, entry.size, entry.sha256) {
+        Ok(FilePlan::Receive) => None,
+        Ok(FilePlan::Compare { existing, sha256 }) => Some((existing, sha256)),
+        Ok(FilePlan::Skip { existing }) => return Decision::Skip(existing),
+        Err(e) => return Decision::Refuse(describe_io(&e)),
+    };
+    // Claimed now, so a second sender of the same path is refused in its
+    // plan instead of after its body.
+    let claim = match storage.claim(&path) {
+        Ok(claim) => claim,
+        Err(e) => return Decision::Refuse(describe_io(&e)),
+    };
+    if let Some((existing, sha256)) = compare {
+        return Decision::Compare {
+            claim,
+            existing,
+            sha256,
+            dir,
+        };
+    }
+    let offset = storage
+        .resumable_in(dir.as_ref(), &claim, &record_of(entry))
+        .unwrap_or(0);
+    let needed = entry.size - offset;
+    if needed > *free {
+        Decision::Refuse(format!(
+            "not enough free space on the receiver: {needed} bytes needed, {free} available"
+        ))
+    } else if needed > *session_left {
+        Decision::Refuse(format!(
+            "over the receiver's limit of bytes per session (--max-session-size); \
+             {session_left} bytes were left"
+        ))
+    } else {
+        *free -= needed;
+        *session_left -= needed;
+        Decision::Receive { claim, offset, dir }
     }
 }
 
@@ -793,6 +831,7 @@ enum SinkCommand {
 /// Everything the sink needs to start receiving one file.
 struct BeginFile {
     dir: Option<DirHandle>,
+    claim: Claim,
     id: u64,
     path: WirePath,
     size: u64,
@@ -949,6 +988,7 @@ impl Sink {
     fn begin(&mut self, file: BeginFile, whole: bool, received: Option<Digest>) {
         let BeginFile {
             dir,
+            claim,
             id,
             path,
             size,
@@ -959,9 +999,9 @@ impl Sink {
         } = file;
         let mut prefix = Hasher::new();
         let begun = if whole && offset == 0 {
-            self.storage.begin_whole(&path, record, dir)
+            self.storage.begin_whole(claim, record, dir)
         } else {
-            self.storage.begin(&path, record, offset, &mut prefix, dir)
+            self.storage.begin(claim, record, offset, &mut prefix, dir)
         };
         let (partial, error) = match begun {
             Ok(p) => (Some(p), None),

@@ -8,4 +8,5 @@ mod cli;
 mod events;
 mod faults;
 mod hostile;
+mod storage;
 mod transfer;
