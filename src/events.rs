@@ -56,6 +56,8 @@ pub struct FileReport {
     pub resumed_from: u64,
     /// Bodies sent for it: 0 (skipped, refused), 1, or 2 after a retry.
     pub attempts: u32,
+    /// Why the first body was sent again, when it was (damaged on the way).
+    pub retried_after: Option<String>,
 }
 
 impl FileReport {

@@ -194,25 +194,7 @@ impl Reporter {
                     self.line(format!("sent {}", describe(summary, error.is_none())));
                 }
             }
-            Role::Recv => {
-                let from = peer;
-                let mut text = match error {
-                    None => format!("from {from}: received {}", describe(summary, true)),
-                    Some(e) => format!(
-                        "from {from}: session ended early ({}); received {}",
-                        e,
-                        describe(summary, false)
-                    ),
-                };
-                if summary.kept_files > 0 {
-                    text.push_str(&format!(
-                        "; kept {} of {} for resume",
-                        indicatif::HumanBytes(summary.kept_bytes),
-                        indicatif::HumanBytes(summary.kept_of)
-                    ));
-                }
-                self.line(text);
-            }
+            Role::Recv => self.line(session_line(peer, summary, error)),
         }
     }
 
@@ -244,6 +226,9 @@ fn file_event(role: Role, peer: &str, report: &FileReport) -> serde_json::Value 
         value["resumed_from"] = json!(report.resumed_from);
         value["digest_in_header"] = json!(report.digest_in_header);
         value["attempts"] = json!(report.attempts);
+    }
+    if let Some(why) = &report.retried_after {
+        value["retried_after"] = json!(why);
     }
     if let Some(sha256) = &report.sha256 {
         value["sha256"] = json!(to_hex(sha256));
@@ -286,6 +271,26 @@ fn session_event(
         value["error"] = json!(e);
     }
     value
+}
+
+/// The receiver's closing line for one sender: what arrived and, when the
+/// session was cut short, why and what is kept for a resume.
+fn session_line(peer: &str, summary: &Summary, error: Option<&str>) -> String {
+    let mut text = match error {
+        None => format!("from {peer}: received {}", describe(summary, true)),
+        Some(e) => format!(
+            "from {peer}: session ended early ({e}); received {}",
+            describe(summary, false)
+        ),
+    };
+    if summary.kept_files > 0 {
+        text.push_str(&format!(
+            "; kept {} of {} for resume",
+            indicatif::HumanBytes(summary.kept_bytes),
+            indicatif::HumanBytes(summary.kept_of)
+        ));
+    }
+    text
 }
 
 /// "3 of 4 files (1 already there, 1 refused), 1.5 MiB in 0.4 s (3.7 MiB/s), all verified"
@@ -356,6 +361,27 @@ mod tests {
         };
         assert!(describe(&s, true).starts_with("1 of 4 files (1 refused, 2 failed), "));
         assert!(!describe(&s, true).contains("verified"));
+    }
+
+    #[test]
+    fn a_cut_session_says_what_was_kept_for_resume() {
+        let s = Summary {
+            offered: 1,
+            kept_files: 1,
+            kept_bytes: 118 << 20,
+            kept_of: 1 << 30,
+            ..Summary::default()
+        };
+        let line = session_line("10.0.0.2:5000", &s, Some("the sender was interrupted"));
+        assert!(
+            line.starts_with("from 10.0.0.2:5000: session ended early (the sender was interrupted); received 0 of 1 files,"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; kept 118.00 MiB of 1.00 GiB for resume"),
+            "{line}"
+        );
+        assert!(!line.contains("verified"), "{line}");
     }
 
     #[test]

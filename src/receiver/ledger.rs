@@ -39,6 +39,8 @@ struct Record {
     bytes: u64,
     /// Bytes kept in a partial when the session was cut off mid-body.
     kept: Option<u64>,
+    /// Why its first body was not accepted, when it came again.
+    retried_after: Option<String>,
 }
 
 /// How a new offer of a path relates to what this session saw before.
@@ -89,7 +91,9 @@ impl Ledger {
     ) -> Offered {
         if let Some(&index) = self.paths.get(path) {
             let record = &mut self.records[index];
-            if matches!(record.state, State::AwaitingRetry(_)) && record.size == size {
+            if let (State::AwaitingRetry(reason), true) = (&record.state, record.size == size) {
+                log::debug!("'{path}' is offered again after: {reason}");
+                record.retried_after = Some(reason.clone());
                 record.state = State::Planned;
                 record.sha256 = None;
                 record.digest_in_header = header.is_some();
@@ -110,6 +114,7 @@ impl Ledger {
             attempts: 0,
             bytes: 0,
             kept: None,
+            retried_after: None,
         });
         self.ids.insert(id, index);
         match self.paths.entry(path.to_owned()) {
@@ -227,6 +232,7 @@ impl Ledger {
                 digest_in_header: record.digest_in_header,
                 resumed_from: record.resumed_from,
                 attempts: record.attempts,
+                retried_after: record.retried_after.clone(),
             },
         });
     }
@@ -298,6 +304,10 @@ mod tests {
         let reports = seen.0.lock().unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].attempts, reports[0].sha256), (2, Some([9; 32])));
+        assert_eq!(
+            reports[0].retried_after.as_deref(),
+            Some("SHA-256 mismatch")
+        );
     }
 
     #[test]

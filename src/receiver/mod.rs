@@ -1,8 +1,14 @@
 //! The receiving server: a bounded accept loop, one task per sender, and a
-//! clean stop on shutdown. Session logic lives in [`session`].
+//! clean stop on shutdown. One session is wired in [`session`]: [`plan`]
+//! decides each offered entry, `sink` writes and verifies bodies, `commit`
+//! makes them durable and visible, and [`ledger`] keeps one record per
+//! entry that every report is read from.
 
+mod commit;
 pub mod ledger;
+pub mod plan;
 mod session;
+mod sink;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-pub use session::Limits;
+pub use plan::Limits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -136,7 +142,8 @@ impl Server {
             let task = tracker.spawn(async move {
                 // A session cut short by our own stop is not a failed one:
                 // its partials are kept, as a stop promises.
-                if !session::serve_one(stream, peer, context, hello_permit).await
+                let _ = stream.set_nodelay(true);
+                if !session::serve_one(stream, peer.to_string(), context, hello_permit).await
                     && !stopping.is_cancelled()
                 {
                     failed.fetch_add(1, Ordering::Relaxed);

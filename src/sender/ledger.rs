@@ -40,6 +40,8 @@ pub struct FileRecord {
     /// Body bytes put on the wire for it, over all attempts.
     sent: u64,
     stored_as: Option<String>,
+    /// Why its first body was not accepted, when it is being sent again.
+    retried_after: Option<String>,
 }
 
 /// What a verdict did to its file.
@@ -107,6 +109,7 @@ impl Ledger {
             attempts: 0,
             sent: 0,
             stored_as: None,
+            retried_after: None,
         });
         self.records.len() - 1
     }
@@ -204,6 +207,7 @@ impl Ledger {
                 );
                 record.state = State::Retry;
                 record.sha256 = None;
+                record.retried_after = Some(reason);
                 self.retries.push(index);
                 return Ok(Settled::Retry);
             }
@@ -251,6 +255,7 @@ impl Ledger {
                 digest_in_header: record.digest_in_header,
                 resumed_from: record.resumed_from,
                 attempts: record.attempts,
+                retried_after: record.retried_after.clone(),
             },
         });
     }
@@ -354,6 +359,10 @@ mod tests {
         assert_eq!(reports[0].outcome, Outcome::Stored);
         assert_eq!(reports[0].attempts, 2);
         assert_eq!(reports[0].sha256, Some([3; 32]));
+        assert_eq!(
+            reports[0].retried_after.as_deref(),
+            Some("SHA-256 mismatch")
+        );
     }
 
     #[test]

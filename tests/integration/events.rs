@@ -173,6 +173,18 @@ fn every_event_of_a_delivery_a_skip_and_a_refusal_fits_the_schema() {
     assert_eq!(sessions.len(), 3, "one session event per sender");
     assert_eq!(sessions[0]["stored"], 2);
     assert_eq!(sessions[1]["skipped"], 2);
+    // A refusal is an outcome on the receiver too: an event, and counted.
+    assert_eq!(sessions[2]["refused"], 1);
+    assert_eq!(sessions[2]["ok"], false);
+    let refusals: Vec<_> = received
+        .iter()
+        .filter(|e| e["event"] == "refused")
+        .collect();
+    assert_eq!(refusals.len(), 1);
+    assert!(refusals[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("--max-size"));
 }
 
 #[test]

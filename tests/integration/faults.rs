@@ -180,6 +180,55 @@ fn a_receiver_stopping_mid_file_is_the_peer_going_away_for_the_sender() {
     assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
 }
 
+#[tokio::test]
+async fn a_cut_session_says_how_much_was_kept_for_resume() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("movie.mkv");
+    write_random(&file, 24 * MIB as usize, 6);
+    let rx = Receiver::start(dst.path()).await;
+    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(8 * MIB)).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let config = xfer::sender::SendConfig {
+        paths: vec![file.clone()],
+        destination: xfer::sender::Destination {
+            host: "127.0.0.1".into(),
+            port: proxy.addr.port(),
+        },
+        idle_timeout: Duration::from_secs(10),
+        digest_cache: None,
+    };
+    let events = std::sync::Arc::new(Events::default());
+    let sending = tokio::spawn({
+        let (cancel, events) = (cancel.clone(), events.clone());
+        async move { xfer::sender::send(&config, events, cancel).await }
+    });
+    let dir = dst.path().to_path_buf();
+    within(async {
+        while partial_len(&dir, "movie.mkv").unwrap_or(0) < 2 * MIB {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    cancel.cancel();
+    let err = within(sending).await.unwrap().unwrap_err();
+    assert_eq!(xfer::error::exit_code_of(&err), 130);
+    rx.events.wait_for_endings(1).await;
+    let (summary, error) = rx.events.endings()[0].clone();
+    assert!(error.is_some(), "a cut session is not a clean one");
+    assert_eq!(
+        (summary.offered, summary.stored, summary.kept_files),
+        (1, 0, 1)
+    );
+    assert_eq!(summary.kept_of, 24 * MIB);
+    let kept = partial_len(dst.path(), "movie.mkv").unwrap();
+    assert_eq!(summary.kept_bytes, kept, "the summary says what is on disk");
+    assert!(kept >= 2 * MIB);
+    assert!(
+        rx.events.finals().is_empty(),
+        "no outcome for a file still to come"
+    );
+}
+
 #[test]
 fn ctrl_c_stops_either_side_promptly_and_leaves_a_resumable_partial() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -291,16 +340,24 @@ async fn a_byte_flipped_on_the_wire_is_caught_and_the_file_sent_again_once() {
     assert_eq!((summary.delivered(), summary.failed), (1, 0));
     assert_eq!(summary.bytes, 2 * data.len() as u64, "sent twice");
     assert_eq!(fs::read(dst.path().join("payload.bin")).unwrap(), data);
-    let failures = rx.events.failed();
-    assert_eq!(failures.len(), 1);
-    assert!(
-        failures[0].1.contains("corrupted in transit"),
-        "{failures:?}"
+    // One file, one outcome on each side: stored, on its second attempt.
+    for side in [&rx.events, &events] {
+        assert!(side.failed().is_empty(), "{:?}", side.failed());
+        let finals = side.finals();
+        assert_eq!(finals.len(), 1, "{finals:?}");
+        assert_eq!(finals[0].outcome, xfer::events::Outcome::Stored);
+        assert_eq!(finals[0].attempts, 2);
+        let why = finals[0].retried_after.as_deref().unwrap_or_default();
+        assert!(why.contains("corrupted in transit"), "{why}");
+    }
+    rx.events.wait_for_endings(1).await;
+    let ending = &rx.events.endings()[0];
+    assert_eq!(
+        (ending.0.stored, ending.0.failed, ending.1.clone()),
+        (1, 0, None)
     );
-    assert!(
-        events.failed().is_empty(),
-        "the retry succeeded, nothing failed for the user"
-    );
+    // So `recv --once` would exit 0, as the sender does.
+    assert_eq!(rx.stop().await.failed_sessions, 0);
 }
 
 #[tokio::test]
@@ -326,11 +383,16 @@ async fn corruption_on_every_attempt_fails_after_one_retry() {
         format!("{err:#}").contains("payload.bin: SHA-256 mismatch"),
         "{err:#}"
     );
+    rx.events.wait_for_endings(1).await;
+    let finals = rx.events.finals();
+    assert_eq!(finals.len(), 1, "one file, one outcome: {finals:?}");
+    assert!(
+        matches!(&finals[0].outcome, xfer::events::Outcome::Failed(why) if why.contains("SHA-256 mismatch")),
+        "{finals:?}"
+    );
     assert_eq!(
-        rx.events.failed().len(),
-        2,
-        "the first attempt and exactly one retry: {:?}",
-        rx.events.failed()
+        finals[0].attempts, 2,
+        "the first attempt and exactly one retry"
     );
     assert!(
         tree_listing(dst.path()).is_empty(),
@@ -482,12 +544,10 @@ async fn a_kept_prefix_that_differs_from_the_source_is_caught_and_resent_from_sc
         (data.len() as u64 - 2 * MIB) + data.len() as u64,
         "resumed, then sent whole"
     );
-    let failures = rx.events.failed();
-    assert_eq!(failures.len(), 1, "{failures:?}");
-    assert!(
-        failures[0].1.contains("resumed partial did not match"),
-        "{failures:?}"
-    );
+    assert!(rx.events.failed().is_empty(), "{:?}", rx.events.failed());
+    let report = rx.events.report("doc.bin");
+    let why = report.retried_after.as_deref().unwrap_or_default();
+    assert!(why.contains("resumed partial did not match"), "{why}");
     assert_eq!(fs::read(dst.path().join("doc.bin")).unwrap(), data);
     assert_eq!(tree_listing(dst.path()).len(), 1);
 }

@@ -79,6 +79,18 @@ impl Events {
             .collect()
     }
 
+    /// Waits (under [`TIMEOUT`]) until `n` sessions have ended: a receiver
+    /// reports outcomes settled at a session's end (a file damaged twice)
+    /// just after the sender has heard the last word.
+    pub async fn wait_for_endings(&self, n: usize) {
+        within(async {
+            while self.endings().len() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
     /// Every session's closing summary and error, in order.
     pub fn endings(&self) -> Vec<(Summary, Option<String>)> {
         let events = self.0.lock().unwrap();

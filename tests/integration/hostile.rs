@@ -553,3 +553,57 @@ async fn a_symlink_planted_at_the_final_name_is_neither_followed_nor_replaced() 
     );
     assert_eq!(std::fs::read(dir.join("report (1).txt")).unwrap(), data);
 }
+
+#[tokio::test]
+async fn a_path_offered_twice_in_one_session_is_stored_once_and_the_repeat_refused() {
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(dst.path()).await;
+    let (mut reader, mut writer) = raw_connect(rx.addr).await;
+    let entries = vec![file_entry("dup.txt"), file_entry("dup.txt")];
+    writer
+        .send(&Message::Offer(Offer {
+            first_id: 0,
+            entries,
+        }))
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let Some(Message::Plan(plan)) = within(reader.read_message()).await.unwrap() else {
+        panic!("expected a plan")
+    };
+    assert_eq!(plan.actions[0], Action::Send { offset: 0 });
+    assert!(
+        matches!(&plan.actions[1], Action::Refuse { reason } if reason.contains("offered twice")),
+        "{:?}",
+        plan.actions
+    );
+    writer
+        .send(&Message::FileBegin { id: 0, offset: 0 })
+        .await
+        .unwrap();
+    writer.send_raw(b"x").await.unwrap();
+    writer
+        .send(&Message::FileEnd {
+            sha256: xfer::hashing::digest(b"x"),
+            error: None,
+        })
+        .await
+        .unwrap();
+    writer.send(&Message::Done).await.unwrap();
+    writer.flush().await.unwrap();
+    loop {
+        match within(reader.read_message()).await.unwrap() {
+            Some(Message::Verdict(_)) => continue,
+            Some(Message::Bye { files, .. }) => break assert_eq!(files, 1),
+            other => panic!("expected Bye, got {other:?}"),
+        }
+    }
+    let names: Vec<_> = tree_listing(dst.path()).into_keys().collect();
+    assert_eq!(names, ["dup.txt"], "stored once, not as 'dup (1).txt' too");
+    rx.events.wait_for_endings(1).await;
+    let (summary, _) = rx.events.endings()[0];
+    assert_eq!(
+        (summary.offered, summary.stored, summary.refused),
+        (2, 1, 1)
+    );
+}
