@@ -11,7 +11,6 @@
 //! back for minutes, and that is not idleness); a write fails once it has
 //! made no progress for `idle`.
 
-use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,6 @@ use tokio::time::Instant;
 
 use super::codec::{self, CodecError};
 use super::message::Message;
-use super::transport::Transport;
 use super::{CAPABILITIES, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 use crate::error::Error;
 
@@ -33,7 +31,7 @@ const NO_DATA: &str = "no data for";
 
 /// When a writer last made progress, readable by the reader that watches it
 /// without a lock.
-struct Activity {
+pub(super) struct Activity {
     origin: Instant,
     /// Nanoseconds from `origin` to the last progress.
     last: AtomicU64,
@@ -47,7 +45,7 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last.fetch_max(nanos, Ordering::Relaxed);
     }
@@ -59,10 +57,10 @@ impl Activity {
 
 /// Reads frames and body bytes from one side of a connection.
 pub struct FrameReader<R> {
-    inner: R,
-    buf: BytesMut,
-    peer: Arc<str>,
-    idle: Duration,
+    pub(super) inner: R,
+    pub(super) buf: BytesMut,
+    pub(super) peer: Arc<str>,
+    pub(super) idle: Duration,
     /// The watched writer's progress.
     writer_activity: Option<Arc<Activity>>,
 }
@@ -128,14 +126,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    fn lost(&self, detail: String) -> Error {
+    pub(super) fn lost(&self, detail: String) -> Error {
         Error::ConnectionLost {
             peer: self.peer.to_string(),
             detail,
         }
     }
 
-    fn protocol(&self, detail: String) -> Error {
+    pub(super) fn protocol(&self, detail: String) -> Error {
         Error::Protocol {
             peer: self.peer.to_string(),
             detail,
@@ -187,7 +185,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads exactly `N` raw bytes (used for the fixed-layout hello).
-    async fn read_array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+    pub(super) async fn read_array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
         while self.buf.len() < N {
             if self.fill("no hello within").await? == 0 {
                 return Err(self.lost("connection closed during the hello".into()));
@@ -201,12 +199,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// Buffers frames and body bytes for one side of a connection.
 pub struct FrameWriter<W> {
-    inner: W,
-    buf: BytesMut,
-    peer: Arc<str>,
-    idle: Duration,
+    pub(super) inner: W,
+    pub(super) buf: BytesMut,
+    pub(super) peer: Arc<str>,
+    pub(super) idle: Duration,
     /// Progress, watched by this connection's reader.
-    activity: Arc<Activity>,
+    pub(super) activity: Arc<Activity>,
 }
 
 /// Above this many buffered bytes, writes go straight to the socket.
@@ -224,7 +222,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    fn stopped_reading(&self) -> Error {
+    pub(super) fn stopped_reading(&self) -> Error {
         Error::ConnectionLost {
             peer: self.peer.to_string(),
             detail: format!(
@@ -252,7 +250,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    fn lost(&self, e: std::io::Error) -> Error {
+    pub(super) fn lost(&self, e: std::io::Error) -> Error {
         Error::ConnectionLost {
             peer: self.peer.to_string(),
             detail: e.to_string(),
@@ -286,7 +284,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
     }
 
-    async fn write_buffered(&mut self) -> Result<(), Error> {
+    pub(super) async fn write_buffered(&mut self) -> Result<(), Error> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -311,7 +309,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         result.map_err(|e| self.lost(e))
     }
 
-    async fn write_hello(&mut self) -> Result<(), Error> {
+    pub(super) async fn write_hello(&mut self) -> Result<(), Error> {
         let mut hello = [0u8; HELLO_LEN];
         hello[..8].copy_from_slice(&MAGIC);
         hello[8..12].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
@@ -319,153 +317,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.extend_from_slice(&hello);
         self.flush().await
     }
-}
-
-/// Most bytes of a file read at a time when it cannot go out with sendfile.
-const COPY_CHUNK: usize = 1024 * 1024;
-
-impl<W: Transport> FrameWriter<W> {
-    /// Sends up to `len` bytes of `file` from `offset`, after whatever is
-    /// queued: straight from the page cache with `sendfile(2)` when the
-    /// transport is a plain socket, else read in chunks and written through.
-    /// Returns the bytes sent: fewer than `len` only if the file ended early.
-    pub async fn send_file(&mut self, file: &File, offset: u64, len: u64) -> Result<u64, Error> {
-        self.write_buffered().await?;
-        if let Some(stream) = self.inner.sendfile_target() {
-            return self.sendfile(stream, file, offset, len).await;
-        }
-        self.copy_file(file, offset, len).await
-    }
-
-    async fn sendfile(
-        &self,
-        stream: &tokio::net::TcpStream,
-        file: &File,
-        offset: u64,
-        len: u64,
-    ) -> Result<u64, Error> {
-        let mut position = offset;
-        let end = offset.saturating_add(len);
-        let mut progressed = Instant::now();
-        while position < end {
-            let ready = tokio::time::timeout_at(progressed + self.idle, stream.writable()).await;
-            match ready {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(self.lost(e)),
-                Err(_) => return Err(self.stopped_reading()),
-            }
-            let want = (end - position).min(1 << 30) as usize;
-            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
-                rustix::fs::sendfile(stream, file, Some(&mut position), want)
-                    .map_err(std::io::Error::from)
-            });
-            match sent {
-                Ok(0) => break,
-                Ok(_) => {
-                    self.activity.touch();
-                    progressed = Instant::now();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(self.lost(e)),
-            }
-        }
-        Ok(position - offset)
-    }
-
-    /// The portable path: positioned reads on a blocking thread (a handle of
-    /// its own, so the caller's file position is untouched), each chunk
-    /// written before the next is read.
-    async fn copy_file(&mut self, file: &File, offset: u64, len: u64) -> Result<u64, Error> {
-        let mut file = file.try_clone().map_err(|e| self.lost(e))?;
-        let mut chunk = Vec::new();
-        let mut sent = 0u64;
-        while sent < len {
-            let want = (len - sent).min(COPY_CHUNK as u64) as usize;
-            let at = offset.saturating_add(sent);
-            let read = tokio::task::spawn_blocking(move || {
-                let result = read_at_most(&file, &mut chunk, want, at);
-                (file, chunk, result)
-            })
-            .await;
-            let (f, c, result) = match read {
-                Ok(done) => done,
-                // An internal fault stays one.
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => return Err(self.lost(std::io::Error::other(e))),
-            };
-            (file, chunk) = (f, c);
-            let n = result.map_err(|e| self.lost(e))?;
-            let bytes = chunk.get(..n).unwrap_or_default();
-            if bytes.is_empty() {
-                break;
-            }
-            // Written in its own slice so a whole chunk bypasses the buffer.
-            self.send_raw(bytes).await?;
-            sent += n as u64;
-            if n < want {
-                break;
-            }
-        }
-        Ok(sent)
-    }
-}
-
-/// Reads up to `want` bytes of `file` at `offset` into `buf`, fewer only at
-/// end of file; returns how many.
-fn read_at_most(
-    file: &File,
-    buf: &mut Vec<u8>,
-    want: usize,
-    offset: u64,
-) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    buf.resize(want, 0);
-    let mut filled = 0;
-    while filled < want {
-        let Some(rest) = buf.get_mut(filled..) else {
-            break;
-        };
-        match file.read_at(rest, offset.saturating_add(filled as u64)) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// Exchanges hellos: both sides write theirs at once, then check the peer's.
-/// Returns the peer's capability bits.
-pub async fn handshake<R, W>(
-    reader: &mut FrameReader<R>,
-    writer: &mut FrameWriter<W>,
-) -> Result<u32, Error>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Write and read at once: neither side may depend on its hello fitting
-    // in the transport's buffer before the peer reads.
-    let (written, read) = tokio::join!(writer.write_hello(), reader.read_array::<HELLO_LEN>());
-    let hello = read?;
-    written?;
-    if hello[..8] != MAGIC {
-        return Err(
-            reader.protocol("the peer is not speaking the xfer protocol (bad magic bytes)".into())
-        );
-    }
-    let version = u32::from_be_bytes([hello[8], hello[9], hello[10], hello[11]]);
-    if version != PROTOCOL_VERSION {
-        return Err(Error::Version {
-            peer: reader.peer().to_string(),
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        });
-    }
-    Ok(u32::from_be_bytes([
-        hello[12], hello[13], hello[14], hello[15],
-    ]))
 }
 
 #[cfg(test)]
@@ -519,47 +370,6 @@ mod tests {
 
     /// Sends `len` bytes of a file holding `content` from `offset` over a
     /// duplex pipe; returns the count `send_file` reported and what arrived.
-    async fn send_file_over_duplex(content: &[u8], offset: u64, len: u64) -> (u64, Vec<u8>) {
-        use std::io::Write;
-        let mut tmp = tempfile::NamedTempFile::new().unwrap();
-        tmp.write_all(content).unwrap();
-        let file = File::open(tmp.path()).unwrap();
-        let (near, mut far) = duplex(64 * 1024);
-        let mut w = FrameWriter::new(near, "peer".into(), T);
-        let received = tokio::spawn(async move {
-            let mut got = Vec::new();
-            far.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        let sent = tokio::time::timeout(T, async {
-            let sent = w.send_file(&file, offset, len).await?;
-            w.shutdown().await?;
-            Ok::<_, Error>(sent)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        (
-            sent,
-            tokio::time::timeout(T, received).await.unwrap().unwrap(),
-        )
-    }
-
-    #[tokio::test]
-    async fn send_file_over_a_duplex_delivers_the_bytes_from_the_offset() {
-        let content: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
-        let (sent, got) = send_file_over_duplex(&content, 1000, 2_400_000).await;
-        assert_eq!(sent, 2_400_000);
-        assert!(got == content[1000..2_401_000], "wrong bytes arrived");
-    }
-
-    #[tokio::test]
-    async fn send_file_of_a_shorter_file_returns_the_short_count() {
-        let (sent, got) = send_file_over_duplex(b"0123456789abcdef", 10, 100).await;
-        assert_eq!(sent, 6);
-        assert_eq!(got, b"abcdef");
-    }
-
     #[tokio::test]
     async fn close_mid_frame_is_an_error() {
         let (a, b) = duplex(64);
@@ -695,132 +505,6 @@ mod tests {
         );
     }
 
-    /// Everything `write` puts on the wire through a [`FrameWriter`].
-    async fn wire_bytes<F>(write: F) -> Vec<u8>
-    where
-        F: AsyncFnOnce(&mut FrameWriter<tokio::io::DuplexStream>) -> Result<(), Error>,
-    {
-        let (near, mut far) = duplex(64 * 1024);
-        let mut w = FrameWriter::new(near, "peer".into(), T);
-        tokio::time::timeout(T, async {
-            write(&mut w).await?;
-            w.shutdown().await
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        let mut bytes = Vec::new();
-        tokio::time::timeout(T, far.read_to_end(&mut bytes))
-            .await
-            .unwrap()
-            .unwrap();
-        bytes
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// docs/PROTOCOL.md's worked example, sender to receiver, piece by piece.
-    const EXAMPLE_SENDER: [(&str, &str); 6] = [
-        ("hello", "58 46 45 52 0d 0a 1a 0a 00 00 00 01 00 00 00 00"),
-        (
-            "Offer",
-            "00 00 00 36 00 00 01 06 68 69 2e 74 78 74 00 03 fb a4 01 fc 00 e2 a7 ca 00 01 \
-             98 ea 6e 4f 21 6f 2f b4 b6 9f ff 9b 3a 44 84 2c 38 68 6c a6 85 f3 f5 5d c4 8c 5d 3f b1 10 7b e4",
-        ),
-        ("FileBegin", "00 00 00 03 02 00 00"),
-        ("body", "68 69 0a"),
-        (
-            "FileEnd",
-            "00 00 00 22 03 98 ea 6e 4f 21 6f 2f b4 b6 9f ff 9b 3a 44 84 2c 38 68 6c a6 85 f3 f5 5d c4 8c 5d 3f b1 10 7b e4 00",
-        ),
-        ("Done", "00 00 00 01 06"),
-    ];
-
-    /// ...and receiver to sender.
-    const EXAMPLE_RECEIVER: [(&str, &str); 4] = [
-        ("hello", "58 46 45 52 0d 0a 1a 0a 00 00 00 01 00 00 00 00"),
-        ("Plan", "00 00 00 05 01 00 01 00 00"),
-        (
-            "Verdict",
-            "00 00 00 2a 05 00 00 06 68 69 2e 74 78 74 \
-             98 ea 6e 4f 21 6f 2f b4 b6 9f ff 9b 3a 44 84 2c 38 68 6c a6 85 f3 f5 5d c4 8c 5d 3f b1 10 7b e4",
-        ),
-        ("Bye", "00 00 00 03 07 01 03"),
-    ];
-
-    /// Asserts that `bytes` are `pieces`, one after another, naming the
-    /// first piece that differs.
-    fn assert_pieces(bytes: &[u8], pieces: &[(&str, &str)]) {
-        let mut rest = hex(bytes);
-        for (name, want) in pieces {
-            let got: String = rest.chars().take(want.len()).collect();
-            assert_eq!(got, *want, "{name} differs");
-            rest = rest.chars().skip(want.len() + 1).collect();
-        }
-        assert!(
-            rest.is_empty(),
-            "unexpected bytes after the last piece: {rest}"
-        );
-    }
-
-    /// The worked example of docs/PROTOCOL.md: a session sending one 3-byte
-    /// file, both directions byte for byte.
-    #[tokio::test]
-    async fn worked_example_session_bytes() {
-        use crate::protocol::{Action, Entry, EntryKind, Offer, Outcome, Plan, Verdict};
-        let body = b"hi\n";
-        let sha256 = crate::hashing::digest(body);
-        let offer = Message::Offer(Offer {
-            first_id: 0,
-            entries: vec![Entry {
-                path: "hi.txt".into(),
-                kind: EntryKind::File,
-                size: 3,
-                mode: 0o644,
-                mtime_secs: 1_700_000_000,
-                mtime_nanos: 0,
-                sha256: Some(sha256),
-            }],
-        });
-        let sent = wire_bytes(async |w| {
-            w.write_hello().await?;
-            w.send(&offer).await?;
-            w.send(&Message::FileBegin { id: 0, offset: 0 }).await?;
-            w.send_raw(body).await?;
-            w.send(&Message::FileEnd {
-                sha256,
-                error: None,
-            })
-            .await?;
-            w.send(&Message::Done).await
-        })
-        .await;
-        assert_pieces(&sent, &EXAMPLE_SENDER);
-        let answered = wire_bytes(async |w| {
-            w.write_hello().await?;
-            let plan = Plan {
-                first_id: 0,
-                actions: vec![Action::Send { offset: 0 }],
-            };
-            w.send(&Message::Plan(plan)).await?;
-            let outcome = Outcome::Stored {
-                path: "hi.txt".into(),
-                sha256,
-            };
-            w.send(&Message::Verdict(Verdict { id: 0, outcome }))
-                .await?;
-            w.send(&Message::Bye { files: 1, bytes: 3 }).await
-        })
-        .await;
-        assert_pieces(&answered, &EXAMPLE_RECEIVER);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_silent_peer_times_out_waiting_for_its_hello() {
         let (a, mut b) = duplex(64);
@@ -829,7 +513,7 @@ mod tests {
         let mut w = FrameWriter::new(aw, "peer".into(), IDLE);
         r.watch(&w);
         let start = tokio::time::Instant::now();
-        let err = tokio::time::timeout(10 * IDLE, handshake(&mut r, &mut w))
+        let err = tokio::time::timeout(10 * IDLE, crate::protocol::handshake(&mut r, &mut w))
             .await
             .unwrap()
             .unwrap_err();
@@ -838,63 +522,5 @@ mod tests {
         let mut hello = [0; HELLO_LEN];
         b.read_exact(&mut hello).await.unwrap();
         assert_eq!(hello[..8], MAGIC);
-    }
-
-    #[tokio::test]
-    async fn handshake_agrees_on_same_version() {
-        let (a, b) = duplex(8);
-        let (ar, aw) = tokio::io::split(a);
-        let (br, bw) = tokio::io::split(b);
-        let mut left = (
-            FrameReader::new(ar, "b".into(), T),
-            FrameWriter::new(aw, "b".into(), T),
-        );
-        let mut right = (
-            FrameReader::new(br, "a".into(), T),
-            FrameWriter::new(bw, "a".into(), T),
-        );
-        let (x, y) = tokio::time::timeout(T, async {
-            tokio::join!(
-                handshake(&mut left.0, &mut left.1),
-                handshake(&mut right.0, &mut right.1)
-            )
-        })
-        .await
-        .expect("handshake over a tiny pipe must not deadlock");
-        assert_eq!(x.unwrap(), CAPABILITIES);
-        assert_eq!(y.unwrap(), CAPABILITIES);
-    }
-
-    #[tokio::test]
-    async fn handshake_rejects_other_version_and_garbage() {
-        for (bytes, want_version) in [
-            ([&MAGIC[..], &99u32.to_be_bytes(), &[0; 4]].concat(), true),
-            (b"GET / HTTP/1.1\r\n".to_vec(), false),
-        ] {
-            let (a, b) = duplex(64);
-            let (br, bw) = tokio::io::split(b);
-            let (mut ar, mut aw) = tokio::io::split(a);
-            aw.write_all(&bytes).await.unwrap();
-            let mut r = FrameReader::new(br, "peer".into(), T);
-            let mut w = FrameWriter::new(bw, "peer".into(), T);
-            let err = tokio::time::timeout(T, handshake(&mut r, &mut w))
-                .await
-                .unwrap()
-                .unwrap_err();
-            if want_version {
-                assert!(matches!(err, Error::Version { theirs: 99, .. }), "{err}");
-            } else {
-                assert!(matches!(err, Error::Protocol { .. }), "{err}");
-            }
-            // The peer got our hello, then the close: no Abort.
-            drop((r, w));
-            let mut got = Vec::new();
-            tokio::time::timeout(T, ar.read_to_end(&mut got))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(got.len(), HELLO_LEN);
-            assert_eq!(got[..8], MAGIC);
-        }
     }
 }

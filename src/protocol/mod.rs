@@ -1,12 +1,15 @@
 //! The wire protocol: a fixed-layout hello, then length-prefixed bincode frames
 //! interleaved with raw file bodies. `docs/PROTOCOL.md` documents every byte.
 
+mod body;
 pub mod codec;
 pub mod connection;
+mod handshake;
 pub mod message;
 pub mod transport;
 
-pub use connection::{handshake, FrameReader, FrameWriter};
+pub use connection::{FrameReader, FrameWriter};
+pub use handshake::handshake;
 pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
 pub use transport::{Connection, Transport};
 

@@ -1,0 +1,175 @@
+//! File bodies onto a transport: straight from the page cache with
+//! `sendfile(2)` when the transport is a plain socket, otherwise read in
+//! chunks and written through the frame writer's buffer.
+
+use std::fs::File;
+
+use tokio::time::Instant;
+
+use super::connection::FrameWriter;
+use super::transport::Transport;
+use crate::error::Error;
+
+/// Most bytes of a file read at a time when it cannot go out with sendfile.
+const COPY_CHUNK: usize = 1024 * 1024;
+
+impl<W: Transport> FrameWriter<W> {
+    /// Sends up to `len` bytes of `file` from `offset`, after whatever is
+    /// queued: straight from the page cache with `sendfile(2)` when the
+    /// transport is a plain socket, else read in chunks and written through.
+    /// Returns the bytes sent: fewer than `len` only if the file ended early.
+    pub async fn send_file(&mut self, file: &File, offset: u64, len: u64) -> Result<u64, Error> {
+        self.write_buffered().await?;
+        if let Some(stream) = self.inner.sendfile_target() {
+            return self.sendfile(stream, file, offset, len).await;
+        }
+        self.copy_file(file, offset, len).await
+    }
+
+    async fn sendfile(
+        &self,
+        stream: &tokio::net::TcpStream,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, Error> {
+        let mut position = offset;
+        let end = offset.saturating_add(len);
+        let mut progressed = Instant::now();
+        while position < end {
+            let ready = tokio::time::timeout_at(progressed + self.idle, stream.writable()).await;
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(self.lost(e)),
+                Err(_) => return Err(self.stopped_reading()),
+            }
+            let want = (end - position).min(1 << 30) as usize;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, file, Some(&mut position), want)
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                Ok(0) => break,
+                Ok(_) => {
+                    self.activity.touch();
+                    progressed = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(self.lost(e)),
+            }
+        }
+        Ok(position - offset)
+    }
+
+    /// The portable path: positioned reads on a blocking thread (a handle of
+    /// its own, so the caller's file position is untouched), each chunk
+    /// written before the next is read.
+    async fn copy_file(&mut self, file: &File, offset: u64, len: u64) -> Result<u64, Error> {
+        let mut file = file.try_clone().map_err(|e| self.lost(e))?;
+        let mut chunk = Vec::new();
+        let mut sent = 0u64;
+        while sent < len {
+            let want = (len - sent).min(COPY_CHUNK as u64) as usize;
+            let at = offset.saturating_add(sent);
+            let read = tokio::task::spawn_blocking(move || {
+                let result = read_at_most(&file, &mut chunk, want, at);
+                (file, chunk, result)
+            })
+            .await;
+            let (f, c, result) = match read {
+                Ok(done) => done,
+                // An internal fault stays one.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(self.lost(std::io::Error::other(e))),
+            };
+            (file, chunk) = (f, c);
+            let n = result.map_err(|e| self.lost(e))?;
+            let bytes = chunk.get(..n).unwrap_or_default();
+            if bytes.is_empty() {
+                break;
+            }
+            // Written in its own slice so a whole chunk bypasses the buffer.
+            self.send_raw(bytes).await?;
+            sent += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Reads up to `want` bytes of `file` at `offset` into `buf`, fewer only at
+/// end of file; returns how many.
+fn read_at_most(
+    file: &File,
+    buf: &mut Vec<u8>,
+    want: usize,
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(want, 0);
+    let mut filled = 0;
+    while filled < want {
+        let Some(rest) = buf.get_mut(filled..) else {
+            break;
+        };
+        match file.read_at(rest, offset.saturating_add(filled as u64)) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{duplex, AsyncReadExt};
+
+    const T: Duration = Duration::from_secs(5);
+
+    async fn send_file_over_duplex(content: &[u8], offset: u64, len: u64) -> (u64, Vec<u8>) {
+        use std::io::Write;
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(content).unwrap();
+        let file = File::open(tmp.path()).unwrap();
+        let (near, mut far) = duplex(64 * 1024);
+        let mut w = FrameWriter::new(near, "peer".into(), T);
+        let received = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let sent = tokio::time::timeout(T, async {
+            let sent = w.send_file(&file, offset, len).await?;
+            w.shutdown().await?;
+            Ok::<_, Error>(sent)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        (
+            sent,
+            tokio::time::timeout(T, received).await.unwrap().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn send_file_over_a_duplex_delivers_the_bytes_from_the_offset() {
+        let content: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+        let (sent, got) = send_file_over_duplex(&content, 1000, 2_400_000).await;
+        assert_eq!(sent, 2_400_000);
+        assert!(got == content[1000..2_401_000], "wrong bytes arrived");
+    }
+
+    #[tokio::test]
+    async fn send_file_of_a_shorter_file_returns_the_short_count() {
+        let (sent, got) = send_file_over_duplex(b"0123456789abcdef", 10, 100).await;
+        assert_eq!(sent, 6);
+        assert_eq!(got, b"abcdef");
+    }
+}
