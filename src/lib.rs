@@ -19,6 +19,8 @@
 //! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
 
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod cli;
 pub mod error;

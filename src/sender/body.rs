@@ -118,16 +118,10 @@ impl Drop for StopOnDrop {
 pub(super) fn hash_lead() -> u64 {
     static LEAD: OnceLock<u64> = OnceLock::new();
     *LEAD.get_or_init(|| {
-        // SAFETY: sysconf only reads system configuration.
-        let (pages, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_PHYS_PAGES),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        let memory = u64::try_from(pages)
-            .unwrap_or(0)
-            .saturating_mul(u64::try_from(page).unwrap_or(0));
+        let info = rustix::system::sysinfo();
+        // `totalram` is a C long: 32 bits on some targets.
+        #[allow(clippy::useless_conversion)]
+        let memory = u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit));
         (memory / 8).max(MIN_HASH_LEAD)
     })
 }

@@ -212,6 +212,9 @@ impl Partial {
     }
 }
 
+/// `sync_file_range(2)`, which rustix does not wrap: the crate's one
+/// syscall without a safe wrapper.
+#[allow(unsafe_code)]
 fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return Err(io::Error::other("range too large"));

@@ -143,10 +143,9 @@ mod tests {
                 // Kernels before 6.10 refuse the descriptor way to non-root
                 // (ENOENT); /proc must work wherever tests run.
                 Err(e) => {
-                    // SAFETY: geteuid has no preconditions and cannot fail.
                     let refused = method == NamelessLink::Descriptor
                         && e == Errno::NOENT
-                        && unsafe { libc::geteuid() } != 0;
+                        && !rustix::process::geteuid().is_root();
                     assert!(refused, "{method:?} failed: {e}");
                     eprintln!("note: this kernel refuses {method:?} to non-root");
                 }
