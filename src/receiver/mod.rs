@@ -5,6 +5,8 @@
 //! entry that every report is read from.
 
 mod commit;
+#[cfg(test)]
+mod duplex_tests;
 pub mod ledger;
 pub mod plan;
 mod session;
