@@ -4,15 +4,25 @@
 //! sender's digest, and the receiver verifies before the file appears under
 //! its final name.
 //!
+//! The design in one sentence: each side keeps **one ledger record per
+//! offered file** ([`sender::ledger`], [`receiver::ledger`]), and every
+//! event, summary, JSON line and exit code is read from it.
+//!
 //! Map of the crate:
 //! - [`cli`]: command-line types and their validation into configurations.
 //! - [`app`]: runs a command: configuration, signals and output wired up.
-//! - [`protocol`]: wire messages, the bincode codec, framed connections.
-//! - [`sender`]: one sending session, its ledger, and what it reads:
-//!   [`sender::source`] walks local files, [`sender::digest_cache`] remembers
-//!   digests of files sent before.
-//! - [`receiver`]: the accept loop and one session per sender.
-//! - [`storage`]: everything that touches the receiving directory.
+//! - [`protocol`]: wire messages, the bincode codec (the only file naming
+//!   bincode), framed connections, the hello, and [`protocol::Transport`]:
+//!   sessions run over any byte stream; plain TCP gets sendfile.
+//! - [`sender`]: one sending session: connect, the writer (`session`), the
+//!   reply reader, bodies, the ledger, and what it reads: [`sender::source`]
+//!   walks local files, [`sender::digest_cache`] remembers digests.
+//! - [`receiver`]: the accept loop and admission; per session the wiring,
+//!   [`receiver::plan`] (a pure decision per entry), the sink that writes
+//!   and verifies, the committer, and the ledger.
+//! - [`storage`]: everything that touches the receiving directory, through
+//!   directory handles: the confined walk, partials, resume records,
+//!   nameless files, publishing, cleanup.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown.
