@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::events::{Event, FileReport, Observer, Outcome, Summary};
 use crate::protocol::{Digest, EntryKind};
 
-/// Where one offered entry stands.
+/// Where one offered entry stands until it is final (then it leaves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// Planned; its body (or `Identical`) has not come.
@@ -21,11 +21,12 @@ enum State {
     Receiving,
     /// It arrived damaged; the sender may offer it again.
     AwaitingRetry(String),
-    Done(Outcome),
 }
 
 #[derive(Debug, Clone)]
 struct Record {
+    /// The wire id it was last offered under.
+    id: u64,
     path: String,
     kind: EntryKind,
     size: u64,
@@ -35,32 +36,37 @@ struct Record {
     digest_in_header: bool,
     resumed_from: u64,
     attempts: u32,
-    /// Body bytes received and stored for it.
-    bytes: u64,
     /// Bytes kept in a partial when the session was cut off mid-body.
     kept: Option<u64>,
     /// Why its first body was not accepted, when it came again.
     retried_after: Option<String>,
 }
 
-/// How a new offer of a path relates to what this session saw before.
+/// How a new offer of a path relates to what this session has in flight.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
-    /// First time: a new record.
+    /// Nothing of that path is in flight: a new record.
     New,
     /// A file that arrived damaged, offered again.
     Retry,
-    /// Offered already in this session and not up for a retry.
+    /// The path is still in flight from an earlier offer of this session.
     Twice,
 }
 
-/// Every entry one sender offered in one session.
+/// Every entry one sender offered in one session. A record lives here until
+/// its state is final; then it is reported, counted and let go, so memory
+/// follows the entries in flight (bounded by the plan's limits), not the
+/// entries received.
 pub struct Ledger {
-    records: Vec<Record>,
-    /// Wire id -> record.
+    /// Records not yet final, by record number.
+    live: HashMap<usize, Record>,
+    next: usize,
+    /// Wire id -> live record.
     ids: HashMap<u64, usize>,
-    /// Offered path -> record, to tell a retry from a repeat.
+    /// Offered path -> live record, to tell a retry from a repeat.
     paths: HashMap<String, usize>,
+    /// The final records, counted.
+    done: Summary,
     observer: Arc<dyn Observer>,
     session: u64,
     peer: String,
@@ -69,16 +75,18 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(observer: Arc<dyn Observer>, session: u64, peer: String) -> Ledger {
         Ledger {
-            records: Vec::new(),
+            live: HashMap::new(),
+            next: 0,
             ids: HashMap::new(),
             paths: HashMap::new(),
+            done: Summary::default(),
             observer,
             session,
             peer,
         }
     }
 
-    /// Entry `id` was offered. A path seen before either continues its
+    /// Entry `id` was offered. A path still in flight either continues its
     /// record (a retry) or is a repeat, which gets a record of its own so
     /// that its refusal is counted and reported too.
     pub fn offered(
@@ -90,32 +98,40 @@ impl Ledger {
         header: Option<Digest>,
     ) -> Offered {
         if let Some(&index) = self.paths.get(path) {
-            let record = &mut self.records[index];
-            if let (State::AwaitingRetry(reason), true) = (&record.state, record.size == size) {
-                log::debug!("'{path}' is offered again after: {reason}");
-                record.retried_after = Some(reason.clone());
-                record.state = State::Planned;
-                record.sha256 = None;
-                record.digest_in_header = header.is_some();
-                self.ids.insert(id, index);
-                return Offered::Retry;
+            if let Some(record) = self.live.get_mut(&index) {
+                if let (State::AwaitingRetry(reason), true) = (&record.state, record.size == size) {
+                    log::debug!("'{path}' is offered again after: {reason}");
+                    record.retried_after = Some(reason.clone());
+                    record.state = State::Planned;
+                    record.sha256 = header;
+                    record.digest_in_header = header.is_some();
+                    // The first attempt's id had its verdict; only the new one lives.
+                    self.ids.remove(&record.id);
+                    record.id = id;
+                    self.ids.insert(id, index);
+                    return Offered::Retry;
+                }
             }
         }
-        let index = self.records.len();
-        self.records.push(Record {
-            path: path.to_owned(),
-            kind,
-            size,
-            state: State::Planned,
-            stored_as: None,
-            sha256: header,
-            digest_in_header: header.is_some(),
-            resumed_from: 0,
-            attempts: 0,
-            bytes: 0,
-            kept: None,
-            retried_after: None,
-        });
+        let index = self.next;
+        self.next += 1;
+        self.live.insert(
+            index,
+            Record {
+                id,
+                path: path.to_owned(),
+                kind,
+                size,
+                state: State::Planned,
+                stored_as: None,
+                sha256: header,
+                digest_in_header: header.is_some(),
+                resumed_from: 0,
+                attempts: 0,
+                kept: None,
+                retried_after: None,
+            },
+        );
         self.ids.insert(id, index);
         match self.paths.entry(path.to_owned()) {
             std::collections::hash_map::Entry::Occupied(_) => Offered::Twice,
@@ -128,7 +144,7 @@ impl Ledger {
 
     fn at(&mut self, id: u64) -> Option<(usize, &mut Record)> {
         let index = *self.ids.get(&id)?;
-        Some((index, &mut self.records[index]))
+        Some((index, self.live.get_mut(&index)?))
     }
 
     /// The plan refused `id`.
@@ -148,10 +164,10 @@ impl Ledger {
         }
     }
 
-    /// A directory of the offer exists now.
+    /// A directory of the offer exists now: nothing more to do or count.
     pub fn dir_ready(&mut self, id: u64) {
         if let Some((index, _)) = self.at(id) {
-            self.records[index].state = State::Done(Outcome::Stored);
+            self.forget(index);
         }
     }
 
@@ -167,7 +183,6 @@ impl Ledger {
     /// `id` was verified and committed at `stored_as`.
     pub fn stored(&mut self, id: u64, stored_as: String, sha256: Digest) {
         if let Some((index, record)) = self.at(id) {
-            record.bytes += record.size - record.resumed_from;
             record.stored_as = Some(stored_as);
             record.sha256 = Some(sha256);
             self.finish(index, Outcome::Stored);
@@ -199,10 +214,12 @@ impl Ledger {
     /// never sent. A session cut short leaves those without one: they were
     /// neither delivered nor given up on by the sender.
     pub fn close(&mut self, clean: bool) {
-        for index in 0..self.records.len() {
-            let outcome = match &self.records[index].state {
-                State::AwaitingRetry(reason) => Outcome::Failed(reason.clone()),
-                State::Planned | State::Receiving if clean => {
+        let mut open: Vec<(usize, u64)> = self.live.iter().map(|(i, r)| (*i, r.id)).collect();
+        open.sort_unstable_by_key(|(_, id)| *id);
+        for (index, _) in open {
+            let outcome = match self.live.get(&index).map(|r| &r.state) {
+                Some(State::AwaitingRetry(reason)) => Outcome::Failed(reason.clone()),
+                Some(State::Planned | State::Receiving) if clean => {
                     Outcome::Failed("the sender did not send it".into())
                 }
                 _ => continue,
@@ -211,56 +228,75 @@ impl Ledger {
         }
     }
 
-    fn finish(&mut self, index: usize, outcome: Outcome) {
-        let record = &mut self.records[index];
-        if matches!(record.state, State::Done(_)) {
-            return;
+    /// Drops a record from the live maps and returns it.
+    fn forget(&mut self, index: usize) -> Option<Record> {
+        let record = self.live.remove(&index)?;
+        self.ids.remove(&record.id);
+        if self.paths.get(&record.path) == Some(&index) {
+            self.paths.remove(&record.path);
         }
+        Some(record)
+    }
+
+    /// Moves a record to its final state: reported once, counted, let go.
+    fn finish(&mut self, index: usize, outcome: Outcome) {
+        let Some(mut record) = self.forget(index) else {
+            return;
+        };
         if !outcome.delivered() {
             record.stored_as = None;
         }
-        record.state = State::Done(outcome.clone());
+        count(&mut self.done, &record, Some(&outcome));
         self.observer.event(Event::FileDone {
             session: self.session,
             peer: self.peer.clone(),
             report: FileReport {
-                path: record.path.clone(),
-                stored_as: record.stored_as.clone(),
+                path: record.path,
+                stored_as: record.stored_as,
                 size: record.size,
                 sha256: record.sha256.filter(|_| outcome.delivered()),
                 outcome,
                 digest_in_header: record.digest_in_header,
                 resumed_from: record.resumed_from,
                 attempts: record.attempts,
-                retried_after: record.retried_after.clone(),
+                retried_after: record.retried_after,
             },
         });
     }
 
-    /// The ledger counted. Directories count only when refused.
+    /// The ledger counted: the final records, then those still in flight.
     pub fn summary(&self) -> Summary {
-        let mut s = Summary::default();
-        for r in &self.records {
-            s.bytes += r.bytes;
-            let is_file = r.kind == EntryKind::File;
-            match &r.state {
-                State::Done(Outcome::Stored) if is_file => s.stored += 1,
-                State::Done(Outcome::Skipped) if is_file => s.skipped += 1,
-                State::Done(Outcome::Refused(_)) => s.refused += 1,
-                State::Done(Outcome::Failed(_)) => s.failed += 1,
-                _ if !is_file => continue,
-                _ => {
-                    if let Some(kept) = r.kept {
-                        s.kept_files += 1;
-                        s.kept_bytes += kept;
-                        s.kept_of += r.size;
-                    }
-                }
-            }
-            s.offered += 1;
+        let mut s = self.done;
+        for record in self.live.values() {
+            count(&mut s, record, None);
         }
         s
     }
+}
+
+/// Adds one record, final with `outcome` or still in flight, to `s`.
+/// Directories count only when refused.
+fn count(s: &mut Summary, record: &Record, outcome: Option<&Outcome>) {
+    let is_file = record.kind == EntryKind::File;
+    match outcome {
+        Some(Outcome::Stored) if is_file => {
+            s.stored += 1;
+            s.bytes += record.size - record.resumed_from;
+        }
+        Some(Outcome::Skipped) if is_file => s.skipped += 1,
+        Some(Outcome::Refused(_)) => s.refused += 1,
+        Some(Outcome::Failed(_)) => s.failed += 1,
+        _ if !is_file => return,
+        Some(_) => {}
+        None => {
+            if let Some(kept) = record.kept {
+                s.kept_files += 1;
+                s.kept_bytes += kept;
+                s.kept_of += record.size;
+            }
+        }
+    }
+    s.offered += 1;
 }
 
 #[cfg(test)]
@@ -301,6 +337,10 @@ mod tests {
         ledger.close(true);
         let s = ledger.summary();
         assert_eq!((s.offered, s.stored, s.failed, s.bytes), (1, 1, 0, 100));
+        assert!(
+            ledger.live.is_empty() && ledger.ids.is_empty() && ledger.paths.is_empty(),
+            "final records leave the ledger"
+        );
         let reports = seen.0.lock().unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].attempts, reports[0].sha256), (2, Some([9; 32])));
@@ -334,6 +374,9 @@ mod tests {
         ledger.stored(0, "dup.txt".into(), [1; 32]);
         let s = ledger.summary();
         assert_eq!((s.offered, s.stored, s.refused), (2, 1, 1));
+        // Once the first is final, the path is an ordinary new offer again
+        // (planning then finds the stored file: identical content is a skip).
+        assert_eq!(file(&mut ledger, 2, "dup.txt"), Offered::New);
     }
 
     #[test]

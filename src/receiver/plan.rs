@@ -91,7 +91,9 @@ pub enum Decision<C> {
 pub fn check(entry: &Entry, offered: &Offered, limits: &Limits) -> Result<WirePath, String> {
     let path = WirePath::parse(&entry.path).map_err(|e| format!("unsafe path: {e}"))?;
     if *offered == Offered::Twice {
-        return Err("offered twice in one session; each path may be offered once".into());
+        return Err(
+            "offered twice in one session while its first offer is still in progress".into(),
+        );
     }
     match limits.max_file_size {
         Some(max) if entry.kind == EntryKind::File && entry.size > max => Err(format!(

@@ -15,7 +15,7 @@ use crate::sender::source::LocalEntry;
 /// Bodies a file may be sent with: the first, and one more after damage.
 const MAX_ATTEMPTS: u32 = 2;
 
-/// Where one file stands.
+/// Where one file stands until it is final (then it leaves the ledger).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     /// In an offer, waiting for its plan.
@@ -24,13 +24,12 @@ enum State {
     AwaitingVerdict,
     /// Damaged on the way; to be offered again.
     Retry,
-    Done(Outcome),
 }
 
 /// One offered entry and everything known about it.
 #[derive(Debug, Clone)]
-pub struct FileRecord {
-    pub entry: LocalEntry,
+struct FileRecord {
+    entry: LocalEntry,
     state: State,
     /// The digest, once known (header, hashing, or the receiver's verdict).
     sha256: Option<Digest>,
@@ -53,14 +52,21 @@ pub enum Settled {
     Retry,
 }
 
-/// Every entry of one sending session.
+/// Every entry of one sending session. A record lives here until its
+/// state is final; then it is reported, folded into the running count and
+/// let go, so memory follows the files in flight, not the files sent.
 pub struct Ledger {
-    records: Vec<FileRecord>,
+    /// Records not yet final, by record number.
+    live: HashMap<usize, FileRecord>,
+    next: usize,
     /// Wire id -> record, for entries whose plan or verdict is still due.
     ids: HashMap<u64, usize>,
     /// Records waiting to be offered again.
     retries: Vec<usize>,
     awaiting: usize,
+    /// The final records, counted.
+    done: Summary,
+    first_failure: Option<String>,
     observer: Arc<dyn Observer>,
     peer: String,
 }
@@ -68,10 +74,13 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(observer: Arc<dyn Observer>, peer: String) -> Ledger {
         Ledger {
-            records: Vec::new(),
+            live: HashMap::new(),
+            next: 0,
             ids: HashMap::new(),
             retries: Vec::new(),
             awaiting: 0,
+            done: Summary::default(),
+            first_failure: None,
             observer,
             peer,
         }
@@ -92,7 +101,7 @@ impl Ledger {
 
     /// A record from [`Ledger::take_retries`] is offered again as `id`.
     pub fn reoffered(&mut self, id: u64, index: usize) {
-        if let Some(record) = self.records.get_mut(index) {
+        if let Some(record) = self.live.get_mut(&index) {
             record.state = State::Offered;
             record.digest_in_header = false;
             self.ids.insert(id, index);
@@ -100,62 +109,71 @@ impl Ledger {
     }
 
     fn push(&mut self, entry: LocalEntry, sha256: Option<Digest>) -> usize {
-        self.records.push(FileRecord {
-            entry,
-            state: State::Offered,
-            sha256,
-            digest_in_header: sha256.is_some(),
-            resumed_from: 0,
-            attempts: 0,
-            sent: 0,
-            stored_as: None,
-            retried_after: None,
-        });
-        self.records.len() - 1
+        let index = self.next;
+        self.next += 1;
+        self.live.insert(
+            index,
+            FileRecord {
+                entry,
+                state: State::Offered,
+                sha256,
+                digest_in_header: sha256.is_some(),
+                resumed_from: 0,
+                attempts: 0,
+                sent: 0,
+                stored_as: None,
+                retried_after: None,
+            },
+        );
+        index
     }
 
-    /// The record offered as `id`.
-    pub fn record(&self, id: u64) -> Option<&FileRecord> {
-        self.records.get(*self.ids.get(&id)?)
+    /// The live record offered as `id`.
+    fn by_id(&mut self, id: u64) -> Option<&mut FileRecord> {
+        let index = self.ids.get(&id)?;
+        self.live.get_mut(index)
     }
 
     /// Its body (from `offset`) or `Identical` is going out now.
     pub fn sending(&mut self, id: u64, offset: u64) {
-        let Some(&index) = self.ids.get(&id) else {
-            return;
-        };
-        let record = &mut self.records[index];
-        record.state = State::AwaitingVerdict;
-        record.attempts += 1;
-        record.resumed_from = offset;
-        self.awaiting += 1;
+        if let Some(record) = self.by_id(id) {
+            record.state = State::AwaitingVerdict;
+            record.attempts += 1;
+            record.resumed_from = offset;
+            self.awaiting += 1;
+        }
     }
 
     /// `bytes` more of `id`'s body are on the wire.
     pub fn sent(&mut self, id: u64, bytes: u64) {
-        if let Some(&index) = self.ids.get(&id) {
-            self.records[index].sent += bytes;
+        if let Some(record) = self.by_id(id) {
+            record.sent += bytes;
         }
     }
 
     /// The digest of `id` became known here (hashed while sending, or compared).
     pub fn digest(&mut self, id: u64, sha256: Digest) {
-        if let Some(&index) = self.ids.get(&id) {
-            self.records[index].sha256 = Some(sha256);
+        if let Some(record) = self.by_id(id) {
+            record.sha256 = Some(sha256);
         }
     }
 
     /// The plan said `Skip`: identical content is at `stored_as`.
     pub fn skipped(&mut self, id: u64, stored_as: String) {
         if let Some(index) = self.ids.remove(&id) {
-            self.records[index].stored_as = Some(stored_as);
+            if let Some(record) = self.live.get_mut(&index) {
+                record.stored_as = Some(stored_as);
+            }
             self.finish(index, Outcome::Skipped);
         }
     }
 
-    /// The plan said `DirReady`: the directory exists; nothing more to do.
+    /// The plan said `DirReady`: the directory exists; nothing more to do,
+    /// and nothing to count.
     pub fn dir_ready(&mut self, id: u64) {
-        self.ids.remove(&id);
+        if let Some(index) = self.ids.remove(&id) {
+            self.live.remove(&index);
+        }
     }
 
     /// The plan refused `id`.
@@ -166,10 +184,9 @@ impl Ledger {
     }
 
     /// `id` could not be sent from here (unreadable, changed meanwhile).
-    /// A body already out for it still gets a verdict; this one wins.
     pub fn failed_here(&mut self, id: u64, reason: String) {
         if let Some(index) = self.ids.remove(&id) {
-            if self.records[index].state == State::AwaitingVerdict {
+            if self.live.get(&index).map(|r| &r.state) == Some(&State::AwaitingVerdict) {
                 self.awaiting -= 1;
             }
             self.finish(index, Outcome::Failed(reason));
@@ -178,13 +195,11 @@ impl Ledger {
 
     /// Applies the receiver's verdict for `id`.
     pub fn verdict(&mut self, id: u64, outcome: protocol::Outcome) -> Result<Settled, String> {
-        let index = self
-            .ids
-            .remove(&id)
-            .ok_or_else(|| format!("verdict for file {id}, which awaits none"))?;
-        let record = &mut self.records[index];
+        let unexpected = || format!("verdict for file {id}, which awaits none");
+        let index = self.ids.remove(&id).ok_or_else(unexpected)?;
+        let record = self.live.get_mut(&index).ok_or_else(unexpected)?;
         if record.state != State::AwaitingVerdict {
-            return Err(format!("verdict for file {id}, which awaits none"));
+            return Err(unexpected());
         }
         self.awaiting -= 1;
         match outcome {
@@ -222,7 +237,7 @@ impl Ledger {
     pub fn take_retries(&mut self) -> Vec<(usize, LocalEntry)> {
         std::mem::take(&mut self.retries)
             .into_iter()
-            .map(|i| (i, self.records[i].entry.clone()))
+            .filter_map(|i| Some((i, self.live.get(&i)?.entry.clone())))
             .collect()
     }
 
@@ -231,63 +246,64 @@ impl Ledger {
         self.awaiting
     }
 
+    /// Moves a record to its final state: reported once, counted, let go.
     fn finish(&mut self, index: usize, outcome: Outcome) {
-        let record = &mut self.records[index];
-        if matches!(record.state, State::Done(_)) {
+        let Some(mut record) = self.live.remove(&index) else {
             return;
-        }
+        };
         if !outcome.delivered() {
             record.stored_as = None;
         }
-        record.state = State::Done(outcome.clone());
-        if record.entry.kind == EntryKind::Dir && outcome.delivered() {
-            return;
+        count(&mut self.done, &record, Some(&outcome));
+        if let (None, Some(why)) = (&self.first_failure, outcome.reason()) {
+            self.first_failure = Some(format!("{}: {why}", record.entry.wire_path));
         }
         self.observer.event(Event::FileDone {
             session: 0,
             peer: self.peer.clone(),
             report: FileReport {
-                path: record.entry.wire_path.clone(),
-                stored_as: record.stored_as.clone(),
+                path: record.entry.wire_path,
+                stored_as: record.stored_as,
                 size: record.entry.size,
                 sha256: record.sha256,
                 outcome,
                 digest_in_header: record.digest_in_header,
                 resumed_from: record.resumed_from,
                 attempts: record.attempts,
-                retried_after: record.retried_after.clone(),
+                retried_after: record.retried_after,
             },
         });
     }
 
     /// The first file that did not arrive, and why, for the final error.
     pub fn first_failure(&self) -> Option<String> {
-        self.records.iter().find_map(|r| match &r.state {
-            State::Done(outcome) => outcome
-                .reason()
-                .map(|why| format!("{}: {why}", r.entry.wire_path)),
-            _ => None,
-        })
+        self.first_failure.clone()
     }
 
-    /// The ledger counted. Directories count only when they failed.
+    /// The ledger counted: the final records, then those still in flight.
     pub fn summary(&self) -> Summary {
-        let mut s = Summary::default();
-        for r in &self.records {
-            s.bytes += r.sent;
-            let is_file = r.entry.kind == EntryKind::File;
-            match &r.state {
-                State::Done(Outcome::Stored) if is_file => s.stored += 1,
-                State::Done(Outcome::Skipped) if is_file => s.skipped += 1,
-                State::Done(Outcome::Refused(_)) => s.refused += 1,
-                State::Done(Outcome::Failed(_)) => s.failed += 1,
-                _ if !is_file => continue,
-                _ => {}
-            }
-            s.offered += 1;
+        let mut s = self.done;
+        for record in self.live.values() {
+            count(&mut s, record, None);
         }
         s
     }
+}
+
+/// Adds one record, final with `outcome` or still in flight, to `s`.
+/// Directories count only when they did not make it.
+fn count(s: &mut Summary, record: &FileRecord, outcome: Option<&Outcome>) {
+    s.bytes += record.sent;
+    let is_file = record.entry.kind == EntryKind::File;
+    match outcome {
+        Some(Outcome::Stored) if is_file => s.stored += 1,
+        Some(Outcome::Skipped) if is_file => s.skipped += 1,
+        Some(Outcome::Refused(_)) => s.refused += 1,
+        Some(Outcome::Failed(_)) => s.failed += 1,
+        _ if !is_file => return,
+        _ => {}
+    }
+    s.offered += 1;
 }
 
 #[cfg(test)]
@@ -354,6 +370,10 @@ mod tests {
         assert_eq!(ledger.verdict(7, stored), Ok(Settled::Final));
         let s = ledger.summary();
         assert_eq!((s.offered, s.stored, s.failed, s.bytes), (1, 1, 0, 20));
+        assert!(
+            ledger.live.is_empty() && ledger.ids.is_empty(),
+            "final records leave"
+        );
         let reports = seen.0.lock().unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].outcome, Outcome::Stored);

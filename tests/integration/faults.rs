@@ -115,13 +115,9 @@ fn receiver_killed_mid_file_fails_the_sender_fast_then_resumes() {
     });
     receiver.signal(libc::SIGKILL);
     drop(receiver);
-    let started = std::time::Instant::now();
+    // Bounded, not timed: a connection reset is noticed at once, and the
+    // exact idle arithmetic is tested on a paused clock in protocol::connection.
     let (status, err) = sender.wait(Duration::from_secs(10));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the sender took {:?}",
-        started.elapsed()
-    );
     assert_eq!(status.code(), Some(3), "{err}");
     let last = err.lines().last().unwrap();
     assert!(
@@ -298,7 +294,9 @@ async fn a_silent_sender_is_dropped_after_the_idle_timeout() {
         }
         other => panic!("expected Abort, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Not before its time (the upper bound is `within`'s; exact timing is
+    // tested on a paused clock in protocol::connection).
+    assert!(started.elapsed() >= Duration::from_secs(1));
     rx.events.wait_for_session_error("idle timeout").await;
 }
 

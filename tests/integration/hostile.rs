@@ -389,7 +389,10 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let mut got = Vec::new();
     use tokio::io::AsyncReadExt;
     within(stream.read_to_end(&mut got)).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before its time"
+    );
     assert_eq!(
         got.len(),
         xfer::protocol::HELLO_LEN,
