@@ -66,6 +66,7 @@ pub(super) fn run_committer(
     verdicts: Verdicts,
     queue: std::sync::mpsc::Receiver<Vec<Verified>>,
     busy: Arc<AtomicBool>,
+    free: Arc<tokio::sync::Notify>,
 ) {
     while let Ok(mut group) = queue.recv() {
         busy.store(true, Ordering::Release);
@@ -74,6 +75,8 @@ pub(super) fn run_committer(
         }
         commit_group(&storage, &verdicts, group);
         busy.store(false, Ordering::Release);
+        // A sink waiting to hand over its next group is told at once.
+        free.notify_one();
     }
 }
 

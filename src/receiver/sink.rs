@@ -26,8 +26,6 @@ const GROUP_EAGER_FILES: usize = 64;
 const GROUP_EAGER_BYTES: u64 = 16 * 1024 * 1024;
 /// ...and a smaller one once no data has arrived for this long.
 const GROUP_QUIET: Duration = Duration::from_millis(6);
-/// How often a sink holding verified files checks whether the committer is free.
-const COMMITTER_POLL: Duration = Duration::from_millis(2);
 /// Groups handed to the committer before the sink waits for it.
 const COMMIT_QUEUE: usize = 64;
 /// The resume record is brought up to date once this many new bytes...
@@ -109,6 +107,8 @@ pub(super) struct Sink {
     group_bytes: u64,
     /// Set by the committer while it syncs a group.
     committer_busy: Arc<AtomicBool>,
+    /// Signalled by the committer each time it finishes a group.
+    committer_free: Arc<tokio::sync::Notify>,
     /// To wait on the command channel with a timeout from this thread.
     runtime: tokio::runtime::Handle,
 }
@@ -118,13 +118,15 @@ impl Sink {
     pub fn new(storage: Arc<Storage>, verdicts: Verdicts) -> Sink {
         let (groups, queue) = std::sync::mpsc::sync_channel(COMMIT_QUEUE);
         let committer_busy = Arc::new(AtomicBool::new(false));
+        let committer_free = Arc::new(tokio::sync::Notify::new());
         let committer = {
             let (storage, verdicts) = (Arc::clone(&storage), verdicts.clone());
             let busy = Arc::clone(&committer_busy);
+            let free = Arc::clone(&committer_free);
             // Without a thread of its own, the sink commits groups itself.
             std::thread::Builder::new()
                 .name("xfer-commit".into())
-                .spawn(move || run_committer(storage, verdicts, queue, busy))
+                .spawn(move || run_committer(storage, verdicts, queue, busy, free))
                 .ok()
                 .map(|thread| (groups, thread))
         };
@@ -136,6 +138,7 @@ impl Sink {
             group: Vec::new(),
             group_bytes: 0,
             committer_busy,
+            committer_free,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -170,13 +173,22 @@ impl Sink {
                             None => break,
                         }
                     } else {
-                        match self
-                            .runtime
-                            .block_on(tokio::time::timeout(COMMITTER_POLL, commands.recv()))
-                        {
-                            Ok(Some(c)) => c,
-                            Ok(None) => break,
-                            Err(_) => continue,
+                        // Wait for what changes the answer: a command, the
+                        // stream going quiet, or (worth it, but the committer
+                        // busy) the committer's word that it is free.
+                        let quiet_at = tokio::time::Instant::from_std(quiet + GROUP_QUIET);
+                        let free = Arc::clone(&self.committer_free);
+                        let woke = self.runtime.block_on(async {
+                            tokio::select! {
+                                c = commands.recv() => Some(c),
+                                _ = free.notified(), if worth_it => None,
+                                _ = tokio::time::sleep_until(quiet_at), if !worth_it => None,
+                            }
+                        });
+                        match woke {
+                            Some(Some(c)) => c,
+                            Some(None) => break,
+                            None => continue,
                         }
                     }
                 }
