@@ -7,6 +7,7 @@
 mod commit;
 #[cfg(test)]
 mod duplex_tests;
+pub mod guard;
 pub mod ledger;
 pub mod plan;
 mod session;
