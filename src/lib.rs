@@ -23,6 +23,8 @@
 //! - [`storage`]: everything that touches the receiving directory, through
 //!   directory handles: the confined walk, partials, resume records,
 //!   nameless files, publishing, cleanup.
+//! - [`code`]: short codes (`4821-orbit-lemon-tiger-brick`): generating,
+//!   writing and typing them back, and reading one from a terminal or file.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown.
@@ -33,6 +35,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod code;
 pub mod error;
 pub mod events;
 pub mod hashing;
