@@ -370,7 +370,31 @@ fn one_slip_from(typed: &str, word: &str) -> bool {
     let high = (typed.len() + 1).min(word.len());
     (low..=high)
         .chain(std::iter::once(word.len()))
-        .any(|k| edit_distance(typed.as_bytes(), &word.as_bytes()[..k]) <= 1)
+        .any(|k| within_one_edit(typed.as_bytes(), &word.as_bytes()[..k]))
+}
+
+/// Whether `a` and `b` are at most one edit apart (an insertion, deletion,
+/// substitution or swap of neighbours): [`edit_distance`] `<= 1` without
+/// its table, cheap enough to run against the whole list per word typed.
+fn within_one_edit(a: &[u8], b: &[u8]) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let same = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    if short.len() < long.len() {
+        // One letter inserted into `short` at `same`.
+        return short.get(same..) == long.get(same + 1..);
+    }
+    if same == short.len() {
+        return true;
+    }
+    // One letter changed at `same`, or it and the next swapped.
+    let changed = short.get(same + 1..) == long.get(same + 1..);
+    let swapped = short.get(same) == long.get(same + 1)
+        && short.get(same + 1) == long.get(same)
+        && short.get(same + 2..) == long.get(same + 2..);
+    changed || swapped
 }
 
 /// The one list word within [`SUGGEST_DISTANCE`] edits of `typed` that is

@@ -49,12 +49,27 @@ fn word_list_no_two_words_one_edit_apart() {
     let list = words();
     for (i, a) in list.iter().enumerate() {
         for b in &list[i + 1..] {
-            if a.len().abs_diff(b.len()) <= 1 {
-                assert!(
-                    edit_distance(a.as_bytes(), b.as_bytes()) >= 2,
-                    "{a} and {b} are one edit apart"
-                );
-            }
+            assert!(
+                !within_one_edit(a.as_bytes(), b.as_bytes()),
+                "{a} and {b} are one edit apart"
+            );
+        }
+    }
+}
+
+#[test]
+fn within_one_edit_agrees_with_edit_distance() {
+    let samples = [
+        "", "a", "ab", "ba", "abc", "acb", "bac", "abd", "abcd", "abdc", "xbcd", "abc", "lemon",
+        "lemmon", "lmeon", "melon", "lemons", "emon", "lemno", "attic", "artic",
+    ];
+    for a in samples {
+        for b in samples {
+            assert_eq!(
+                within_one_edit(a.as_bytes(), b.as_bytes()),
+                edit_distance(a.as_bytes(), b.as_bytes()) <= 1,
+                "{a:?} vs {b:?}"
+            );
         }
     }
 }
