@@ -136,10 +136,9 @@ impl Exchange<'_> {
             ))
         })?;
         received.map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => lost(format!(
-                "connection closed during the {} (is the peer using a code too?)",
-                self.what
-            )),
+            io::ErrorKind::UnexpectedEof => {
+                lost(format!("connection closed during the {}", self.what))
+            }
             _ => lost(describe_io(&e)),
         })?;
         sent.map_err(|e| lost(describe_io(&e)))?;

@@ -486,3 +486,29 @@ fn test_vector_first_records() {
     let (_, payload) = open_record(&mut s_open, &mut wire).unwrap().unwrap();
     assert_eq!(&payload[..], b"hello, sender");
 }
+
+/// docs/PROTOCOL.md §9.6 shows the same values the tests assert.
+#[test]
+fn test_vectors_appear_in_the_protocol_document() {
+    use super::pake::tests as p;
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    for value in [
+        p::VECTOR_SENDER_MESSAGE,
+        p::VECTOR_RECEIVER_MESSAGE,
+        p::VECTOR_SPAKE_KEY,
+        p::VECTOR_TRANSCRIPT,
+        p::VECTOR_SENDER_TO_RECEIVER,
+        p::VECTOR_RECEIVER_TO_SENDER,
+        p::VECTOR_CONFIRM_SENDER_KEY,
+        p::VECTOR_CONFIRM_RECEIVER_KEY,
+        p::VECTOR_SENDER_CONFIRMATION,
+        p::VECTOR_RECEIVER_CONFIRMATION,
+        VECTOR_SENDER_RECORD,
+        VECTOR_RECEIVER_RECORD,
+        VECTOR_SENDER_END,
+    ] {
+        assert!(doc.contains(value), "docs/PROTOCOL.md lacks {value}");
+    }
+    let code = std::str::from_utf8(p::VECTOR_CODE).unwrap();
+    assert!(doc.contains(&format!("\"{code}\"")));
+}
