@@ -18,6 +18,9 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NETWORK: u8 = 3;
 /// Exit code: the peer spoke something other than this xfer protocol version.
 pub const EXIT_PROTOCOL: u8 = 4;
+/// Exit code: the peer does not hold the same code (a coded session's key
+/// confirmation failed).
+pub const EXIT_AUTH: u8 = 5;
 /// Exit code: interrupted by SIGINT, as shells expect (128 + 2).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -49,6 +52,11 @@ pub enum Error {
         ours: u32,
         theirs: u32,
     },
+    /// The coded handshake ran, and the peer's key confirmation did not
+    /// match: the two sides hold different codes (or the handshake was
+    /// changed on the way).
+    #[error("the code did not match (no data was exchanged): check the code on both machines")]
+    CodeMismatch,
     /// The peer ended the session on purpose.
     #[error("{peer} aborted the session: {reason}")]
     PeerAborted { peer: String, reason: String },
@@ -79,6 +87,7 @@ impl Error {
             | Error::PeerAborted { .. } => EXIT_NETWORK,
             Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
+            Error::CodeMismatch => EXIT_AUTH,
             Error::Interrupted => EXIT_INTERRUPTED,
         }
     }

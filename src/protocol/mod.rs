@@ -6,6 +6,7 @@ pub mod codec;
 pub mod connection;
 mod handshake;
 pub mod message;
+pub mod secure;
 pub mod transport;
 
 pub use connection::{FrameReader, FrameWriter};
@@ -23,6 +24,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Capability bits announced in the hello. None are defined yet; unknown bits
 /// are ignored so that newer peers can advertise optional features.
 pub const CAPABILITIES: u32 = 0;
+
+/// Capability bit: this side runs a coded session (SPAKE2 on a short code,
+/// then sealed records; docs/PROTOCOL.md section 9).
+pub const CAP_CODE: u32 = 1;
 
 /// Length of the hello: magic, version (u32 BE), capabilities (u32 BE).
 pub const HELLO_LEN: usize = 16;

@@ -1,0 +1,273 @@
+//! The record codec behind `AsyncRead` and `AsyncWrite`: what a
+//! [`FrameReader`](crate::protocol::FrameReader) and
+//! [`FrameWriter`](crate::protocol::FrameWriter) run over in a coded
+//! session.
+//!
+//! Errors come back as `io::Error`s that carry a typed [`Error`]; see
+//! [`recover_error`](super::recover_error). Timeouts are the framed
+//! layer's: these wrappers wait exactly as long as their caller does.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::record::{
+    begin_record, bytes_needed, finish_record, open_record, record_payload_len, OpenState,
+    RecordError, RecordKind, SealState, MAX_RECORD_LEN, MAX_RECORD_PAYLOAD,
+};
+use crate::error::Error;
+use crate::protocol::Transport;
+
+/// What ended a sealed reader for good: every later read repeats it.
+#[derive(Debug, Clone)]
+enum Fault {
+    Record(RecordError),
+    /// The stream ended without the end record.
+    Cut,
+}
+
+/// Reads and opens the peer's records, handing out their payloads. Owns
+/// the bytes it read ahead, so wrapping it loses nothing.
+pub struct SealedReader<R> {
+    inner: R,
+    state: OpenState,
+    /// Sealed bytes read but not yet opened.
+    sealed: BytesMut,
+    /// The opened payload not yet handed out.
+    plain: BytesMut,
+    peer: Arc<str>,
+    fault: Option<Fault>,
+}
+
+impl<R> SealedReader<R> {
+    pub(super) fn new(inner: R, state: OpenState, peer: Arc<str>) -> Self {
+        SealedReader {
+            inner,
+            state,
+            sealed: BytesMut::new(),
+            plain: BytesMut::new(),
+            peer,
+            fault: None,
+        }
+    }
+
+    fn error(&self, fault: &Fault) -> io::Error {
+        let peer = self.peer.to_string();
+        match fault {
+            Fault::Record(e) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                Error::Protocol {
+                    peer,
+                    detail: e.to_string(),
+                },
+            ),
+            Fault::Cut => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                Error::ConnectionLost {
+                    peer,
+                    detail: "the connection was cut (no end-of-session record)".into(),
+                },
+            ),
+        }
+    }
+
+    fn fail(&mut self, fault: Fault) -> io::Error {
+        let e = self.error(&fault);
+        self.fault = Some(fault);
+        e
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SealedReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(buf.remaining());
+                buf.put_slice(&this.plain[..n]);
+                this.plain.advance(n);
+                if this.plain.is_empty() {
+                    // Let the read buffer's allocation be reused.
+                    this.plain = BytesMut::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(fault) = &this.fault {
+                return Poll::Ready(Err(this.error(fault)));
+            }
+            match open_record(&mut this.state, &mut this.sealed) {
+                Ok(Some((RecordKind::Data, payload))) => {
+                    this.plain = payload;
+                    continue;
+                }
+                // After the end record only the stream's end may follow.
+                Ok(Some((RecordKind::End, _))) => continue,
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(this.fail(Fault::Record(e)))),
+            }
+            let needed = match bytes_needed(&this.sealed) {
+                Ok(needed) => needed,
+                Err(e) => return Poll::Ready(Err(this.fail(Fault::Record(e)))),
+            };
+            // Room for the whole record, and at most one maximum record
+            // more of read-ahead: memory stays bounded whatever the peer
+            // declares.
+            let wanted = needed.saturating_sub(this.sealed.len()).max(MAX_RECORD_LEN);
+            if this.sealed.capacity() - this.sealed.len() < wanted / 2 {
+                this.sealed.reserve(wanted);
+            }
+            let read =
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.sealed);
+            match ready!(read) {
+                Ok(0) if this.state.ended() && this.sealed.is_empty() => {
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(0) => return Poll::Ready(Err(this.fail(Fault::Cut))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// Where a sealed writer is in closing its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// The end record is sealed; nothing more may be written.
+    EndSealed,
+}
+
+/// Buffers plaintext up to one record, seals it when the record is full
+/// or on flush, and writes it out; shutting down seals the end record
+/// before shutting the inner writer.
+pub struct SealedWriter<W> {
+    inner: W,
+    state: SealState,
+    /// The record being filled: its header, then plaintext.
+    filling: Vec<u8>,
+    /// A sealed record being written out, and how much of it is written.
+    sealed: Vec<u8>,
+    written: usize,
+    closing: Closing,
+    peer: Arc<str>,
+}
+
+impl<W> SealedWriter<W> {
+    pub(super) fn new(inner: W, state: SealState, peer: Arc<str>) -> Self {
+        let mut filling = Vec::with_capacity(MAX_RECORD_LEN);
+        begin_record(&mut filling);
+        SealedWriter {
+            inner,
+            state,
+            filling,
+            sealed: Vec::with_capacity(MAX_RECORD_LEN),
+            written: 0,
+            closing: Closing::Open,
+            peer,
+        }
+    }
+
+    fn payload(&self) -> usize {
+        record_payload_len(&self.filling, 0)
+    }
+
+    /// Seals the record being filled and queues it; the previous sealed
+    /// record must be written out already.
+    fn seal(&mut self, kind: RecordKind) -> io::Result<()> {
+        debug_assert_eq!(self.written, self.sealed.len());
+        finish_record(&mut self.state, kind, &mut self.filling, 0).map_err(|e| {
+            io::Error::other(Error::Protocol {
+                peer: format!("this side (writing to {})", self.peer),
+                detail: e.to_string(),
+            })
+        })?;
+        std::mem::swap(&mut self.filling, &mut self.sealed);
+        self.written = 0;
+        self.filling.clear();
+        begin_record(&mut self.filling);
+        Ok(())
+    }
+}
+
+impl<W: AsyncWrite + Unpin> SealedWriter<W> {
+    /// Writes out the queued sealed record, if any.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.sealed.get(self.written..).filter(|r| !r.is_empty()) {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Seals and writes out everything buffered.
+    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_drain(cx))?;
+            if self.payload() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            self.seal(RecordKind::Data)?;
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closing != Closing::Open {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the end-of-session record",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.payload() == MAX_RECORD_PAYLOAD {
+            ready!(this.poll_drain(cx))?;
+            this.seal(RecordKind::Data)?;
+        }
+        let n = buf.len().min(MAX_RECORD_PAYLOAD - this.payload());
+        this.filling.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_push(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_push(cx))?;
+        if this.closing == Closing::Open {
+            this.seal(RecordKind::End)?;
+            this.closing = Closing::EndSealed;
+            ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// No sendfile: file bodies must pass through the sealing buffer.
+impl<W: AsyncWrite + Unpin + Send> Transport for SealedWriter<W> {}
