@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Command, RecvArgs, SendArgs};
+use crate::cli::{CodeSource, Command, RecvArgs, SendArgs};
 use crate::error::{describe_io, Error};
 use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
@@ -36,9 +36,13 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
 }
 
 async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
-    let config = args.to_config()?;
+    let (config, code_source) = args.to_config()?;
     let listen = config.listen;
     let once = config.once;
+    let code = config
+        .code
+        .as_ref()
+        .map(|code| (code.clone(), code_source == Some(CodeSource::Generated)));
     let server = Server::new(config)?;
     let listener = TcpListener::bind(listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -57,6 +61,13 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
     let signalled = stop_signal()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv));
     reporter.listening(&local);
+    if let Some((code, generated)) = &code {
+        reporter.code(
+            code,
+            *generated,
+            &format!("xfer send --code FILE... {}", reach(&local)),
+        );
+    }
     tokio::spawn(async move {
         signalled.await;
         log::debug!("stop requested; finishing");
@@ -69,6 +80,24 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
         anyhow::bail!("the sender's session did not store every file (see the messages above)");
     }
     Ok(())
+}
+
+/// How the other machine can reach `local`: its IP, or for a wildcard
+/// listener the address this machine would send from (found by a UDP
+/// connect, which sends nothing), with the port.
+fn reach(local: &std::net::SocketAddr) -> String {
+    let ip = if local.ip().is_unspecified() {
+        let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))
+            .and_then(|s| s.connect(("192.0.2.1", 9)).map(|()| s))
+            .and_then(|s| s.local_addr());
+        match probe {
+            Ok(addr) if !addr.ip().is_unspecified() => addr.ip(),
+            _ => return format!("THIS-MACHINE:{}", local.port()),
+        }
+    } else {
+        local.ip()
+    };
+    std::net::SocketAddr::new(ip, local.port()).to_string()
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed by this call,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::code::Code;
 use crate::error::Error;
 use crate::progress::OutputMode;
 use crate::receiver::{Limits, RecvConfig};
@@ -107,6 +108,9 @@ pub struct SendArgs {
     pub no_cache: bool,
 
     #[command(flatten)]
+    pub code: CodeArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -162,7 +166,78 @@ pub struct RecvArgs {
     pub clean_partials: bool,
 
     #[command(flatten)]
+    pub code: CodeArgs,
+
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// The code flags shared by both subcommands.
+#[derive(Debug, Args)]
+pub struct CodeArgs {
+    /// Only holders of a short code may send; the session is encrypted.
+    /// The code comes from XFER_CODE or --code-file (recv: else a fresh
+    /// one is generated; send: else it is asked for without echo).
+    /// `--code=CODE` works too, but other users can read it in `ps`.
+    #[arg(
+        long,
+        value_name = "CODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    pub code: Option<String>,
+
+    /// Read the code from the first line of FILE (implies --code).
+    #[arg(long, value_name = "FILE")]
+    pub code_file: Option<PathBuf>,
+}
+
+/// Where a code came from, which decides what is printed about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeSource {
+    /// Generated now: the receiver prints it.
+    Generated,
+    /// From XFER_CODE, a code file, the command line or the terminal.
+    Given,
+}
+
+impl CodeArgs {
+    fn wanted(&self) -> bool {
+        self.code.is_some() || self.code_file.is_some()
+    }
+
+    /// The code these flags ask for, if any: `--code=CODE`, `--code-file`,
+    /// `XFER_CODE`, else `fallback` (generate, or ask on the terminal).
+    pub fn resolve(
+        &self,
+        fallback: impl FnOnce() -> Result<(Code, CodeSource), Error>,
+    ) -> Result<Option<(Code, CodeSource)>, Error> {
+        if !self.wanted() {
+            return Ok(None);
+        }
+        let bad = |e: &dyn std::fmt::Display| Error::Usage(format!("invalid code: {e}"));
+        if let Some(value) = self.code.as_deref().filter(|v| !v.is_empty()) {
+            log::warn!(
+                "a code given on the command line can be read by other users of this machine \
+                 (ps, /proc); prefer XFER_CODE or --code-file"
+            );
+            return Ok(Some((
+                Code::parse(value).map_err(|e| bad(&e))?,
+                CodeSource::Given,
+            )));
+        }
+        if let Some(path) = &self.code_file {
+            let code = crate::code::read_code_file(path).map_err(|e| bad(&e))?;
+            return Ok(Some((code, CodeSource::Given)));
+        }
+        if let Some(value) = std::env::var_os("XFER_CODE") {
+            let value = zeroize::Zeroizing::new(value.to_string_lossy().into_owned());
+            let code = Code::parse(&value).map_err(|e| bad(&format!("XFER_CODE: {e}")))?;
+            return Ok(Some((code, CodeSource::Given)));
+        }
+        fallback().map(Some)
+    }
 }
 
 impl OutputArgs {
@@ -185,8 +260,18 @@ fn idle(secs: u64) -> Result<Duration, Error> {
 
 impl SendArgs {
     /// Checks the values clap cannot.
+    /// Checks the values clap cannot; a code not given otherwise is asked
+    /// for on the terminal, without echo.
     pub fn to_config(&self) -> Result<SendConfig, Error> {
+        let code = self.code.resolve(|| {
+            let typed = crate::code::prompt("code (from the receiving machine): ")
+                .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
+            let code =
+                Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
+            Ok((code, CodeSource::Given))
+        })?;
         Ok(SendConfig {
+            code: code.map(|(code, _)| code),
             paths: self.paths.clone(),
             destination: parse_destination(&self.addr)?,
             idle_timeout: idle(self.idle_timeout)?,
@@ -200,12 +285,18 @@ impl SendArgs {
 }
 
 impl RecvArgs {
-    /// Checks the values clap cannot.
-    pub fn to_config(&self) -> Result<RecvConfig, Error> {
+    /// Checks the values clap cannot; with `--code` and no code given, a
+    /// fresh one is generated. Says where the code came from.
+    pub fn to_config(&self) -> Result<(RecvConfig, Option<CodeSource>), Error> {
         if self.max_connections == 0 {
             return Err(Error::Usage("--max-connections must be at least 1".into()));
         }
-        Ok(RecvConfig {
+        let code = self
+            .code
+            .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
+        let source = code.as_ref().map(|(_, source)| *source);
+        let config = RecvConfig {
+            code: code.map(|(code, _)| code),
             dir: self.dir.clone(),
             listen: parse_listen(&self.listen)?,
             once: self.once,
@@ -223,7 +314,8 @@ impl RecvArgs {
             } else {
                 Duration::from_secs(self.keep_partials_days.saturating_mul(24 * 3600))
             },
-        })
+        };
+        Ok((config, source))
     }
 }
 

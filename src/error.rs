@@ -57,6 +57,11 @@ pub enum Error {
     /// changed on the way).
     #[error("the code did not match (no data was exchanged): check the code on both machines")]
     CodeMismatch,
+    /// Not allowed in: one side has a code and the other none (a coded
+    /// side never falls back to clear text), or an address is cooling
+    /// down after wrong codes. The text says what to do.
+    #[error("{0}")]
+    Auth(String),
     /// The peer ended the session on purpose.
     #[error("{peer} aborted the session: {reason}")]
     PeerAborted { peer: String, reason: String },
@@ -87,7 +92,7 @@ impl Error {
             | Error::PeerAborted { .. } => EXIT_NETWORK,
             Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
-            Error::CodeMismatch => EXIT_AUTH,
+            Error::CodeMismatch | Error::Auth(_) => EXIT_AUTH,
             Error::Interrupted => EXIT_INTERRUPTED,
         }
     }

@@ -66,6 +66,32 @@ impl Reporter {
         }
     }
 
+    /// What a coded receiver tells the person starting it: the command for
+    /// the other machine and, when it made the code up, the code itself.
+    /// Printed even when quiet: without it nobody can send.
+    pub fn code(&self, code: &crate::code::Code, generated: bool, command: &str) {
+        if self.mode.json {
+            let mut value = json!({
+                "v": EVENTS_VERSION, "event": "code", "number": code.number(),
+                "generated": generated, "command": command,
+            });
+            if generated {
+                value["code"] = json!(code.to_string());
+            }
+            self.json(value);
+        }
+        if generated {
+            self.problem(format!("code: {code}"));
+            self.problem(format!(
+                "on the other machine: {command}  (it asks for the code)"
+            ));
+        } else {
+            self.problem(format!(
+                "on the other machine: {command}  (with the same code)"
+            ));
+        }
+    }
+
     /// Removes every bar, e.g. before the final error line.
     pub fn clear_bars(&self) {
         let sessions: Vec<u64> = self

@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 use super::codec::{self, CodecError};
 use super::message::Message;
-use super::{CAPABILITIES, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
+use super::secure::recover_error;
+use super::{HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 use crate::error::Error;
 
 const READ_RESERVE: usize = 64 * 1024;
@@ -88,6 +89,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.peer
     }
 
+    /// The stream underneath and the bytes already read from it but not
+    /// yet consumed, so a sealed transport can take over where the hello
+    /// ended without losing what arrived behind it.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.inner, self.buf)
+    }
+
     /// When a wait that began at `since` gives up, as far as is known now.
     fn deadline(&self, since: Instant) -> Instant {
         let last = match &self.writer_activity {
@@ -110,7 +118,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         loop {
             match tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) => return Ok(n),
-                Ok(Err(e)) => return Err(self.lost(e.to_string())),
+                Ok(Err(e)) => {
+                    // A sealed transport says what went wrong in its own words.
+                    return Err(recover_error(e).unwrap_or_else(|e| self.lost(e.to_string())));
+                }
                 Err(_) => {
                     let later = self.deadline(since);
                     if later <= deadline {
@@ -251,6 +262,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     pub(super) fn lost(&self, e: std::io::Error) -> Error {
+        let e = match recover_error(e) {
+            Ok(typed) => return typed,
+            Err(e) => e,
+        };
         Error::ConnectionLost {
             peer: self.peer.to_string(),
             detail: e.to_string(),
@@ -309,14 +324,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         result.map_err(|e| self.lost(e))
     }
 
-    pub(super) async fn write_hello(&mut self) -> Result<(), Error> {
-        let mut hello = [0u8; HELLO_LEN];
-        hello[..8].copy_from_slice(&MAGIC);
-        hello[8..12].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-        hello[12..16].copy_from_slice(&CAPABILITIES.to_be_bytes());
-        self.buf.extend_from_slice(&hello);
+    pub(super) async fn write_hello(&mut self, caps: u32) -> Result<(), Error> {
+        self.buf.extend_from_slice(&hello_bytes(caps));
         self.flush().await
     }
+
+    /// The transport underneath, once everything queued is written (as it
+    /// is after the hello), so a sealed transport can take its place.
+    pub fn into_inner(self) -> W {
+        debug_assert!(self.buf.is_empty(), "unwritten bytes would be lost");
+        self.inner
+    }
+}
+
+/// The 16 bytes of a hello announcing `caps`.
+pub fn hello_bytes(caps: u32) -> [u8; HELLO_LEN] {
+    let mut hello = [0u8; HELLO_LEN];
+    hello[..8].copy_from_slice(&MAGIC);
+    hello[8..12].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    hello[12..16].copy_from_slice(&caps.to_be_bytes());
+    hello
 }
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{FrameReader, FrameWriter};
-use super::{HELLO_LEN, MAGIC, PROTOCOL_VERSION};
+use super::{CAPABILITIES, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 use crate::error::Error;
 
-/// Exchanges hellos: both sides write theirs at once, then check the peer's.
-/// Returns the peer's capability bits.
+/// Exchanges hellos announcing [`CAPABILITIES`]; see [`handshake_with`].
 pub async fn handshake<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
@@ -18,9 +17,23 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    handshake_with(reader, writer, CAPABILITIES).await
+}
+
+/// Exchanges hellos: both sides write theirs at once (ours announcing
+/// `caps`), then check the peer's. Returns the peer's capability bits.
+pub async fn handshake_with<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    caps: u32,
+) -> Result<u32, Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     // Write and read at once: neither side may depend on its hello fitting
     // in the transport's buffer before the peer reads.
-    let (written, read) = tokio::join!(writer.write_hello(), reader.read_array::<HELLO_LEN>());
+    let (written, read) = tokio::join!(writer.write_hello(caps), reader.read_array::<HELLO_LEN>());
     let hello = read?;
     written?;
     if hello[..8] != MAGIC {
@@ -145,7 +158,7 @@ mod tests {
             }],
         });
         let sent = wire_bytes(async |w| {
-            w.write_hello().await?;
+            w.write_hello(CAPABILITIES).await?;
             w.send(&offer).await?;
             w.send(&Message::FileBegin { id: 0, offset: 0 }).await?;
             w.send_raw(body).await?;
@@ -159,7 +172,7 @@ mod tests {
         .await;
         assert_pieces(&sent, &EXAMPLE_SENDER);
         let answered = wire_bytes(async |w| {
-            w.write_hello().await?;
+            w.write_hello(CAPABILITIES).await?;
             let plan = Plan {
                 first_id: 0,
                 actions: vec![Action::Send { offset: 0 }],

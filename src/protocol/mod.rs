@@ -9,8 +9,8 @@ pub mod message;
 pub mod secure;
 pub mod transport;
 
-pub use connection::{FrameReader, FrameWriter};
-pub use handshake::handshake;
+pub use connection::{hello_bytes, FrameReader, FrameWriter};
+pub use handshake::{handshake, handshake_with};
 pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
 pub use transport::{Connection, Transport};
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::guard::Guard;
 use super::plan::Limits;
-use super::session::{serve_one, Context};
+use super::session::{serve_one, Context, Ended};
+use crate::code::Code;
 use crate::events::{Event, FileReport, Observer, Summary};
 use crate::sender::{Destination, SendConfig};
 use crate::storage::Storage;
@@ -48,6 +50,16 @@ impl Recorder {
 /// socket, no listener, no sendfile (the copy path carries the bodies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_crosses_an_in_memory_pipe_and_both_ledgers_agree() {
+    cross_a_pipe(None).await;
+}
+
+/// The same with a code: the sessions run unchanged over sealed halves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_crosses_an_in_memory_pipe_sealed_with_a_code() {
+    cross_a_pipe(Some(Code::generate())).await;
+}
+
+async fn cross_a_pipe(code: Option<Code>) {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let tree = src.path().join("tree");
     std::fs::create_dir_all(tree.join("empty")).unwrap();
@@ -67,6 +79,9 @@ async fn a_tree_crosses_an_in_memory_pipe_and_both_ledgers_agree() {
         max_sessions: 1,
         shutdown: CancellationToken::new(),
         session: 1,
+        peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        code: code.clone().map(Arc::new),
+        guard: Guard::new(),
     };
     let hellos = Arc::new(Semaphore::new(1));
     let permit = hellos.try_acquire_owned().unwrap();
@@ -80,6 +95,7 @@ async fn a_tree_crosses_an_in_memory_pipe_and_both_ledgers_agree() {
         },
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
+        code,
     };
     let sent = Arc::new(Recorder::default());
     let summary = tokio::time::timeout(
@@ -94,11 +110,11 @@ async fn a_tree_crosses_an_in_memory_pipe_and_both_ledgers_agree() {
     .await
     .unwrap()
     .unwrap();
-    let ok = tokio::time::timeout(Duration::from_secs(30), receiving)
+    let ended = tokio::time::timeout(Duration::from_secs(30), receiving)
         .await
         .unwrap()
         .unwrap();
-    assert!(ok, "the receiver's session stored everything");
+    assert_eq!(ended, Ended::Complete, "{:?}", received.ending());
 
     assert_eq!(
         std::fs::read(dst.path().join("tree/large.bin")).unwrap(),

@@ -26,6 +26,8 @@ pub use plan::Limits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use session::Ended;
+
 use crate::events::Observer;
 use crate::storage::Storage;
 
@@ -55,6 +57,8 @@ pub struct RecvConfig {
     pub limits: Limits,
     /// Partial files untouched for longer are removed at start (zero: all).
     pub keep_partials: Duration,
+    /// The code senders must hold; with it every session is encrypted.
+    pub code: Option<crate::code::Code>,
 }
 
 /// How serving ended.
@@ -68,6 +72,9 @@ pub struct ServeReport {
 pub struct Server {
     storage: Arc<Storage>,
     config: RecvConfig,
+    code: Option<Arc<crate::code::Code>>,
+    /// Bounds code guessing across all sessions.
+    guard: Arc<guard::Guard>,
 }
 
 impl Server {
@@ -91,6 +98,8 @@ impl Server {
         }
         Ok(Server {
             storage: Arc::new(storage),
+            code: config.code.clone().map(Arc::new),
+            guard: guard::Guard::new(),
             config,
         })
     }
@@ -137,6 +146,9 @@ impl Server {
                 max_sessions: self.config.max_connections.max(1),
                 shutdown: shutdown.child_token(),
                 session: next_session,
+                peer_ip: peer.ip(),
+                code: self.code.clone(),
+                guard: Arc::clone(&self.guard),
             };
             next_session += 1;
             report.sessions += 1;
@@ -146,15 +158,18 @@ impl Server {
                 // A session cut short by our own stop is not a failed one:
                 // its partials are kept, as a stop promises.
                 let _ = stream.set_nodelay(true);
-                if !session::serve_one(stream, peer.to_string(), context, hello_permit).await
-                    && !stopping.is_cancelled()
-                {
+                let ended =
+                    session::serve_one(stream, peer.to_string(), context, hello_permit).await;
+                if ended == Ended::Incomplete && !stopping.is_cancelled() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
+                ended
             });
             if self.config.once {
+                // Only a sender that got in is the one --once waits for: a
+                // wrong code must not end (or block) the receiver.
                 tokio::select! {
-                    _ = task => {}
+                    ended = task => if matches!(ended, Ok(Ended::NotAdmitted)) { continue },
                     _ = shutdown.cancelled() => {}
                 }
                 break;

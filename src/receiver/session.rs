@@ -10,21 +10,24 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::commit::Verdicts;
+use super::guard::{Guard, Refused, COOL_DOWN, PEER_FAILURES};
 use super::ledger::Ledger;
 use super::plan::{metadata_of, plan_offer, record_of, Decided, Decision, Limits};
 use super::sink::{BeginFile, Sink, SinkCommand};
+use crate::code::Code;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, Observer};
 use crate::hashing::Hasher;
 use crate::paths::WirePath;
+use crate::protocol::secure::{secure, Role};
 use crate::protocol::{
-    handshake, Action, Connection, Digest, Entry, FrameReader, FrameWriter, Message, Offer,
-    Outcome, Plan, Transport, Verdict, MAX_BATCH_ENTRIES,
+    handshake_with, hello_bytes, Action, Connection, Digest, Entry, FrameReader, FrameWriter,
+    Message, Offer, Outcome, Plan, Transport, Verdict, CAP_CODE, MAX_BATCH_ENTRIES,
 };
 use crate::storage::{Claim, DirHandle, Metadata, Storage};
 
@@ -55,6 +58,11 @@ pub(super) struct Context {
     pub max_sessions: usize,
     pub shutdown: CancellationToken,
     pub session: u64,
+    /// The sender's address, for the guessing guard.
+    pub peer_ip: std::net::IpAddr,
+    /// The code senders must hold, if this receiver has one.
+    pub code: Option<Arc<Code>>,
+    pub guard: Arc<Guard>,
 }
 
 /// How much of a body to read from the socket at a time while `active`
@@ -63,15 +71,26 @@ fn body_read_size(active: usize) -> usize {
     (BODY_READ_BUDGET / active.max(1)).clamp(MIN_BODY_READ, BODY_CHUNK)
 }
 
+/// How one connection ended, for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Every file offered is now in DIR.
+    Complete,
+    /// The session ran but did not store everything, or broke.
+    Incomplete,
+    /// The peer never got in: no code, a wrong code, or cooling down. It
+    /// is not "the first sender" that `--once` waits for.
+    NotAdmitted,
+}
+
 /// Runs one session over `stream` (a TCP connection, or in tests one end of
-/// an in-memory pipe) to its end, reports how it ended, and says whether
-/// every file offered is now in DIR.
+/// an in-memory pipe) to its end, reports how it ended, and says how.
 pub(super) async fn serve_one<C: Connection>(
     stream: C,
     peer: String,
     context: Context,
     hello_permit: OwnedSemaphorePermit,
-) -> bool {
+) -> Ended {
     let started = Instant::now();
     let observer = Arc::clone(&context.observer);
     let session = context.session;
@@ -96,7 +115,11 @@ pub(super) async fn serve_one<C: Connection>(
         Err(_) => Default::default(),
     };
     summary.secs = started.elapsed().as_secs_f64();
-    let ok = result.is_ok() && summary.undelivered() == 0;
+    let ended = match &result {
+        Err(Error::Auth(_) | Error::CodeMismatch) => Ended::NotAdmitted,
+        Ok(()) if summary.undelivered() == 0 => Ended::Complete,
+        _ => Ended::Incomplete,
+    };
     observer.event(Event::SessionEnded {
         session,
         peer,
@@ -104,7 +127,7 @@ pub(super) async fn serve_one<C: Connection>(
         exit_code: result.as_ref().err().map_or(0, Error::exit_code),
         error: result.err().map(|e| e.to_string()),
     });
-    ok
+    ended
 }
 
 async fn run<C: Connection>(
@@ -124,9 +147,10 @@ async fn run<C: Connection>(
         detail,
     };
     let secs = context.handshake_timeout.as_secs();
-    match tokio::time::timeout(
+    let ours = if context.code.is_some() { CAP_CODE } else { 0 };
+    let theirs = match tokio::time::timeout(
         context.handshake_timeout,
-        handshake(&mut reader, &mut writer),
+        handshake_with(&mut reader, &mut writer, ours),
     )
     .await
     {
@@ -134,23 +158,110 @@ async fn run<C: Connection>(
         Err(_) => return Err(lost(format!("no hello within {secs} s"))),
     };
     drop(hello_permit);
+    let code = match (&context.code, theirs & CAP_CODE != 0) {
+        (None, false) => None,
+        (None, true) => {
+            return Err(Error::Auth(format!(
+                "{peer} sends with a code, but this receiver has none \
+                 (start it with 'xfer recv --code' to take coded sends)"
+            )))
+        }
+        (Some(_), false) => {
+            return Err(Error::Auth(format!(
+                "{peer} sent no code, and this receiver requires one \
+                 (it must run 'xfer send --code ...')"
+            )))
+        }
+        (Some(code), true) => Some(Arc::clone(code)),
+    };
     // Past the hello, a sender needs a session slot; when all are taken it
-    // is told so at once rather than left waiting in a queue.
+    // is told so at once rather than left waiting in a queue (a coded one
+    // by the connection closing: it cannot read frames yet).
     let Ok(_slot) = Arc::clone(&context.sessions).try_acquire_owned() else {
         let reason = format!(
             "the receiver is busy with {} senders already; try again shortly",
             context.max_sessions
         );
-        let _ = writer
-            .send(&Message::Abort {
-                reason: reason.clone(),
-            })
-            .await;
+        if code.is_none() {
+            let _ = writer
+                .send(&Message::Abort {
+                    reason: reason.clone(),
+                })
+                .await;
+        }
         let _ = writer.shutdown().await;
         return Err(lost(format!("turned away: {reason}")));
     };
-    log::debug!("session with {peer} started");
+    let idle = context.idle_timeout;
+    let Some(code) = code else {
+        log::debug!("session with {peer} started");
+        return converse(reader, writer, context, ledger).await;
+    };
+    let attempt =
+        context
+            .guard
+            .attempt(context.peer_ip)
+            .await
+            .map_err(|Refused::CoolingDown(left)| {
+                Error::Auth(format!(
+                    "refused {peer}: too many wrong codes from {}; it may try again in {} min",
+                    context.peer_ip,
+                    left.as_secs().div_ceil(60)
+                ))
+            })?;
+    let mut hellos = [0u8; 32];
+    hellos[..16].copy_from_slice(&hello_bytes(theirs));
+    hellos[16..].copy_from_slice(&hello_bytes(ours));
+    let (raw_read, read_ahead) = reader.into_parts();
+    let raw_read = std::io::Cursor::new(read_ahead).chain(raw_read);
+    let secret = code.secret();
+    let sealed = secure(
+        raw_read,
+        writer.into_inner(),
+        Role::Receiver,
+        &secret,
+        &hellos,
+        peer,
+        context.handshake_timeout,
+    );
+    let (read, write) = match sealed.await {
+        Ok(halves) => {
+            attempt.right();
+            halves
+        }
+        Err(e) => {
+            // Counted whatever broke it: a guesser learns nothing by
+            // hanging up before the codes are compared.
+            if attempt.wrong() {
+                log::warn!(
+                    "{} sent {} wrong codes within a minute; refusing it for {} min",
+                    context.peer_ip,
+                    PEER_FAILURES,
+                    COOL_DOWN.as_secs() / 60
+                );
+            }
+            return Err(e);
+        }
+    };
+    let mut reader = FrameReader::new(read, Arc::clone(&name), idle);
+    let writer = FrameWriter::new(write, Arc::clone(&name), idle);
+    reader.watch(&writer);
+    log::debug!("coded session with {peer} started");
+    converse(reader, writer, context, ledger).await
+}
 
+/// The session proper, once the connection (plain or sealed) is up: plans,
+/// bodies, verdicts, `Bye`.
+async fn converse<R, W>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    context: Context,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> Result<(), Error>
+where
+    R: AsyncRead + Unpin + Send,
+    W: Transport + 'static,
+{
     let (out_tx, out_rx) = mpsc::channel(256);
     let replies = tokio::spawn(write_replies(writer, out_rx));
     let (sink_tx, sink_rx) = mpsc::channel(4);
@@ -207,13 +318,21 @@ async fn write_replies<W: Transport>(
     mut writer: FrameWriter<W>,
     mut rx: mpsc::Receiver<Message>,
 ) -> Result<(), Error> {
+    let mut said_bye = false;
     while let Some(message) = rx.recv().await {
+        said_bye = matches!(message, Message::Bye { .. });
         writer.send(&message).await?;
-        if rx.is_empty() {
+        if rx.is_empty() || said_bye {
             writer.flush().await?;
         }
     }
-    writer.shutdown().await
+    let closed = writer.shutdown().await;
+    // After `Bye` the sender may hang up at once; the session is settled by
+    // then, so a close that finds the peer gone is no failure.
+    if said_bye {
+        return Ok(());
+    }
+    closed
 }
 
 /// An offered file waiting for its body or an `Identical`.

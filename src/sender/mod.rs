@@ -23,12 +23,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::code::Code;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
-use crate::protocol::{handshake, Connection, EntryKind, FrameReader, FrameWriter};
+use crate::protocol::secure::{secure, Role};
+use crate::protocol::{
+    handshake_with, hello_bytes, Connection, EntryKind, FrameReader, FrameWriter, Transport,
+    CAP_CODE,
+};
 use digest_cache::DigestCache;
 use ledger::Ledger;
 use session::{Session, OFFERS_AHEAD};
@@ -62,6 +68,8 @@ pub struct SendConfig {
     pub idle_timeout: Duration,
     /// Where the digest cache lives; `None` disables it.
     pub digest_cache: Option<std::path::PathBuf>,
+    /// The code the receiver requires, for a coded (encrypted) session.
+    pub code: Option<Code>,
 }
 
 /// Sends every path to the receiver. `Ok` only if each file was verified
@@ -190,64 +198,149 @@ async fn run<C: Connection>(
         peer: peer.to_string(),
     });
     let (read_half, write_half) = stream.into_halves();
-    let mut reader = FrameReader::new(read_half, Arc::clone(&peer), config.idle_timeout);
-    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), config.idle_timeout);
+    let idle = config.idle_timeout;
+    let mut reader = FrameReader::new(read_half, Arc::clone(&peer), idle);
+    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), idle);
     reader.watch(&writer);
-    tokio::select! {
-        r = handshake(&mut reader, &mut writer) => { r?; }
+    let ours = if config.code.is_some() { CAP_CODE } else { 0 };
+    let theirs = tokio::select! {
+        r = handshake_with(&mut reader, &mut writer, ours) => r?,
         _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
-    }
-
-    let settled = Arc::new(Notify::new());
-    let closed = Arc::new(AtomicBool::new(false));
-    // At most OFFERS_AHEAD plans can be outstanding, so this channel never
-    // fills and the reply reader never stops draining verdicts.
-    let (plan_tx, plan_rx) = mpsc::channel(OFFERS_AHEAD + 1);
-    let replies = tokio::spawn(replies::read_replies(
-        reader,
-        plan_tx,
-        Arc::clone(ledger),
-        Arc::clone(&settled),
-        Arc::clone(&closed),
-    ));
-
-    let mut session = Session {
-        writer,
-        plans: plan_rx,
-        ledger: Arc::clone(ledger),
-        settled,
-        replies_closed: closed,
-        observer: Arc::clone(observer),
+    };
+    let talk = Talk {
+        batches: batch_rx,
         cache,
-        cancel: cancel.clone(),
-        peer: Arc::clone(&peer),
-        mid_body: false,
-        next_id: 0,
+        observer,
+        ledger,
+        cancel: &cancel,
+        peer: &peer,
     };
-    let written = tokio::select! {
-        r = session.run(batch_rx) => r,
-        _ = async { cancel.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
-            Err(Error::Interrupted)
+    match (&config.code, theirs & CAP_CODE != 0) {
+        (None, false) => talk.run(reader, writer).await,
+        (None, true) => Err(Error::Auth(format!(
+            "{peer} requires a code: add --code to this send \
+             (the code from XFER_CODE, --code-file FILE, or typed when asked)"
+        ))
+        .into()),
+        (Some(_), false) => Err(Error::Auth(format!(
+            "{peer} does not use a code, and a coded send never falls back to clear text: \
+             start the receiver with 'xfer recv --code', or send without --code on a trusted network"
+        ))
+        .into()),
+        (Some(code), true) => {
+            let mut hellos = [0u8; 32];
+            hellos[..16].copy_from_slice(&hello_bytes(ours));
+            hellos[16..].copy_from_slice(&hello_bytes(theirs));
+            let (raw_read, read_ahead) = reader.into_parts();
+            let raw_read = std::io::Cursor::new(read_ahead).chain(raw_read);
+            let secret = code.secret();
+            let sealed = secure(raw_read, writer.into_inner(), Role::Sender, &secret, &hellos, &peer, idle);
+            let (read, write) = tokio::select! {
+                r = sealed => r.map_err(refused_hint)?,
+                _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
+            };
+            let mut reader = FrameReader::new(read, Arc::clone(&peer), idle);
+            let writer = FrameWriter::new(write, Arc::clone(&peer), idle);
+            reader.watch(&writer);
+            talk.run(reader, writer).await
         }
-    };
-    if let Err(e) = written {
-        return Err(session.fail(e, replies).await.into());
     }
-    match replies.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => return Err(Error::Internal(format!("the reply reader failed: {e}")).into()),
-    }
-    let awaiting = ledger
-        .lock()
-        .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
-        .awaiting();
-    if awaiting > 0 {
-        return Err(Error::Protocol {
-            peer: peer.to_string(),
-            detail: format!("session ended without verdicts for {awaiting} files"),
+}
+
+/// A receiver that refuses this address (too many wrong codes) closes the
+/// connection before its code message: say so.
+fn refused_hint(e: Error) -> Error {
+    match e {
+        Error::ConnectionLost { peer, detail } if detail.contains("during the code message") => {
+            Error::ConnectionLost {
+                peer,
+                detail: format!(
+                    "{detail} (a receiver closes at once on an address that recently \
+                     sent several wrong codes; wait and check the code)"
+                ),
+            }
         }
-        .into());
+        other => other,
     }
-    Ok(())
+}
+
+/// What the rest of a session needs once the connection (plain or
+/// sealed) is up.
+struct Talk<'a> {
+    batches: mpsc::Receiver<source::Batch>,
+    cache: Option<Arc<DigestCache>>,
+    observer: &'a Arc<dyn Observer>,
+    ledger: &'a Arc<Mutex<Ledger>>,
+    cancel: &'a CancellationToken,
+    peer: &'a Arc<str>,
+}
+
+impl Talk<'_> {
+    /// Offers, bodies and verdicts over `reader` and `writer` until `Bye`.
+    async fn run<R, W>(self, reader: FrameReader<R>, writer: FrameWriter<W>) -> anyhow::Result<()>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: Transport,
+    {
+        let Talk {
+            batches: batch_rx,
+            cache,
+            observer,
+            ledger,
+            cancel,
+            peer,
+        } = self;
+        let settled = Arc::new(Notify::new());
+        let closed = Arc::new(AtomicBool::new(false));
+        // At most OFFERS_AHEAD plans can be outstanding, so this channel never
+        // fills and the reply reader never stops draining verdicts.
+        let (plan_tx, plan_rx) = mpsc::channel(OFFERS_AHEAD + 1);
+        let replies = tokio::spawn(replies::read_replies(
+            reader,
+            plan_tx,
+            Arc::clone(ledger),
+            Arc::clone(&settled),
+            Arc::clone(&closed),
+        ));
+
+        let mut session = Session {
+            writer,
+            plans: plan_rx,
+            ledger: Arc::clone(ledger),
+            settled,
+            replies_closed: closed,
+            observer: Arc::clone(observer),
+            cache,
+            cancel: cancel.clone(),
+            peer: Arc::clone(peer),
+            mid_body: false,
+            next_id: 0,
+        };
+        let written = tokio::select! {
+            r = session.run(batch_rx) => r,
+            _ = async { cancel.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
+                Err(Error::Interrupted)
+            }
+        };
+        if let Err(e) = written {
+            return Err(session.fail(e, replies).await.into());
+        }
+        match replies.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(Error::Internal(format!("the reply reader failed: {e}")).into()),
+        }
+        let awaiting = ledger
+            .lock()
+            .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
+            .awaiting();
+        if awaiting > 0 {
+            return Err(Error::Protocol {
+                peer: peer.to_string(),
+                detail: format!("session ended without verdicts for {awaiting} files"),
+            }
+            .into());
+        }
+        Ok(())
+    }
 }

@@ -153,6 +153,8 @@ pub struct RecvOptions {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub limits: xfer::receiver::Limits,
+    /// The code senders must hold (a coded receiver).
+    pub code: Option<xfer::code::Code>,
 }
 
 impl Default for RecvOptions {
@@ -164,6 +166,7 @@ impl Default for RecvOptions {
             idle_timeout: Duration::from_secs(10),
             max_connections: 16,
             limits: xfer::receiver::Limits::default(),
+            code: None,
         }
     }
 }
@@ -184,6 +187,7 @@ impl Receiver {
             keep_partials: Duration::from_secs(7 * 24 * 3600),
             handshake_timeout: options.idle_timeout,
             limits: options.limits,
+            code: options.code.clone(),
         };
         let listener = TcpListener::bind(options.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -233,6 +237,7 @@ pub async fn send_with(
         },
         idle_timeout,
         digest_cache,
+        code: None,
     };
     let events = Arc::new(Events::default());
     let result = within(xfer::sender::send(

@@ -113,6 +113,7 @@ fn a_read_only_dir_is_refused_before_serving() {
         handshake_timeout: Duration::from_secs(10),
         limits: xfer::receiver::Limits::default(),
         keep_partials: Duration::from_secs(3600),
+        code: None,
     };
     let err = Server::new(config)
         .err()
