@@ -77,21 +77,35 @@ where
     let keys = start
         .finish(role, hellos, &theirs)
         .map_err(|e| handshake_error(e, &peer))?;
+    // The receiver checks the sender's confirmation before it sends its
+    // own: a sender with a wrong code gets nothing that would let it test
+    // its guess (and guess again) away from the receiver's counting. The
+    // sender wrote first anyway, so this costs no time.
     let mut their_confirmation = [0u8; pake::CONFIRMATION_LEN];
     let exchange = Exchange {
         what: "code confirmation",
         ..exchange
     };
-    exchange
-        .run(
-            &mut read,
-            &mut write,
-            &keys.confirmation(),
-            &mut their_confirmation,
-        )
-        .await?;
-    keys.verify_peer(&their_confirmation)
-        .map_err(|e| handshake_error(e, &peer))?;
+    match role {
+        Role::Sender => {
+            exchange.write(&mut write, &keys.confirmation()).await?;
+            match exchange.read(&mut read, &mut their_confirmation).await {
+                // A receiver that found our confirmation wrong hangs up.
+                Err(Error::ConnectionLost { detail, .. }) if detail.starts_with("connection closed") => {
+                    return Err(Error::CodeMismatch)
+                }
+                other => other?,
+            }
+            keys.verify_peer(&their_confirmation)
+                .map_err(|e| handshake_error(e, &peer))?;
+        }
+        Role::Receiver => {
+            exchange.read(&mut read, &mut their_confirmation).await?;
+            keys.verify_peer(&their_confirmation)
+                .map_err(|e| handshake_error(e, &peer))?;
+            exchange.write(&mut write, &keys.confirmation()).await?;
+        }
+    }
     let (seal, open) = keys.into_record_states();
     Ok((
         SealedReader::new(read, open, Arc::clone(&peer)),
@@ -108,6 +122,46 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
+    fn lost(&self, detail: String) -> Error {
+        Error::ConnectionLost {
+            peer: self.peer.to_string(),
+            detail,
+        }
+    }
+
+    fn late(&self) -> Error {
+        self.lost(format!(
+            "no {} within {} s (idle timeout)",
+            self.what,
+            self.idle.as_secs()
+        ))
+    }
+
+    /// Writes ours only.
+    async fn write<W: AsyncWrite + Unpin>(&self, write: &mut W, ours: &[u8]) -> Result<(), Error> {
+        let send = async {
+            write.write_all(ours).await?;
+            write.flush().await
+        };
+        tokio::time::timeout(self.idle, send)
+            .await
+            .map_err(|_| self.late())?
+            .map_err(|e| self.lost(describe_io(&e)))
+    }
+
+    /// Reads theirs only.
+    async fn read<R: AsyncRead + Unpin>(&self, read: &mut R, theirs: &mut [u8]) -> Result<(), Error> {
+        let received = tokio::time::timeout(self.idle, read.read_exact(theirs))
+            .await
+            .map_err(|_| self.late())?;
+        received.map(drop).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                self.lost(format!("connection closed during the {}", self.what))
+            }
+            _ => self.lost(describe_io(&e)),
+        })
+    }
+
     async fn run<R, W>(
         &self,
         read: &mut R,
