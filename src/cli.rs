@@ -25,6 +25,7 @@ Exit codes:
   3    the network or the peer: cannot connect or listen, connection lost or silent,
        or the peer ended the session early (stopped, interrupted, busy)
   4    the peer is not xfer, speaks another protocol version, or broke the protocol
+  5    the code did not match, or one side has a code and the other none
   130  interrupted with Ctrl-C";
 
 const MAIN_EXAMPLES: &str = "\

@@ -52,7 +52,7 @@ fn help_for_each_subcommand() {
         .take_while(|l| l.starts_with('|'))
         .map(|l| l.split('|').nth(1).unwrap().trim())
         .collect();
-    assert_eq!(codes, ["0", "1", "2", "3", "4", "130"]);
+    assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "130"]);
     for command in ["send", "recv"] {
         let (code, out, _) = run(&[command, "--help"]);
         assert_eq!(code, 0);

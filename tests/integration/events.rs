@@ -209,3 +209,55 @@ fn a_send_that_never_connects_still_ends_with_one_summary() {
     assert_eq!(code, 2);
     assert_eq!(events.len(), 1);
 }
+
+#[test]
+fn a_coded_receiver_announces_its_code_and_its_events_fit_the_schema() {
+    let schema = schema();
+    let dst = tempfile::tempdir().unwrap();
+    let mut recv = XferProcess::spawn(&[
+        "recv",
+        "--json",
+        "--code",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dst.path().to_str().unwrap(),
+    ]);
+    let listening = check(&schema, &recv.next_line().unwrap());
+    assert_eq!(listening["event"], "listening");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let code = check(&schema, &recv.next_line().unwrap());
+    assert_eq!(
+        (&code["event"], &code["generated"]),
+        (&"code".into(), &true.into())
+    );
+    let text = code["code"].as_str().unwrap().to_owned();
+    assert_eq!(
+        text.split('-').next().unwrap().parse::<u64>().unwrap(),
+        code["number"].as_u64().unwrap()
+    );
+    assert!(code["command"].as_str().unwrap().contains(&addr));
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"sealed").unwrap();
+    let out = xfer_command()
+        .env("XFER_CODE", &text)
+        .args([
+            "send",
+            "--json",
+            "--code",
+            file.path().to_str().unwrap(),
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let sent: Vec<Value> = stdout.lines().map(|l| check(&schema, l)).collect();
+    assert_eq!(sent[0]["event"], "sent");
+    let received = recv_events(&schema, recv);
+    assert!(received.iter().any(|e| e["event"] == "received"));
+    assert!(received
+        .iter()
+        .any(|e| e["event"] == "session" && e["ok"] == true));
+}

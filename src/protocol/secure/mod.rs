@@ -91,7 +91,9 @@ where
             exchange.write(&mut write, &keys.confirmation()).await?;
             match exchange.read(&mut read, &mut their_confirmation).await {
                 // A receiver that found our confirmation wrong hangs up.
-                Err(Error::ConnectionLost { detail, .. }) if detail.starts_with("connection closed") => {
+                Err(Error::ConnectionLost { detail, .. })
+                    if detail.starts_with("connection closed") =>
+                {
                     return Err(Error::CodeMismatch)
                 }
                 other => other?,
@@ -150,7 +152,11 @@ impl Exchange<'_> {
     }
 
     /// Reads theirs only.
-    async fn read<R: AsyncRead + Unpin>(&self, read: &mut R, theirs: &mut [u8]) -> Result<(), Error> {
+    async fn read<R: AsyncRead + Unpin>(
+        &self,
+        read: &mut R,
+        theirs: &mut [u8],
+    ) -> Result<(), Error> {
         let received = tokio::time::timeout(self.idle, read.read_exact(theirs))
             .await
             .map_err(|_| self.late())?;
