@@ -71,12 +71,13 @@ def free_port():
 class Timed:
     """A process run under /usr/bin/time: wall, user+sys CPU, peak RSS."""
 
-    def __init__(self, argv, stdout=subprocess.DEVNULL, stdin=None, cwd=None):
+    def __init__(self, argv, stdout=subprocess.DEVNULL, stdin=None, cwd=None, env=None):
         self.stats = tempfile.NamedTemporaryFile(delete=False)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             ["/usr/bin/time", "-f", "%e %U %S %M", "-o", self.stats.name, *argv],
-            stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, cwd=cwd)
+            stdout=stdout, stdin=stdin, stderr=subprocess.PIPE, cwd=cwd,
+            env=None if env is None else {**os.environ, **env})
 
     def wait(self, limit=600):
         self.proc.wait(limit)
@@ -87,15 +88,22 @@ class Timed:
         return {"wall": float(wall), "cpu": float(user) + float(system), "rss_mb": int(rss) / 1024}
 
 
-def xfer_once(src_paths, dest, extra_send=(), via=None):
+# The code of the coded runs (case 8), passed as XFER_CODE to both sides.
+CODE = "4821-orbit-lemon-tiger-brick"
+
+
+def xfer_once(src_paths, dest, extra_send=(), via=None, code=False):
     """One xfer transfer; returns (sender stats, receiver stats, wall)."""
-    recv = Timed([str(XFER), "recv", "--once", "--quiet", "--listen", "127.0.0.1:0",
-                  "--dir", str(dest)], stdout=subprocess.PIPE)
+    coded = ["--code"] if code else []
+    env = {"XFER_CODE": CODE} if code else None
+    recv = Timed([str(XFER), "recv", "--once", "--quiet", *coded, "--listen", "127.0.0.1:0",
+                  "--dir", str(dest)], stdout=subprocess.PIPE, env=env)
     line = recv.proc.stdout.readline().decode()
     port = int(line.rsplit(":", 1)[1])
     target = via(port) if via else port
     started = time.monotonic()
-    send = Timed([str(XFER), "send", "--quiet", *extra_send, *map(str, src_paths), f"127.0.0.1:{target}"])
+    send = Timed([str(XFER), "send", "--quiet", *coded, *extra_send, *map(str, src_paths),
+                  f"127.0.0.1:{target}"], env=env)
     s = send.wait()
     r = recv.wait()
     return s, r, time.monotonic() - started
@@ -168,6 +176,60 @@ class RsyncDaemon:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class SshServer:
+    """A throwaway sshd on loopback with its own keys, for the scp baseline."""
+
+    def __init__(self, work):
+        self.dir = work / "ssh"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.key = self.dir / "id"
+        for key in (self.dir / "host", self.key):
+            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        (self.dir / "authorized_keys").write_text((self.dir / "id.pub").read_text())
+        os.chmod(self.dir / "authorized_keys", 0o600)
+        conf = self.dir / "sshd_config"
+        conf.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'host'}\n"
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPermitRootLogin yes\n"
+            f"StrictModes no\nUsePAM no\nPidFile {self.dir / 'pid'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "Subsystem sftp internal-sftp\n")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+
+    def copy(self, src, dest):
+        started = time.monotonic()
+        send = Timed(["scp", "-q", "-c", "aes128-gcm@openssh.com", "-i", str(self.key),
+                      "-P", str(self.port), "-o", "StrictHostKeyChecking=no",
+                      "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                      str(src), f"root@127.0.0.1:{dest}/"])
+        s = send.wait()
+        subprocess.run(["sync"])
+        return s, {"wall": 0, "cpu": 0, "rss_mb": 0}, time.monotonic() - started
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_sshd(work):
+    """An sshd for the scp baseline, installing openssh as root if missing."""
+    if not Path("/usr/sbin/sshd").exists() and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "openssh-server", "openssh-client"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("scp") is None:
+        print("note: sshd/scp not installed; the scp baseline is skipped")
+        return None
+    try:
+        return SshServer(work)
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"note: cannot start sshd ({e}); the scp baseline is skipped")
+        return None
 
 
 def dd_copy(src_file, dest):
@@ -297,7 +359,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small inputs, one repetition")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cases", default="0,1,3,4,5,6,7", help="comma-separated case numbers")
+    ap.add_argument("--cases", default="0,1,3,4,5,6,7,8", help="comma-separated case numbers")
     ap.add_argument("--work", default=str(ROOT / "target" / "bench"))
     args = ap.parse_args()
     cases = {int(c) for c in args.cases.split(",")}
@@ -472,6 +534,50 @@ def main():
         recv.wait()
         print(f"  {'xfer, per session':<26} {per * 1000:7.1f} ms (process start, connect, verify, sync)")
         dests.clear()
+
+    if 8 in cases:
+        # Coded sessions against the same sends without a code, and scp.
+        f = work / "src" / "coded.bin"
+        make_file(f, big)
+        sshd = start_sshd(work)
+        print(f"\n8. with a code: one {big // MIB} MiB file, 5,000 files of 16 KiB, 20 sessions")
+        tools = {
+            "xfer, no code": lambda d: xfer_once([f], d, ["--no-cache"]),
+            "xfer --code": lambda d: xfer_once([f], d, ["--no-cache"], code=True),
+        }
+        if sshd:
+            tools["scp -c aes128-gcm (+sync)"] = lambda d: sshd.copy(f, d)
+        walls = {name: row(name, run, big) for name, run in interleaved(tools, reps, dests).items()}
+        ratios.append(("1 GiB with a code / without (target <= 1.15)",
+                       walls["xfer --code"] / walls["xfer, no code"]))
+        if sshd:
+            ratios.append(("1 GiB with a code / scp aes128-gcm (target < 1)",
+                           walls["xfer --code"] / walls["scp -c aes128-gcm (+sync)"]))
+            sshd.stop()
+        f.unlink()
+        tree = work / "src" / "coded-tree"
+        make_tree(tree, 5000, 50, 16 * 1024)
+        runs = interleaved({
+            "xfer 5,000 files, no code": lambda d: xfer_once([tree], d, ["--no-cache"]),
+            "xfer 5,000 files --code": lambda d: xfer_once([tree], d, ["--no-cache"], code=True),
+        }, reps, dests)
+        walls = {name: row(name, run, 5000 * 16 * 1024) for name, run in runs.items()}
+        ratios.append(("5,000 files with a code / without (target <= 1.1)",
+                       walls["xfer 5,000 files --code"] / walls["xfer 5,000 files, no code"]))
+        shutil.rmtree(tree)
+        one = work / "src" / "one.txt"
+        one.write_text("a session\n")
+        per = {}
+        for coded in (False, True):
+            started = time.monotonic()
+            for _ in range(20):
+                xfer_once([one], dests.fresh(), ["--no-cache"], code=coded)
+            per[coded] = (time.monotonic() - started) / 20
+            dests.clear()
+        print(f"  {'one small file, no code':<26} {per[False] * 1000:7.1f} ms per session (both processes)")
+        print(f"  {'one small file, --code':<26} {per[True] * 1000:7.1f} ms per session")
+        ratios.append(("ms a code adds to a session (handshake, on loopback)",
+                       (per[True] - per[False]) * 1000))
 
     if rsyncd:
         rsyncd.stop()

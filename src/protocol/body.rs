@@ -3,6 +3,7 @@
 //! chunks and written through the frame writer's buffer.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -65,35 +66,39 @@ impl<W: Transport> FrameWriter<W> {
     /// its own, so the caller's file position is untouched), each chunk
     /// written before the next is read.
     async fn copy_file(&mut self, file: &File, offset: u64, len: u64) -> Result<u64, Error> {
-        let mut file = file.try_clone().map_err(|e| self.lost(e))?;
-        let mut chunk = Vec::new();
-        let mut sent = 0u64;
-        while sent < len {
-            let want = (len - sent).min(COPY_CHUNK as u64) as usize;
-            let at = offset.saturating_add(sent);
-            let read = tokio::task::spawn_blocking(move || {
+        // Two buffers: the next chunk is read on a blocking thread while
+        // this one is written (and, on a sealed transport, encrypted).
+        let file = Arc::new(file.try_clone().map_err(|e| self.lost(e))?);
+        let read_ahead = |at: u64, want: usize, mut chunk: Vec<u8>| {
+            let file = Arc::clone(&file);
+            tokio::task::spawn_blocking(move || {
                 let result = read_at_most(&file, &mut chunk, want, at);
-                (file, chunk, result)
+                (chunk, result.map(|n| (n, want)))
             })
-            .await;
-            let (f, c, result) = match read {
+        };
+        let first = len.min(COPY_CHUNK as u64) as usize;
+        let mut pending = (first > 0).then(|| read_ahead(offset, first, Vec::new()));
+        let mut spare = Vec::new();
+        let mut sent = 0u64;
+        while let Some(read) = pending.take() {
+            let (chunk, result) = match read.await {
                 Ok(done) => done,
                 // An internal fault stays one.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => return Err(self.lost(std::io::Error::other(e))),
             };
-            (file, chunk) = (f, c);
-            let n = result.map_err(|e| self.lost(e))?;
-            let bytes = chunk.get(..n).unwrap_or_default();
-            if bytes.is_empty() {
-                break;
+            let (n, want) = result.map_err(|e| self.lost(e))?;
+            let next = len - sent - n as u64;
+            if n == want && next > 0 {
+                let want = next.min(COPY_CHUNK as u64) as usize;
+                let at = offset.saturating_add(sent + n as u64);
+                pending = Some(read_ahead(at, want, std::mem::take(&mut spare)));
             }
+            let bytes = chunk.get(..n).unwrap_or_default();
             // Written in its own slice so a whole chunk bypasses the buffer.
             self.send_raw(bytes).await?;
             sent += n as u64;
-            if n < want {
-                break;
-            }
+            spare = chunk;
         }
         Ok(sent)
     }
