@@ -568,3 +568,135 @@ async fn pipe(
     }
     let _ = to.shutdown().await;
 }
+
+/// The [`SendConfig`] [`send_coded`] runs: `paths` to `addr`, holding
+/// `code`, no digest cache. For tests that run the sender themselves (to
+/// cancel it, say).
+pub fn coded_config(paths: &[&Path], addr: SocketAddr, code: &xfer::code::Code) -> SendConfig {
+    SendConfig {
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        destination: Destination {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        idle_timeout: Duration::from_secs(10),
+        digest_cache: None,
+        code: Some(code.clone()),
+    }
+}
+
+/// [`send`] for a coded sender holding `code`.
+pub async fn send_coded(
+    paths: &[&Path],
+    addr: SocketAddr,
+    code: &xfer::code::Code,
+) -> (anyhow::Result<Summary>, Arc<Events>) {
+    let config = coded_config(paths, addr, code);
+    let events = Arc::new(Events::default());
+    let result = within(xfer::sender::send(
+        &config,
+        events.clone(),
+        CancellationToken::new(),
+    ))
+    .await;
+    (result, events)
+}
+
+/// A one-connection-at-a-time TCP relay on 127.0.0.1 that reaches
+/// `upstream` from a socket bound to `source` (e.g. 127.0.0.2:0), so a
+/// receiver sees another peer address than the in-process sender's. Each
+/// connection waits for the gate (if any) to open before it goes upstream,
+/// so a test can look at a waiting sender. Stopped on drop.
+pub struct Relay {
+    pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    gate: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Forwards at once.
+    pub async fn start(upstream: SocketAddr, source: SocketAddr) -> Relay {
+        Relay::start_inner(upstream, source, false).await
+    }
+
+    /// Holds each connection until [`Relay::open`].
+    pub async fn gated(upstream: SocketAddr) -> Relay {
+        Relay::start_inner(upstream, "127.0.0.1:0".parse().unwrap(), true).await
+    }
+
+    async fn start_inner(upstream: SocketAddr, source: SocketAddr, gated: bool) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (gate, opened) = tokio::sync::watch::channel(!gated);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut opened = opened.clone();
+                pipes.spawn(async move {
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(source).unwrap();
+                    let Ok(mut server) = socket.connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        Relay {
+            addr,
+            accepted,
+            gate,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets waiting and later connections through.
+    pub fn open(&self) {
+        let _ = self.gate.send(true);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl XferProcess {
+    /// Starts `command` (made by [`xfer_command`], or a wrapper around the
+    /// binary such as `script`) like [`XferProcess::spawn`], with `stdin`.
+    pub fn start(mut command: Command, stdin: Stdio) -> XferProcess {
+        let mut child = command
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        XferProcess {
+            child,
+            lines: Some(rx),
+        }
+    }
+}
