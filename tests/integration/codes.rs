@@ -1,6 +1,7 @@
 //! Coded sessions (docs/PROTOCOL.md §9) end to end: round trips and resume
-//! with a code, wrong and missing codes, the guessing bound, and where the
-//! code may and may not show up on the machine.
+//! with a code, wrong and missing codes, what an eavesdropper sees, records
+//! tampered with on the way, the guessing bound, and where the code may and
+//! may not show up on the machine.
 
 use std::fs;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use xfer::code::Code;
 use xfer::error::exit_code_of;
 use xfer::events::Outcome;
+use xfer::protocol::secure::record::MAX_SEALED_LEN;
 use xfer::receiver::guard::PEER_FAILURES;
 
 use crate::harness::*;
@@ -18,6 +20,9 @@ const MIB: usize = 1024 * 1024;
 
 /// What both sides say when the codes differ.
 const MISMATCH: &str = "the code did not match";
+
+/// What a receiver says about a record changed on the way.
+const TAMPERED: &str = "a sealed record failed authentication";
 
 /// Runs blocking work (a process wait, a poll) off the runtime's threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -339,6 +344,175 @@ async fn a_coded_sender_to_a_plain_receiver_is_told_the_receiver_needs_a_code() 
         .wait_for_session_error("sends with a code, but this receiver has none")
         .await;
     assert_eq!(tree_listing(dst.path()), Default::default());
+}
+
+/// Sends two distinctive files through a [`CaptureProxy`], coded or not;
+/// returns what crossed the wire, the names, and needles from the contents.
+async fn eavesdrop(code: Option<Code>) -> (Captured, Vec<String>, Vec<Vec<u8>>) {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let names = vec![
+        "ledger-of-the-quiet-heron.txt".to_owned(),
+        "bigfile-xq7-unmistakable.bin".to_owned(),
+    ];
+    let text = "the heron stands in the reeds at dawn, counting fish. ".repeat(80);
+    fs::write(src.path().join(&names[0]), &text).unwrap();
+    let random = write_random(&src.path().join(&names[1]), MIB, 7);
+    let options = RecvOptions {
+        code: code.clone(),
+        ..Default::default()
+    };
+    let rx = Receiver::start_with(dst.path(), options).await;
+    let proxy = CaptureProxy::start(rx.addr).await;
+    let paths = [src.path().join(&names[0]), src.path().join(&names[1])];
+    let paths: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let (result, _) = match &code {
+        Some(code) => send_coded(&paths, proxy.addr, code).await,
+        None => send(&paths, proxy.addr).await,
+    };
+    assert_eq!(result.unwrap().stored, 2);
+    rx.events.wait_for_endings(1).await;
+    let captured = std::mem::take(&mut *proxy.captured.lock().unwrap());
+    let needles = vec![
+        text.as_bytes()[1000..1064].to_vec(),
+        random[700_001..700_065].to_vec(),
+    ];
+    (captured, names, needles)
+}
+
+#[tokio::test]
+async fn a_coded_session_shows_no_name_and_no_content_on_the_wire() {
+    let code = Code::generate();
+    let (wire, names, needles) = eavesdrop(Some(code.clone())).await;
+    assert!(wire.to_receiver.len() > MIB, "the proxy saw the session");
+    for name in &names {
+        for (way, bytes) in [
+            ("to the receiver", &wire.to_receiver),
+            ("to the sender", &wire.to_sender),
+        ] {
+            assert!(
+                !contains(bytes, name.as_bytes()),
+                "{name:?} crossed {way} in clear"
+            );
+        }
+    }
+    for needle in &needles {
+        assert!(
+            !contains(&wire.to_receiver, needle),
+            "content crossed in clear"
+        );
+    }
+    let secret = code.secret();
+    assert!(!contains(&wire.to_receiver, &secret) && !contains(&wire.to_sender, &secret));
+}
+
+#[tokio::test]
+async fn a_plain_session_shows_names_and_content_on_the_wire() {
+    // The same search on a plain session finds everything, so the coded
+    // test above can fail.
+    let (wire, names, needles) = eavesdrop(None).await;
+    for name in &names {
+        assert!(contains(&wire.to_receiver, name.as_bytes()), "{name:?}");
+        assert!(
+            contains(&wire.to_sender, name.as_bytes()),
+            "{name:?} in a verdict"
+        );
+    }
+    for needle in &needles {
+        assert!(contains(&wire.to_receiver, needle));
+    }
+}
+
+/// The record the tamper tests attack: well inside the body of a 2 MiB file.
+const N: usize = 5;
+
+/// Sends a 2 MiB file through a [`RecordProxy`] applying `tamper`; returns
+/// the sender's error, the receiver's session error, and the record lengths
+/// the proxy saw. Leaves the receiving directory to `check`.
+async fn tampered(tamper: Tamper, check: impl FnOnce(&Path)) -> (String, String, Vec<u32>) {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("payroll.xlsx");
+    write_random(&file, 2 * MIB, 8);
+    let code = Code::generate();
+    let rx = Receiver::start_with(dst.path(), coded(&code)).await;
+    let proxy = RecordProxy::start(rx.addr, tamper).await;
+    let (result, _) = send_coded(&[&file], proxy.addr, &code).await;
+    let err = result.expect_err("a tampered session succeeded");
+    rx.events.wait_for_endings(1).await;
+    let received = rx.events.session_errors().join("; ");
+    check(dst.path());
+    let lens = proxy.captured.lock().unwrap().record_lens.clone();
+    (format!("{err:#}"), received, lens)
+}
+
+#[tokio::test]
+async fn a_record_changed_dropped_repeated_or_reordered_fails_authentication() {
+    for tamper in [
+        Tamper::Flip(N),
+        Tamper::Drop(N),
+        Tamper::Duplicate(N),
+        Tamper::Swap(N),
+    ] {
+        let (sent, received, lens) = tampered(tamper, |dir| {
+            assert!(
+                visible(dir).is_empty(),
+                "{tamper:?} stored {:?}",
+                visible(dir)
+            );
+        })
+        .await;
+        assert!(
+            lens[N..=N + 1]
+                .iter()
+                .all(|&l| l as usize == MAX_SEALED_LEN),
+            "{tamper:?} hit a body record: {lens:?}"
+        );
+        assert!(
+            received.contains(TAMPERED),
+            "{tamper:?}: receiver said {received:?}"
+        );
+        // The receiver says why in an Abort, which still authenticates.
+        assert!(sent.contains(TAMPERED), "{tamper:?}: sender said {sent:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_cut_between_records_is_a_cut_not_an_end() {
+    let (sent, received, lens) = tampered(Tamper::CutBefore(N), |dir| {
+        // A hidden partial may stay for a resume; nothing visible.
+        assert!(visible(dir).is_empty(), "{:?}", visible(dir));
+    })
+    .await;
+    assert!(
+        lens.len() > N && lens[N - 1] as usize == MAX_SEALED_LEN,
+        "{lens:?}"
+    );
+    assert!(
+        received.contains("the connection was cut (no end-of-session record)"),
+        "receiver said {received:?}"
+    );
+    // Only the sender-to-receiver direction was cut: the Abort still comes.
+    assert!(
+        sent.contains("aborted the session") && sent.contains("the connection was cut"),
+        "sender said {sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_extra_caps_bit_in_either_hello_is_a_code_mismatch() {
+    for tamper in [Tamper::SenderCaps(0x100), Tamper::ReceiverCaps(0x100)] {
+        let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let file = src.path().join("x.txt");
+        fs::write(&file, b"x").unwrap();
+        let code = Code::generate();
+        let rx = Receiver::start_with(dst.path(), coded(&code)).await;
+        let proxy = RecordProxy::start(rx.addr, tamper).await;
+        let (result, _) = send_coded(&[&file], proxy.addr, &code).await;
+        let err = result.unwrap_err();
+        assert!(format!("{err:#}").contains(MISMATCH), "{tamper:?}: {err:#}");
+        assert_eq!(exit_code_of(&err), 5, "{tamper:?}");
+        rx.events.wait_for_session_error(MISMATCH).await;
+        assert_eq!(tree_listing(dst.path()), Default::default(), "{tamper:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -602,6 +602,278 @@ pub async fn send_coded(
     (result, events)
 }
 
+/// What a [`RecordProxy`] does to the connections it carries (all of them).
+///
+/// Records are counted in the sender-to-receiver direction from 0, the
+/// first sealed record after the handshake (docs/PROTOCOL.md §9.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// Flip one bit in the middle of record N.
+    Flip(usize),
+    /// Leave record N out.
+    Drop(usize),
+    /// Send record N twice.
+    Duplicate(usize),
+    /// Send record N+1 before record N.
+    Swap(usize),
+    /// Close the connection at the boundary before record N.
+    CutBefore(usize),
+    /// OR these bits into the caps of the sender's hello in transit.
+    SenderCaps(u32),
+    /// OR these bits into the caps of the receiver's hello in transit.
+    ReceiverCaps(u32),
+}
+
+/// Everything a [`RecordProxy`] or [`CaptureProxy`] saw, as it arrived.
+#[derive(Default, Debug)]
+pub struct Captured {
+    /// Bytes from the sender, before any tampering.
+    pub to_receiver: Vec<u8>,
+    /// Bytes from the receiver.
+    pub to_sender: Vec<u8>,
+    /// The `len` of each sealed record from the sender ([`RecordProxy`] only).
+    pub record_lens: Vec<u32>,
+}
+
+/// Bytes before the first sealed record from the sender: hello, PAKE
+/// message, confirmation (docs/PROTOCOL.md §9.1).
+pub const CODED_HANDSHAKE_LEN: usize = 16
+    + xfer::protocol::secure::pake::PAKE_MESSAGE_LEN
+    + xfer::protocol::secure::pake::CONFIRMATION_LEN;
+
+/// A proxy on 127.0.0.1 that understands a coded session's framing in the
+/// sender-to-receiver direction: it passes the handshake, then reads sealed
+/// records (`len: u32 BE` + `len` bytes) one by one and applies a
+/// [`Tamper`]. It records what it saw in [`RecordProxy::captured`].
+pub struct RecordProxy {
+    pub addr: SocketAddr,
+    pub captured: Arc<Mutex<Captured>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordProxy {
+    pub async fn start(upstream: SocketAddr, tamper: Tamper) -> RecordProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let captured = Arc::new(Mutex::new(Captured::default()));
+        let shared = Arc::clone(&captured);
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    break;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pipes.spawn(record_pipe(
+                    client_read,
+                    server_write,
+                    tamper,
+                    Arc::clone(&shared),
+                ));
+                pipes.spawn(reply_pipe(
+                    server_read,
+                    client_write,
+                    tamper,
+                    Arc::clone(&shared),
+                ));
+            }
+        });
+        RecordProxy {
+            addr,
+            captured,
+            task,
+        }
+    }
+}
+
+impl Drop for RecordProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// ORs `bits` into the caps of a 16-byte hello.
+fn add_caps(hello: &mut [u8], bits: u32) {
+    let caps = u32::from_be_bytes([hello[12], hello[13], hello[14], hello[15]]) | bits;
+    hello[12..16].copy_from_slice(&caps.to_be_bytes());
+}
+
+/// Sender to receiver: handshake through, then record by record.
+async fn record_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    tamper: Tamper,
+    captured: Arc<Mutex<Captured>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut handshake = [0u8; CODED_HANDSHAKE_LEN];
+    // The hello alone first: a side that refuses after the hellos sends
+    // nothing more.
+    if from.read_exact(&mut handshake[..16]).await.is_err() {
+        let _ = to.shutdown().await;
+        return;
+    }
+    captured
+        .lock()
+        .unwrap()
+        .to_receiver
+        .extend_from_slice(&handshake[..16]);
+    if let Tamper::SenderCaps(bits) = tamper {
+        add_caps(&mut handshake[..16], bits);
+    }
+    if to.write_all(&handshake[..16]).await.is_err() {
+        return;
+    }
+    let rest = &mut handshake[16..];
+    if from.read_exact(rest).await.is_err() || to.write_all(rest).await.is_err() {
+        let _ = to.shutdown().await;
+        return;
+    }
+    captured.lock().unwrap().to_receiver.extend_from_slice(rest);
+    let mut held: Option<Vec<u8>> = None;
+    let mut index = 0usize;
+    loop {
+        let mut len = [0u8; 4];
+        if from.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let n = u32::from_be_bytes(len);
+        let mut record = vec![0u8; 4 + n as usize];
+        record[..4].copy_from_slice(&len);
+        if from.read_exact(&mut record[4..]).await.is_err() {
+            break;
+        }
+        {
+            let mut seen = captured.lock().unwrap();
+            seen.to_receiver.extend_from_slice(&record);
+            seen.record_lens.push(n);
+        }
+        let out: Vec<Vec<u8>> = match tamper {
+            Tamper::Flip(at) if at == index => {
+                let middle = record.len() / 2;
+                record[middle] ^= 1;
+                vec![record]
+            }
+            Tamper::Drop(at) if at == index => vec![],
+            Tamper::Duplicate(at) if at == index => vec![record.clone(), record],
+            Tamper::Swap(at) if at == index => {
+                held = Some(record);
+                vec![]
+            }
+            Tamper::Swap(at) if at + 1 == index => vec![record, held.take().unwrap()],
+            Tamper::CutBefore(at) if at == index => break,
+            _ => vec![record],
+        };
+        index += 1;
+        for record in out {
+            if to.write_all(&record).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Receiver to sender: its hello (caps changed if asked), then everything.
+async fn reply_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    tamper: Tamper,
+    captured: Arc<Mutex<Captured>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hello = [0u8; 16];
+    if from.read_exact(&mut hello).await.is_ok() {
+        captured.lock().unwrap().to_sender.extend_from_slice(&hello);
+        if let Tamper::ReceiverCaps(bits) = tamper {
+            add_caps(&mut hello, bits);
+        }
+        if to.write_all(&hello).await.is_ok() {
+            copy_captured(&mut from, &mut to, &captured, false).await;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Copies `from` to `to` until either ends, appending what passes to one
+/// side of `captured`.
+async fn copy_captured(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    captured: &Mutex<Captured>,
+    to_receiver: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        {
+            let mut seen = captured.lock().unwrap();
+            let side = if to_receiver {
+                &mut seen.to_receiver
+            } else {
+                &mut seen.to_sender
+            };
+            side.extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// A proxy on 127.0.0.1 that records every byte both ways and changes
+/// none, plain or coded: what an eavesdropper on the wire would see.
+pub struct CaptureProxy {
+    pub addr: SocketAddr,
+    pub captured: Arc<Mutex<Captured>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CaptureProxy {
+    pub async fn start(upstream: SocketAddr) -> CaptureProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let captured = Arc::new(Mutex::new(Captured::default()));
+        let shared = Arc::clone(&captured);
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    break;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let seen = Arc::clone(&shared);
+                pipes.spawn(async move {
+                    copy_captured(&mut client_read, &mut server_write, &seen, true).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut server_write).await;
+                });
+                let seen = Arc::clone(&shared);
+                pipes.spawn(async move {
+                    copy_captured(&mut server_read, &mut client_write, &seen, false).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut client_write).await;
+                });
+            }
+        });
+        CaptureProxy {
+            addr,
+            captured,
+            task,
+        }
+    }
+}
+
+impl Drop for CaptureProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A one-connection-at-a-time TCP relay on 127.0.0.1 that reaches
 /// `upstream` from a socket bound to `source` (e.g. 127.0.0.2:0), so a
 /// receiver sees another peer address than the in-process sender's. Each
