@@ -447,10 +447,10 @@ async fn tampered(tamper: Tamper, check: impl FnOnce(&Path)) -> (String, String,
 #[tokio::test]
 async fn a_record_changed_dropped_repeated_or_reordered_fails_authentication() {
     for tamper in [
-        Tamper::Flip(N),
-        Tamper::Drop(N),
-        Tamper::Duplicate(N),
-        Tamper::Swap(N),
+        Tamper::ToReceiver(Act::Flip(N)),
+        Tamper::ToReceiver(Act::Drop(N)),
+        Tamper::ToReceiver(Act::Duplicate(N)),
+        Tamper::ToReceiver(Act::Swap(N)),
     ] {
         let (sent, received, lens) = tampered(tamper, |dir| {
             assert!(
@@ -477,7 +477,7 @@ async fn a_record_changed_dropped_repeated_or_reordered_fails_authentication() {
 
 #[tokio::test]
 async fn a_connection_cut_between_records_is_a_cut_not_an_end() {
-    let (sent, received, lens) = tampered(Tamper::CutBefore(N), |dir| {
+    let (sent, received, lens) = tampered(Tamper::ToReceiver(Act::CutBefore(N)), |dir| {
         // A hidden partial may stay for a resume; nothing visible.
         assert!(visible(dir).is_empty(), "{:?}", visible(dir));
     })
@@ -495,6 +495,30 @@ async fn a_connection_cut_between_records_is_a_cut_not_an_end() {
         sent.contains("aborted the session") && sent.contains("the connection was cut"),
         "sender said {sent:?}"
     );
+}
+
+#[tokio::test]
+async fn a_reply_record_changed_or_cut_fails_the_sender_before_any_body() {
+    // Record 0 from the receiver holds the first Plan: the sender must not
+    // act on a forged or missing one.
+    for (tamper, says) in [
+        (Tamper::ToSender(Act::Flip(0)), TAMPERED),
+        (
+            Tamper::ToSender(Act::CutBefore(0)),
+            "the connection was cut (no end-of-session record)",
+        ),
+    ] {
+        let (sent, received, lens) = tampered(tamper, |dir| {
+            assert_eq!(tree_listing(dir), Default::default(), "{tamper:?}");
+        })
+        .await;
+        assert!(sent.contains(says), "{tamper:?}: sender said {sent:?}");
+        assert!(
+            !received.is_empty(),
+            "{tamper:?}: the receiver saw no failure"
+        );
+        assert!(lens.len() < 4, "{tamper:?}: no body went out: {lens:?}");
+    }
 }
 
 #[tokio::test]

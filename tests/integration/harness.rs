@@ -602,12 +602,10 @@ pub async fn send_coded(
     (result, events)
 }
 
-/// What a [`RecordProxy`] does to the connections it carries (all of them).
-///
-/// Records are counted in the sender-to-receiver direction from 0, the
-/// first sealed record after the handshake (docs/PROTOCOL.md §9.4).
+/// What a [`RecordProxy`] does to one direction's sealed records, counted
+/// from 0, the first record after the handshake (docs/PROTOCOL.md §9.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tamper {
+pub enum Act {
     /// Flip one bit in the middle of record N.
     Flip(usize),
     /// Leave record N out.
@@ -616,8 +614,17 @@ pub enum Tamper {
     Duplicate(usize),
     /// Send record N+1 before record N.
     Swap(usize),
-    /// Close the connection at the boundary before record N.
+    /// Close this direction at the boundary before record N.
     CutBefore(usize),
+}
+
+/// What a [`RecordProxy`] does to the connections it carries (all of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tamper {
+    /// An [`Act`] on the sender's records.
+    ToReceiver(Act),
+    /// An [`Act`] on the receiver's records.
+    ToSender(Act),
     /// OR these bits into the caps of the sender's hello in transit.
     SenderCaps(u32),
     /// OR these bits into the caps of the receiver's hello in transit.
@@ -629,22 +636,19 @@ pub enum Tamper {
 pub struct Captured {
     /// Bytes from the sender, before any tampering.
     pub to_receiver: Vec<u8>,
-    /// Bytes from the receiver.
+    /// Bytes from the receiver, before any tampering.
     pub to_sender: Vec<u8>,
     /// The `len` of each sealed record from the sender ([`RecordProxy`] only).
     pub record_lens: Vec<u32>,
+    /// The `len` of each sealed record from the receiver ([`RecordProxy`] only).
+    pub reply_lens: Vec<u32>,
 }
 
-/// Bytes before the first sealed record from the sender: hello, PAKE
-/// message, confirmation (docs/PROTOCOL.md §9.1).
-pub const CODED_HANDSHAKE_LEN: usize = 16
-    + xfer::protocol::secure::pake::PAKE_MESSAGE_LEN
-    + xfer::protocol::secure::pake::CONFIRMATION_LEN;
-
-/// A proxy on 127.0.0.1 that understands a coded session's framing in the
-/// sender-to-receiver direction: it passes the handshake, then reads sealed
-/// records (`len: u32 BE` + `len` bytes) one by one and applies a
-/// [`Tamper`]. It records what it saw in [`RecordProxy::captured`].
+/// A proxy on 127.0.0.1 that understands a coded session's framing: in
+/// each direction it passes the hello, the PAKE message and the
+/// confirmation (docs/PROTOCOL.md §9.1), then reads sealed records
+/// (`len: u32 BE` + `len` bytes) one by one and applies a [`Tamper`]. It
+/// records what it saw in [`RecordProxy::captured`].
 pub struct RecordProxy {
     pub addr: SocketAddr,
     pub captured: Arc<Mutex<Captured>>,
@@ -657,6 +661,12 @@ impl RecordProxy {
         let addr = listener.local_addr().unwrap();
         let captured = Arc::new(Mutex::new(Captured::default()));
         let shared = Arc::clone(&captured);
+        let (forward, back) = match tamper {
+            Tamper::ToReceiver(act) => (Side::new(Some(act), 0), Side::new(None, 0)),
+            Tamper::ToSender(act) => (Side::new(None, 0), Side::new(Some(act), 0)),
+            Tamper::SenderCaps(bits) => (Side::new(None, bits), Side::new(None, 0)),
+            Tamper::ReceiverCaps(bits) => (Side::new(None, 0), Side::new(None, bits)),
+        };
         let task = tokio::spawn(async move {
             let mut pipes = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -665,18 +675,10 @@ impl RecordProxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                pipes.spawn(record_pipe(
-                    client_read,
-                    server_write,
-                    tamper,
-                    Arc::clone(&shared),
-                ));
-                pipes.spawn(reply_pipe(
-                    server_read,
-                    client_write,
-                    tamper,
-                    Arc::clone(&shared),
-                ));
+                let seen = Arc::clone(&shared);
+                pipes.spawn(record_pipe(client_read, server_write, forward, seen, true));
+                let seen = Arc::clone(&shared);
+                pipes.spawn(record_pipe(server_read, client_write, back, seen, false));
             }
         });
         RecordProxy {
@@ -693,44 +695,61 @@ impl Drop for RecordProxy {
     }
 }
 
-/// ORs `bits` into the caps of a 16-byte hello.
-fn add_caps(hello: &mut [u8], bits: u32) {
-    let caps = u32::from_be_bytes([hello[12], hello[13], hello[14], hello[15]]) | bits;
-    hello[12..16].copy_from_slice(&caps.to_be_bytes());
+/// What [`record_pipe`] does to its direction.
+#[derive(Clone, Copy)]
+struct Side {
+    act: Option<Act>,
+    caps: u32,
 }
 
-/// Sender to receiver: handshake through, then record by record.
+impl Side {
+    fn new(act: Option<Act>, caps: u32) -> Side {
+        Side { act, caps }
+    }
+}
+
+/// One direction of a [`RecordProxy`]: hello (caps changed if asked), PAKE
+/// message and confirmation through, then record by record.
 async fn record_pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    tamper: Tamper,
+    side: Side,
     captured: Arc<Mutex<Captured>>,
+    to_receiver: bool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut handshake = [0u8; CODED_HANDSHAKE_LEN];
-    // The hello alone first: a side that refuses after the hellos sends
-    // nothing more.
-    if from.read_exact(&mut handshake[..16]).await.is_err() {
-        let _ = to.shutdown().await;
-        return;
+    use xfer::protocol::secure::pake;
+    let note = |bytes: &[u8], len: Option<u32>| {
+        let mut seen = captured.lock().unwrap();
+        let seen = &mut *seen;
+        let (wire, lens) = if to_receiver {
+            (&mut seen.to_receiver, &mut seen.record_lens)
+        } else {
+            (&mut seen.to_sender, &mut seen.reply_lens)
+        };
+        wire.extend_from_slice(bytes);
+        lens.extend(len);
+    };
+    // Piece by piece: a side that refuses after the hellos, or after the
+    // PAKE messages, sends nothing more.
+    for (at, len) in [16, pake::PAKE_MESSAGE_LEN, pake::CONFIRMATION_LEN]
+        .into_iter()
+        .enumerate()
+    {
+        let mut piece = vec![0u8; len];
+        if from.read_exact(&mut piece).await.is_err() {
+            let _ = to.shutdown().await;
+            return;
+        }
+        note(&piece, None);
+        if at == 0 {
+            let caps = u32::from_be_bytes([piece[12], piece[13], piece[14], piece[15]]);
+            piece[12..].copy_from_slice(&(caps | side.caps).to_be_bytes());
+        }
+        if to.write_all(&piece).await.is_err() {
+            return;
+        }
     }
-    captured
-        .lock()
-        .unwrap()
-        .to_receiver
-        .extend_from_slice(&handshake[..16]);
-    if let Tamper::SenderCaps(bits) = tamper {
-        add_caps(&mut handshake[..16], bits);
-    }
-    if to.write_all(&handshake[..16]).await.is_err() {
-        return;
-    }
-    let rest = &mut handshake[16..];
-    if from.read_exact(rest).await.is_err() || to.write_all(rest).await.is_err() {
-        let _ = to.shutdown().await;
-        return;
-    }
-    captured.lock().unwrap().to_receiver.extend_from_slice(rest);
     let mut held: Option<Vec<u8>> = None;
     let mut index = 0usize;
     loop {
@@ -739,58 +758,33 @@ async fn record_pipe(
             break;
         }
         let n = u32::from_be_bytes(len);
-        let mut record = vec![0u8; 4 + n as usize];
-        record[..4].copy_from_slice(&len);
-        if from.read_exact(&mut record[4..]).await.is_err() {
+        let mut sealed = vec![0u8; 4 + n as usize];
+        sealed[..4].copy_from_slice(&len);
+        if from.read_exact(&mut sealed[4..]).await.is_err() {
             break;
         }
-        {
-            let mut seen = captured.lock().unwrap();
-            seen.to_receiver.extend_from_slice(&record);
-            seen.record_lens.push(n);
-        }
-        let out: Vec<Vec<u8>> = match tamper {
-            Tamper::Flip(at) if at == index => {
-                let middle = record.len() / 2;
-                record[middle] ^= 1;
-                vec![record]
+        note(&sealed, Some(n));
+        let out: Vec<Vec<u8>> = match side.act {
+            Some(Act::Flip(at)) if at == index => {
+                let middle = sealed.len() / 2;
+                sealed[middle] ^= 1;
+                vec![sealed]
             }
-            Tamper::Drop(at) if at == index => vec![],
-            Tamper::Duplicate(at) if at == index => vec![record.clone(), record],
-            Tamper::Swap(at) if at == index => {
-                held = Some(record);
+            Some(Act::Drop(at)) if at == index => vec![],
+            Some(Act::Duplicate(at)) if at == index => vec![sealed.clone(), sealed],
+            Some(Act::Swap(at)) if at == index => {
+                held = Some(sealed);
                 vec![]
             }
-            Tamper::Swap(at) if at + 1 == index => vec![record, held.take().unwrap()],
-            Tamper::CutBefore(at) if at == index => break,
-            _ => vec![record],
+            Some(Act::Swap(at)) if at + 1 == index => vec![sealed, held.take().unwrap()],
+            Some(Act::CutBefore(at)) if at == index => break,
+            _ => vec![sealed],
         };
         index += 1;
-        for record in out {
-            if to.write_all(&record).await.is_err() {
+        for sealed in out {
+            if to.write_all(&sealed).await.is_err() {
                 return;
             }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-/// Receiver to sender: its hello (caps changed if asked), then everything.
-async fn reply_pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    tamper: Tamper,
-    captured: Arc<Mutex<Captured>>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut hello = [0u8; 16];
-    if from.read_exact(&mut hello).await.is_ok() {
-        captured.lock().unwrap().to_sender.extend_from_slice(&hello);
-        if let Tamper::ReceiverCaps(bits) = tamper {
-            add_caps(&mut hello, bits);
-        }
-        if to.write_all(&hello).await.is_ok() {
-            copy_captured(&mut from, &mut to, &captured, false).await;
         }
     }
     let _ = to.shutdown().await;
