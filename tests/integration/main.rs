@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod codes;
 mod events;
 mod faults;
 mod hostile;
