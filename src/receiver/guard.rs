@@ -50,8 +50,9 @@ pub struct Guard {
 }
 
 /// One code attempt under way; say how it ended with [`Attempt::right`] or
-/// [`Attempt::wrong`]. Dropped without a word (the connection broke before
-/// the codes were compared) it gives its token back.
+/// [`Attempt::wrong`] (the session calls `wrong` for any failed handshake,
+/// a cut one included). Dropped without a word — the session itself was
+/// dropped, at the receiver's shutdown — it gives its token back.
 #[must_use]
 pub struct Attempt {
     guard: Arc<Guard>,

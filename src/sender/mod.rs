@@ -330,6 +330,9 @@ impl Talk<'_> {
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(Error::Internal(format!("the reply reader failed: {e}")).into()),
         }
+        // `Bye` is in: close our direction (a sealed one with its end
+        // record). Best effort: the receiver may be gone already.
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.writer.shutdown()).await;
         let awaiting = ledger
             .lock()
             .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?

@@ -371,6 +371,25 @@ async fn eavesdrop(code: Option<Code>) -> (Captured, Vec<String>, Vec<Vec<u8>>) 
     };
     assert_eq!(result.unwrap().stored, 2);
     rx.events.wait_for_endings(1).await;
+    if code.is_some() {
+        // Each direction closes with its end record (len 17, no payload),
+        // the sender's after it has read `Bye` (PROTOCOL.md 9.4).
+        let ends_with_end_record =
+            |b: &[u8]| b.len() >= 21 && b[b.len() - 21..b.len() - 17] == 17u32.to_be_bytes();
+        within(async {
+            loop {
+                let done = {
+                    let c = proxy.captured.lock().unwrap();
+                    ends_with_end_record(&c.to_receiver) && ends_with_end_record(&c.to_sender)
+                };
+                if done {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
     let captured = std::mem::take(&mut *proxy.captured.lock().unwrap());
     let needles = vec![
         text.as_bytes()[1000..1064].to_vec(),

@@ -3,6 +3,7 @@
 //! [`harness`] is the shared toolkit; each other module is one feature.
 
 mod harness;
+mod proxies;
 
 mod cli;
 mod codes;
