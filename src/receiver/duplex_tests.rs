@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::admit::{serve_one, Context, Ended};
 use super::guard::Guard;
 use super::plan::Limits;
-use super::session::{serve_one, Context, Ended};
 use crate::code::Code;
 use crate::events::{Event, FileReport, Observer, Summary};
 use crate::sender::{Destination, SendConfig};

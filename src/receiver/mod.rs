@@ -4,6 +4,7 @@
 //! makes them durable and visible, and [`ledger`] keeps one record per
 //! entry that every report is read from.
 
+mod admit;
 mod commit;
 #[cfg(test)]
 mod duplex_tests;
@@ -26,7 +27,7 @@ pub use plan::Limits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use session::Ended;
+use admit::Ended;
 
 use crate::events::Observer;
 use crate::storage::Storage;
@@ -136,7 +137,7 @@ impl Server {
                 log::warn!("{peer}: closed at once, {MAX_PENDING_HELLOS} connections are still saying hello");
                 continue;
             };
-            let context = session::Context {
+            let context = admit::Context {
                 storage: Arc::clone(&self.storage),
                 observer: Arc::clone(&observer),
                 idle_timeout: self.config.idle_timeout,
@@ -158,8 +159,7 @@ impl Server {
                 // A session cut short by our own stop is not a failed one:
                 // its partials are kept, as a stop promises.
                 let _ = stream.set_nodelay(true);
-                let ended =
-                    session::serve_one(stream, peer.to_string(), context, hello_permit).await;
+                let ended = admit::serve_one(stream, peer.to_string(), context, hello_permit).await;
                 if ended == Ended::Incomplete && !stopping.is_cancelled() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
