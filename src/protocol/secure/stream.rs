@@ -82,6 +82,9 @@ impl<R> SealedReader<R> {
     }
 }
 
+/// Sealed bytes read from the socket at a time, at most: 16 records.
+const READ_AHEAD: usize = 16 * MAX_RECORD_LEN;
+
 impl<R: AsyncRead + Unpin> AsyncRead for SealedReader<R> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -92,18 +95,27 @@ impl<R: AsyncRead + Unpin> AsyncRead for SealedReader<R> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // Fills `buf` with as many records as are already here, so a
+        // reader asking for a megabyte gets one (as from a plain socket),
+        // not one 64 KiB record per call; waits for the socket only when
+        // nothing at all could be handed over.
+        let mut handed = false;
         loop {
             if !this.plain.is_empty() {
                 let n = this.plain.len().min(buf.remaining());
                 buf.put_slice(&this.plain[..n]);
                 this.plain.advance(n);
-                if this.plain.is_empty() {
-                    // Let the read buffer's allocation be reused.
-                    this.plain = BytesMut::new();
+                handed = true;
+                if !this.plain.is_empty() || buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
                 }
-                return Poll::Ready(Ok(()));
+                // Let the read buffer's allocation be reused.
+                this.plain = BytesMut::new();
             }
             if let Some(fault) = &this.fault {
+                if handed {
+                    return Poll::Ready(Ok(()));
+                }
                 return Poll::Ready(Err(this.error(fault)));
             }
             match open_record(&mut this.state, &mut this.sealed) {
@@ -113,17 +125,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for SealedReader<R> {
                 }
                 // After the end record only the stream's end may follow.
                 Ok(Some((RecordKind::End, _))) => continue,
+                Ok(None) if handed => return Poll::Ready(Ok(())),
                 Ok(None) => {}
+                Err(e) if handed => {
+                    // What was opened already is good; the fault comes next.
+                    let _ = this.fail(Fault::Record(e));
+                    return Poll::Ready(Ok(()));
+                }
                 Err(e) => return Poll::Ready(Err(this.fail(Fault::Record(e)))),
             }
             let needed = match bytes_needed(&this.sealed) {
                 Ok(needed) => needed,
                 Err(e) => return Poll::Ready(Err(this.fail(Fault::Record(e)))),
             };
-            // Room for the whole record, and at most one maximum record
-            // more of read-ahead: memory stays bounded whatever the peer
-            // declares.
-            let wanted = needed.saturating_sub(this.sealed.len()).max(MAX_RECORD_LEN);
+            // Room for the whole record and up to a few more of read-ahead,
+            // so one read takes many records: memory stays bounded (about
+            // READ_AHEAD per session) whatever the peer declares.
+            let wanted = needed.saturating_sub(this.sealed.len()).max(READ_AHEAD);
             if this.sealed.capacity() - this.sealed.len() < wanted / 2 {
                 this.sealed.reserve(wanted);
             }

@@ -388,6 +388,35 @@ async fn a_reader_stays_failed_after_a_bad_record() {
     assert_eq!(buf, [0u8; 64], "nothing of the bad record was handed out");
 }
 
+#[tokio::test]
+async fn one_read_takes_every_record_already_here_and_stops_before_a_bad_one() {
+    let key = [5u8; 32];
+    let mut seal = SealState::new(&key);
+    let mut wire = Vec::new();
+    // Four full records and a fifth that was tampered with.
+    let data = pattern(4 * record::MAX_RECORD_PAYLOAD + 10, 9);
+    for piece in data.chunks(record::MAX_RECORD_PAYLOAD) {
+        seal_record(&mut seal, RecordKind::Data, piece, &mut wire).unwrap();
+    }
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    let mut r = SealedReader::new(&wire[..], OpenState::new(&key), "peer".into());
+    let mut buf = vec![0u8; 1 << 20];
+    // As from a plain socket: a large read gets all the good records at
+    // once (not one 64 KiB record per call), and none of the bad one.
+    let n = tokio::time::timeout(T, r.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 4 * record::MAX_RECORD_PAYLOAD);
+    assert_eq!(&buf[..n], &data[..n]);
+    let err = tokio::time::timeout(T, r.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(recover_error(err), Ok(Error::Protocol { .. })));
+}
+
 /// A session's framed reader and writer run over the sealed halves
 /// unchanged, the clean close included.
 #[tokio::test]
