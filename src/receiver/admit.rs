@@ -7,7 +7,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -18,10 +17,8 @@ use super::session::converse;
 use crate::code::Code;
 use crate::error::Error;
 use crate::events::{Event, Observer};
-use crate::protocol::secure::{secure, Role};
-use crate::protocol::{
-    handshake_with, hello_bytes, Connection, FrameReader, FrameWriter, Message, CAP_CODE,
-};
+use crate::protocol::secure::{upgrade, Role};
+use crate::protocol::{handshake_with, Connection, FrameReader, FrameWriter, Message, CAP_CODE};
 use crate::storage::Storage;
 
 /// What a session needs from the server.
@@ -181,22 +178,17 @@ async fn run<C: Connection>(
                     left.as_secs().div_ceil(60)
                 ))
             })?;
-    let mut hellos = [0u8; 32];
-    hellos[..16].copy_from_slice(&hello_bytes(theirs));
-    hellos[16..].copy_from_slice(&hello_bytes(ours));
-    let (raw_read, read_ahead) = reader.into_parts();
-    let raw_read = std::io::Cursor::new(read_ahead).chain(raw_read);
     let secret = code.secret();
-    let sealed = secure(
-        raw_read,
-        writer.into_inner(),
+    let sealed = upgrade(
+        reader,
+        writer,
         Role::Receiver,
         &secret,
-        &hellos,
-        peer,
+        (ours, theirs),
         context.handshake_timeout,
+        idle,
     );
-    let (read, write) = match sealed.await {
+    let (reader, writer) = match sealed.await {
         Ok(halves) => {
             attempt.right();
             halves
@@ -215,9 +207,6 @@ async fn run<C: Connection>(
             return Err(e);
         }
     };
-    let mut reader = FrameReader::new(read, Arc::clone(&name), idle);
-    let writer = FrameWriter::new(write, Arc::clone(&name), idle);
-    reader.watch(&writer);
     log::debug!("coded session with {peer} started");
     converse(reader, writer, context, ledger).await
 }

@@ -23,17 +23,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::code::Code;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
-use crate::protocol::secure::{secure, Role};
+use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{
-    handshake_with, hello_bytes, Connection, EntryKind, FrameReader, FrameWriter, Transport,
-    CAP_CODE,
+    handshake_with, Connection, EntryKind, FrameReader, FrameWriter, Transport, CAP_CODE,
 };
 use digest_cache::DigestCache;
 use ledger::Ledger;
@@ -228,20 +227,12 @@ async fn run<C: Connection>(
         ))
         .into()),
         (Some(code), true) => {
-            let mut hellos = [0u8; 32];
-            hellos[..16].copy_from_slice(&hello_bytes(ours));
-            hellos[16..].copy_from_slice(&hello_bytes(theirs));
-            let (raw_read, read_ahead) = reader.into_parts();
-            let raw_read = std::io::Cursor::new(read_ahead).chain(raw_read);
             let secret = code.secret();
-            let sealed = secure(raw_read, writer.into_inner(), Role::Sender, &secret, &hellos, &peer, idle);
-            let (read, write) = tokio::select! {
+            let sealed = upgrade(reader, writer, Role::Sender, &secret, (ours, theirs), idle, idle);
+            let (reader, writer) = tokio::select! {
                 r = sealed => r.map_err(refused_hint)?,
                 _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
             };
-            let mut reader = FrameReader::new(read, Arc::clone(&peer), idle);
-            let writer = FrameWriter::new(write, Arc::clone(&peer), idle);
-            reader.watch(&writer);
             talk.run(reader, writer).await
         }
     }

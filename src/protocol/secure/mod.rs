@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{describe_io, Error};
+use crate::protocol::{hello_bytes, FrameReader, FrameWriter};
 pub use pake::{PakeError, PakeStart, SessionKeys};
 pub use record::{open_record, seal_record, OpenState, RecordError, RecordKind, SealState};
 pub use stream::{SealedReader, SealedWriter};
@@ -113,6 +114,61 @@ where
         SealedReader::new(read, open, Arc::clone(&peer)),
         SealedWriter::new(write, seal, peer),
     ))
+}
+
+/// The read half [`upgrade`] seals: what the plain reader had already read
+/// past the hello, then the stream.
+pub type AfterHello<R> = tokio::io::Chain<io::Cursor<bytes::BytesMut>, R>;
+
+/// Takes the frame reader and writer that carried the plain hellos (`ours`
+/// and `theirs` are the capability bits each announced), runs [`secure`] on
+/// what is underneath them, and rebuilds them over the sealed halves, the
+/// reader watching the writer as before. `handshake` bounds each handshake
+/// exchange, `idle` the session after it. Both sides go through here, so
+/// the transcript's order of hellos (the sender's first) is decided once.
+pub async fn upgrade<R, W>(
+    reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    role: Role,
+    code: &[u8],
+    (ours, theirs): (u32, u32),
+    handshake: Duration,
+    idle: Duration,
+) -> Result<
+    (
+        FrameReader<SealedReader<AfterHello<R>>>,
+        FrameWriter<SealedWriter<W>>,
+    ),
+    Error,
+>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (sender, receiver) = match role {
+        Role::Sender => (ours, theirs),
+        Role::Receiver => (theirs, ours),
+    };
+    let mut hellos = [0u8; 32];
+    hellos[..16].copy_from_slice(&hello_bytes(sender));
+    hellos[16..].copy_from_slice(&hello_bytes(receiver));
+    let peer: Arc<str> = reader.peer().into();
+    let (raw, read_ahead) = reader.into_parts();
+    let raw = io::Cursor::new(read_ahead).chain(raw);
+    let (read, write) = secure(
+        raw,
+        writer.into_inner(),
+        role,
+        code,
+        &hellos,
+        &peer,
+        handshake,
+    )
+    .await?;
+    let mut reader = FrameReader::new(read, Arc::clone(&peer), idle);
+    let writer = FrameWriter::new(write, peer, idle);
+    reader.watch(&writer);
+    Ok((reader, writer))
 }
 
 /// One step of the handshake: write ours and read theirs at once, so
