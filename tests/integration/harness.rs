@@ -355,27 +355,9 @@ pub fn test_cache_dir() -> PathBuf {
 impl XferProcess {
     /// Starts `xfer ARGS` with stdout piped for [`XferProcess::next_line`].
     pub fn spawn(args: &[&str]) -> XferProcess {
-        let mut child = xfer_command()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout: ChildStdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        XferProcess {
-            child,
-            lines: Some(rx),
-        }
+        let mut command = xfer_command();
+        command.args(args);
+        XferProcess::start(command, Stdio::null())
     }
 
     /// The next stdout line, or `None` if none comes within [`TIMEOUT`].
