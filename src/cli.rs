@@ -55,9 +55,9 @@ Examples:
     after_long_help = concat_help(MAIN_EXAMPLES)
 )]
 pub struct Cli {
-    /// Log debugging detail to stderr.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
+    /// A line per file on stderr (-v); debugging detail too (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Command,
@@ -242,10 +242,11 @@ impl CodeArgs {
 }
 
 impl OutputArgs {
-    pub fn mode(&self) -> OutputMode {
+    pub fn mode(&self, verbose: bool) -> OutputMode {
         OutputMode {
             json: self.json,
             quiet: self.quiet,
+            verbose,
         }
     }
 }

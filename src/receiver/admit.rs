@@ -74,7 +74,12 @@ pub(super) async fn serve_one<C: Connection>(
     )));
     let result = run(stream, &peer, context, hello_permit, &ledger).await;
     if let Err(e) = &result {
-        log::warn!("session with {peer} ended: {e}");
+        match e {
+            // Logged even when quiet: someone tried a wrong code.
+            Error::Auth(_) | Error::CodeMismatch => log::warn!("session with {peer} ended: {e}"),
+            // The session's summary line says so; this is for -vv.
+            _ => log::debug!("session with {peer} ended: {e}"),
+        }
     }
     let mut summary = match ledger.lock() {
         Ok(mut ledger) => {

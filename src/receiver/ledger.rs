@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::events::{Event, FileReport, Observer, Outcome, Summary};
+use crate::events::{Event, FileReport, Meter, Observer, Outcome, Summary};
 use crate::protocol::{Digest, EntryKind};
 
 /// Where one offered entry stands until it is final (then it leaves).
@@ -40,6 +40,8 @@ struct Record {
     kept: Option<u64>,
     /// Why its first body was not accepted, when it came again.
     retried_after: Option<String>,
+    /// What it adds to the meter's `bytes_done` now.
+    counted: u64,
 }
 
 /// How a new offer of a path relates to what this session has in flight.
@@ -67,6 +69,8 @@ pub struct Ledger {
     paths: HashMap<String, usize>,
     /// The final records, counted.
     done: Summary,
+    /// What the progress line shows.
+    meter: Meter,
     observer: Arc<dyn Observer>,
     session: u64,
     peer: String,
@@ -80,6 +84,7 @@ impl Ledger {
             ids: HashMap::new(),
             paths: HashMap::new(),
             done: Summary::default(),
+            meter: Meter::default(),
             observer,
             session,
             peer,
@@ -130,8 +135,13 @@ impl Ledger {
                 attempts: 0,
                 kept: None,
                 retried_after: None,
+                counted: 0,
             },
         );
+        if kind == EntryKind::File {
+            self.meter.add_file(size);
+            self.report_progress();
+        }
         self.ids.insert(id, index);
         match self.paths.entry(path.to_owned()) {
             std::collections::hash_map::Entry::Occupied(_) => Offered::Twice,
@@ -140,6 +150,13 @@ impl Ledger {
                 Offered::New
             }
         }
+    }
+
+    fn report_progress(&self) {
+        self.observer.event(Event::Progress {
+            session: self.session,
+            meter: self.meter,
+        });
     }
 
     fn at(&mut self, id: u64) -> Option<(usize, &mut Record)> {
@@ -173,10 +190,27 @@ impl Ledger {
 
     /// The body of `id` starts arriving at `offset`.
     pub fn receiving(&mut self, id: u64, offset: u64) {
-        if let Some((_, record)) = self.at(id) {
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if let Some(record) = self.live.get_mut(&index) {
             record.state = State::Receiving;
             record.attempts += 1;
             record.resumed_from = offset;
+            // What an earlier run kept is in place already.
+            self.meter.advance(&mut record.counted, offset, false);
+            self.report_progress();
+        }
+    }
+
+    /// `bytes` more of `id`'s body arrived.
+    pub fn received(&mut self, id: u64, bytes: u64) {
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if let Some(record) = self.live.get_mut(&index) {
+            self.meter.advance(&mut record.counted, bytes, true);
+            self.report_progress();
         }
     }
 
@@ -192,12 +226,15 @@ impl Ledger {
     /// `id` did not make it. With `retry` the sender may send it again, so
     /// the outcome waits for that (or for the session's end).
     pub fn failed(&mut self, id: u64, reason: String, retry: bool) {
-        if let Some((index, record)) = self.at(id) {
-            if retry {
-                record.state = State::AwaitingRetry(reason);
-            } else {
-                self.finish(index, Outcome::Failed(reason));
-            }
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if !retry {
+            self.finish(index, Outcome::Failed(reason));
+        } else if let Some(record) = self.live.get_mut(&index) {
+            record.state = State::AwaitingRetry(reason);
+            self.meter.restart(&mut record.counted);
+            self.report_progress();
         }
     }
 
@@ -247,6 +284,11 @@ impl Ledger {
             record.stored_as = None;
         }
         count(&mut self.done, &record, Some(&outcome));
+        if record.kind == EntryKind::File {
+            self.meter
+                .finish(record.size, record.counted, outcome == Outcome::Stored);
+            self.report_progress();
+        }
         self.observer.event(Event::FileDone {
             session: self.session,
             peer: self.peer.clone(),
@@ -294,6 +336,18 @@ fn count(s: &mut Summary, record: &Record, outcome: Option<&Outcome>) {
                 s.kept_bytes += kept;
                 s.kept_of += record.size;
             }
+        }
+    }
+    if is_file && outcome.is_some_and(Outcome::delivered) {
+        if record
+            .stored_as
+            .as_ref()
+            .is_some_and(|at| *at != record.path)
+        {
+            s.renamed += 1;
+        }
+        if outcome == Some(&Outcome::Stored) && record.resumed_from > 0 {
+            s.resumed += 1;
         }
     }
     s.offered += 1;

@@ -412,10 +412,7 @@ impl<R: AsyncRead + Unpin + Send> Receive<R> {
                 _ = self.context.shutdown.cancelled() => return Err(self.lost("the receiver is shutting down")),
             };
             remaining -= chunk.len() as u64;
-            self.context.observer.event(Event::Progress {
-                session: self.context.session,
-                bytes: chunk.len() as u64,
-            });
+            self.ledger()?.received(id, chunk.len() as u64);
             if whole.is_some() {
                 body.push(chunk);
             } else {

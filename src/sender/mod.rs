@@ -160,11 +160,10 @@ async fn run<C: Connection>(
     let entries = collected.entries;
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
-    observer.event(Event::Totals {
-        session: 0,
-        files,
-        bytes,
-    });
+    ledger
+        .lock()
+        .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
+        .expect(files, bytes);
     let cache = config
         .digest_cache
         .as_deref()

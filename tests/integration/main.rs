@@ -11,4 +11,5 @@ mod events;
 mod faults;
 mod hostile;
 mod storage;
+mod terminal;
 mod transfer;
