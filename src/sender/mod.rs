@@ -113,6 +113,17 @@ pub async fn send_over<C: Connection>(
             .into()),
         }
     });
+    // Cut short with files still to go: a re-run skips what arrived and
+    // resumes what was kept.
+    let result = result.map_err(|e| match e.downcast::<Error>() {
+        Ok(
+            cause @ (Error::ConnectionLost { .. } | Error::PeerAborted { .. } | Error::Interrupted),
+        ) if summary.offered > 0 && summary.undelivered() > 0 => {
+            Error::Resumable(Box::new(cause)).into()
+        }
+        Ok(other) => other.into(),
+        Err(e) => e,
+    });
     observer.event(Event::SessionEnded {
         session: 0,
         peer,

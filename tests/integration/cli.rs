@@ -437,3 +437,31 @@ fn a_peer_that_is_not_xfer_or_another_version_is_exit_4() {
         assert_one_error_line(&err, expected);
     }
 }
+
+#[test]
+fn a_host_name_that_does_not_resolve_gets_its_own_hint() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(&[
+        "send",
+        file.path().to_str().unwrap(),
+        "no-such-host.invalid:7171",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert_one_error_line(&err, "cannot resolve host name");
+    assert!(
+        err.contains("check the name, or use the IP address"),
+        "{err}"
+    );
+    assert!(!err.contains("is 'xfer recv' running"), "{err}");
+}
+
+#[test]
+fn an_address_given_first_is_told_to_go_last() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(&["send", "127.0.0.1:7171", file.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert_one_error_line(
+        &err,
+        "the address goes last (xfer send PATH... 127.0.0.1:7171)",
+    );
+}

@@ -455,7 +455,7 @@ async fn size_and_count_limits_are_enforced_with_clear_reasons() {
     let err = format!("{:#}", send(&[&big], rx.addr).await.0.unwrap_err());
     assert!(
         err.contains(
-            "big.bin: 2000 bytes is over the receiver's limit of 1000 bytes per file (--max-size)"
+            "big.bin: 1.95 KiB is over the receiver's limit of 1000 B per file (--max-size)"
         ),
         "{err}"
     );
