@@ -136,7 +136,7 @@ fn a_file_the_receiver_cannot_write_is_said_to_fail_on_the_receiver() {
     );
     let (_, recv_err) = recv.wait(Duration::from_secs(10));
     assert!(
-        recv_err.contains("ro/a.txt: on the receiver:"),
+        recv_err.contains("failed: ro/a.txt: cannot create it on the receiver"),
         "{recv_err}"
     );
 }
