@@ -125,12 +125,6 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// A new file of `size` bytes joins the session.
-    pub fn add_file(&mut self, size: u64) {
-        self.files += 1;
-        self.bytes += size;
-    }
-
     /// `bytes` more are in place (`counted` tracks them for their file).
     pub fn advance(&mut self, counted: &mut u64, bytes: u64, moved: bool) {
         *counted += bytes;

@@ -71,6 +71,11 @@ pub struct Ledger {
     done: Summary,
     /// What the progress line shows.
     meter: Meter,
+    /// What the sender announced (files, bytes), and what it offered so far:
+    /// the meter counts the larger of the two, so a sender that offers more
+    /// than it announced is still counted whole.
+    announced: (u64, u64),
+    offered_so_far: (u64, u64),
     observer: Arc<dyn Observer>,
     session: u64,
     peer: String,
@@ -85,6 +90,8 @@ impl Ledger {
             paths: HashMap::new(),
             done: Summary::default(),
             meter: Meter::default(),
+            announced: (0, 0),
+            offered_so_far: (0, 0),
             observer,
             session,
             peer,
@@ -139,7 +146,15 @@ impl Ledger {
             },
         );
         if kind == EntryKind::File {
-            self.meter.add_file(size);
+            let (files, bytes) = self.offered_so_far;
+            self.offered_so_far = (files + 1, bytes + size);
+            // Past what was announced, the file adds to the totals.
+            let (more_files, more_bytes) = (
+                (files + 1).saturating_sub(self.announced.0.max(files)),
+                (bytes + size).saturating_sub(self.announced.1.max(bytes)),
+            );
+            self.meter.files += more_files;
+            self.meter.bytes += more_bytes;
             self.report_progress();
         }
         self.ids.insert(id, index);
@@ -150,6 +165,14 @@ impl Ledger {
                 Offered::New
             }
         }
+    }
+
+    /// The sender announced the whole session (before any offer).
+    pub fn announced(&mut self, files: u64, bytes: u64) {
+        self.announced = (files, bytes);
+        self.meter.files = self.meter.files.max(files);
+        self.meter.bytes = self.meter.bytes.max(bytes);
+        self.report_progress();
     }
 
     fn report_progress(&self) {
@@ -376,6 +399,40 @@ mod tests {
 
     fn file(ledger: &mut Ledger, id: u64, path: &str) -> Offered {
         ledger.offered(id, path, EntryKind::File, 100, None)
+    }
+
+    #[test]
+    fn the_meter_counts_what_was_announced_resumed_skipped_and_retried() {
+        let (mut ledger, _) = ledger();
+        ledger.announced(3, 300);
+        for (id, name) in [(0, "a"), (1, "b")] {
+            file(&mut ledger, id, name);
+        }
+        assert_eq!((ledger.meter.files, ledger.meter.bytes), (3, 300));
+        // Two more than announced: counted too.
+        file(&mut ledger, 2, "c");
+        file(&mut ledger, 3, "d");
+        assert_eq!((ledger.meter.files, ledger.meter.bytes), (4, 400));
+        // Resumed at 40: those bytes are in place, not moved.
+        ledger.receiving(0, 40);
+        ledger.received(0, 60);
+        assert_eq!((ledger.meter.bytes_done, ledger.meter.moved), (100, 60));
+        ledger.stored(0, "a".into(), [0; 32]);
+        // Already there: leaves the total.
+        ledger.skipped(1, "b".into(), None);
+        assert_eq!((ledger.meter.bytes, ledger.meter.files_done), (300, 2));
+        // Damaged: its bytes start over.
+        ledger.receiving(2, 0);
+        ledger.received(2, 100);
+        ledger.failed(2, "SHA-256 mismatch".into(), true);
+        assert_eq!(ledger.meter.bytes_done, 100);
+        ledger.refused(3, "no".into());
+        ledger.close(true);
+        let m = ledger.meter;
+        assert_eq!(
+            (m.files, m.files_done, m.bytes, m.bytes_done),
+            (4, 4, 100, 100)
+        );
     }
 
     #[test]

@@ -439,6 +439,42 @@ mod tests {
     }
 
     #[test]
+    fn the_meter_ends_full_after_a_resume_a_skip_and_a_retry() {
+        let (mut ledger, _) = ledger();
+        ledger.expect(3, 30);
+        ledger.offered(0, &file("resumed", 10), None);
+        ledger.offered(1, &file("there", 10), None);
+        ledger.offered(2, &file("damaged", 10), None);
+        ledger.sending(0, 6);
+        ledger.sent(0, 4);
+        assert_eq!((ledger.meter.bytes_done, ledger.meter.moved), (10, 4));
+        ledger.skipped(1, "there".into());
+        assert_eq!(ledger.meter.bytes, 20);
+        ledger.sending(2, 0);
+        ledger.sent(2, 10);
+        ledger.verdict(2, damaged()).unwrap();
+        assert_eq!(ledger.meter.bytes_done, 10, "a retried body starts over");
+        let (index, _) = ledger.take_retries()[0].clone();
+        ledger.reoffered(3, index);
+        ledger.sending(3, 0);
+        ledger.sent(3, 10);
+        let stored = |path: &str| protocol::Outcome::Stored {
+            path: path.into(),
+            sha256: [0; 32],
+        };
+        ledger.verdict(0, stored("resumed")).unwrap();
+        ledger.verdict(3, stored("damaged")).unwrap();
+        let m = ledger.meter;
+        assert_eq!(
+            (m.files, m.files_done, m.bytes, m.bytes_done),
+            (3, 3, 20, 20)
+        );
+        assert_eq!(m.moved, 24);
+        let s = ledger.summary();
+        assert_eq!((s.resumed, s.renamed), (1, 0));
+    }
+
+    #[test]
     fn damage_on_the_second_attempt_is_final() {
         let (mut ledger, _) = ledger();
         ledger.offered(0, &file("a.bin", 1), None);

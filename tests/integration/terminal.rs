@@ -88,10 +88,18 @@ impl Screen {
 
 /// `n` of `n/M files` (or `n/M`) in a progress line, where M is `total`.
 fn files_done(frame: &str, total: u64) -> Option<u64> {
-    let suffix = format!("/{total}");
-    frame
-        .split_whitespace()
-        .find_map(|word| word.strip_suffix(&suffix)?.replace(',', "").parse().ok())
+    file_count(frame).and_then(|(n, m)| (m == total).then_some(n))
+}
+
+/// `(n, M)` of the first `n/M` of whole numbers in a progress line.
+fn file_count(frame: &str) -> Option<(u64, u64)> {
+    frame.split_whitespace().find_map(|word| {
+        let (n, m) = word.split_once('/')?;
+        Some((
+            n.replace(',', "").parse().ok()?,
+            m.replace(',', "").parse().ok()?,
+        ))
+    })
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -459,4 +467,71 @@ fn the_receiver_says_what_to_type_on_the_other_machine_for_each_address() {
     recv.signal(libc::SIGTERM);
     let (_, err) = recv.wait(Duration::from_secs(5));
     assert!(!err.contains("on the other machine"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receiver_shows_the_whole_session_from_its_start() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tree = src.path().join("many");
+    // More files than the sender offers ahead of its bodies (batches of 256).
+    for i in 0..1100 {
+        write_random(&tree.join(format!("f{i:04}")), 1024, i);
+    }
+    let mut recv = XferProcess::start(
+        terminal_command(
+            100,
+            &args(&[
+                "recv",
+                "--once",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+                dst.path().to_str().unwrap(),
+            ]),
+        ),
+        std::process::Stdio::piped(),
+    );
+    let (recv, first) = tokio::task::spawn_blocking(move || {
+        let line = recv.next_line();
+        (recv, line)
+    })
+    .await
+    .unwrap();
+    let addr: std::net::SocketAddr = first
+        .as_deref()
+        .and_then(|l| l.trim().strip_prefix("listening on "))
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(addr, ProxyOptions::throttled(400 * 1024)).await;
+    let to = proxy.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        xfer_command()
+            .args(["send", "-q", tree.to_str().unwrap(), &to])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let screen = tokio::task::spawn_blocking(move || {
+        let mut recv = recv;
+        let lines: Vec<String> = std::iter::from_fn(|| recv.next_line()).collect();
+        lines.join("\n")
+    })
+    .await
+    .unwrap();
+    let screen = Screen::parse(screen);
+    let counts: Vec<(u64, u64)> = screen
+        .lines_for("127.0.0.1:")
+        .iter()
+        .filter_map(|f| file_count(f))
+        .filter(|(_, total)| *total > 0)
+        .collect();
+    assert!(counts.len() >= 3, "{:?}", screen.pieces);
+    assert!(
+        counts.iter().all(|(_, total)| *total == 1100),
+        "a total other than the whole session's: {counts:?}"
+    );
+    assert!(counts.iter().any(|(done, _)| *done < 1024), "{counts:?}");
 }
