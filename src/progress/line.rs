@@ -51,18 +51,25 @@ enum Part {
 /// The line for `view` in at most `width` columns.
 pub fn render(view: &View, width: usize) -> String {
     let m = &view.meter;
+    // Numbers are right-aligned in the width they will have at the end
+    // (or their widest form), so the parts do not shift as they change.
+    let count = thousands(m.files_done);
+    let count_width = thousands(m.files).len();
     let fixed = |part: Part| -> Option<String> {
         Some(match part {
             Part::Peer => view.peer.clone()?,
             Part::Percent => format!("{:>3}%", percent(m, view.finished)),
-            Part::Bytes => pair(m.bytes_done, m.bytes),
-            Part::Files => format!("{}/{} files", thousands(m.files_done), thousands(m.files)),
-            Part::Count => format!("{}/{}", thousands(m.files_done), thousands(m.files)),
+            Part::Bytes => {
+                let widest = pair(m.bytes, m.bytes).len();
+                format!("{:>widest$}", pair(m.bytes_done, m.bytes))
+            }
+            Part::Files => format!("{count:>count_width$}/{} files", thousands(m.files)),
+            Part::Count => format!("{count:>count_width$}/{}", thousands(m.files)),
             Part::Rate => match view.rate {
-                Some(rate) => format!("{}/s", compact(rate as u64)),
-                None => "-/s".into(),
+                Some(rate) => format!("{:>8}/s", compact(rate as u64)),
+                None => format!("{:>8}/s", "-"),
             },
-            Part::Eta => format!("ETA {}", eta(m, view.rate)),
+            Part::Eta => format!("ETA {:>4}", eta(m, view.rate)),
             Part::Bar | Part::Name => return None,
         })
     };
@@ -264,6 +271,9 @@ fn bar(m: &Meter, width: usize, finished: bool) -> String {
 /// Time left at `rate`: `0:07`, `12:34`, `1:02:03`, or `-` while unknown.
 fn eta(m: &Meter, rate: Option<f64>) -> String {
     let left = m.bytes.saturating_sub(m.bytes_done);
+    if m.files == 0 && m.bytes == 0 {
+        return "-".into();
+    }
     if left == 0 {
         return "0:00".into();
     }
