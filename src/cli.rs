@@ -108,6 +108,12 @@ pub struct SendArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Write a `sha256sum -c` list of every file the receiver verified
+    /// (stored, or already there identical) to FILE, paths as given here
+    /// (relative to this directory), so `sha256sum -c FILE` checks them.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
     #[command(flatten)]
     pub code: CodeArgs,
 
@@ -167,6 +173,12 @@ pub struct RecvArgs {
     /// Remove every partial file of interrupted transfers in DIR at start.
     #[arg(long)]
     pub clean_partials: bool,
+
+    /// Write a `sha256sum -c` list of every file verified (stored, or
+    /// already there identical) to FILE, paths relative to DIR, so
+    /// `cd DIR && sha256sum -c FILE` checks them.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
 
     #[command(flatten)]
     pub code: CodeArgs,

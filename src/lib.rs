@@ -30,6 +30,7 @@
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown.
 //! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
+//! - [`manifest`]: `--manifest FILE`, a `sha256sum -c` list of the files verified.
 
 #![deny(unsafe_code)]
 
@@ -40,6 +41,7 @@ pub mod error;
 pub mod events;
 pub mod hashing;
 pub mod logging;
+pub mod manifest;
 pub mod paths;
 pub mod progress;
 pub mod protocol;

@@ -10,5 +10,6 @@ mod codes;
 mod events;
 mod faults;
 mod hostile;
+mod manifest;
 mod storage;
 mod transfer;
