@@ -108,6 +108,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Send file bodies at most RATE bytes per second, evenly: a size as
+    /// for recv --max-size, so 50M is 50 MiB/s and 10MB 10 MB/s; 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
+
     /// Write a `sha256sum -c` list of every file the receiver verified
     /// (stored, or already there identical) to FILE, paths as given here
     /// (relative to this directory), so `sha256sum -c FILE` checks them.
@@ -173,6 +178,12 @@ pub struct RecvArgs {
     /// Remove every partial file of interrupted transfers in DIR at start.
     #[arg(long)]
     pub clean_partials: bool,
+
+    /// Take in file bodies at most RATE bytes per second, all senders
+    /// together, evenly: a size as for --max-size, so 50M is 50 MiB/s and
+    /// 10MB 10 MB/s; 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
 
     /// Write a `sha256sum -c` list of every file verified (stored, or
     /// already there identical) to FILE, paths relative to DIR, so
@@ -273,6 +284,11 @@ fn idle(secs: u64) -> Result<Duration, Error> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `--limit-rate`: 0 (or none) means no limit.
+fn rate(flag: Option<u64>) -> Option<u64> {
+    flag.filter(|r| *r > 0)
+}
+
 impl SendArgs {
     /// Checks the values clap cannot.
     /// Checks the values clap cannot; a code not given otherwise is asked
@@ -290,6 +306,7 @@ impl SendArgs {
             paths: self.paths.clone(),
             destination: parse_destination(&self.addr)?,
             idle_timeout: idle(self.idle_timeout)?,
+            limit_rate: rate(self.limit_rate),
             digest_cache: if self.no_cache {
                 None
             } else {
@@ -312,6 +329,7 @@ impl RecvArgs {
         let source = code.as_ref().map(|(_, source)| *source);
         let config = RecvConfig {
             code: code.map(|(code, _)| code),
+            limit_rate: rate(self.limit_rate),
             dir: self.dir.clone(),
             listen: parse_listen(&self.listen)?,
             once: self.once,
@@ -584,6 +602,27 @@ mod tests {
             assert!(e.contains(says), "{bad:?}: {e}");
         }
         assert_eq!(parse_size("16777215T"), Ok(16_777_215 << 40));
+    }
+
+    #[test]
+    fn limit_rate_is_a_size_per_second_on_both_sides_and_zero_is_no_limit() {
+        let send = |rate: &str| {
+            let cli = Cli::try_parse_from(["xfer", "send", "--limit-rate", rate, "a", "h:1"])?;
+            let Command::Send(args) = cli.command else {
+                panic!("not send")
+            };
+            Ok::<_, clap::Error>(args.to_config().unwrap().limit_rate)
+        };
+        assert_eq!(send("50M").unwrap(), Some(50 << 20));
+        assert_eq!(send("1.5MB").unwrap(), Some(1_500_000));
+        assert_eq!(send("0").unwrap(), None);
+        assert!(send("-1M").is_err());
+        assert!(send("fast").is_err());
+        let cli = Cli::try_parse_from(["xfer", "recv", "--limit-rate", "512K"]).unwrap();
+        let Command::Recv(args) = cli.command else {
+            panic!("not recv")
+        };
+        assert_eq!(args.to_config().unwrap().0.limit_rate, Some(512 << 10));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::session::converse;
 use crate::code::Code;
 use crate::error::Error;
 use crate::events::{Event, Observer};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{handshake_with, Connection, FrameReader, FrameWriter, Message, CAP_CODE};
 use crate::storage::Storage;
@@ -38,6 +39,8 @@ pub(super) struct Context {
     /// The code senders must hold, if this receiver has one.
     pub code: Option<Arc<Code>>,
     pub guard: Arc<Guard>,
+    /// `--limit-rate`: one limit for the bodies of all senders together.
+    pub rate: Option<Arc<RateLimit>>,
 }
 
 /// How one connection ended, for the server.

@@ -82,6 +82,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         code: code.clone().map(Arc::new),
         guard: Guard::new(),
+        rate: None,
     };
     let hellos = Arc::new(Semaphore::new(1));
     let permit = hellos.try_acquire_owned().unwrap();
@@ -96,6 +97,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
         code,
+        limit_rate: None,
     };
     let sent = Arc::new(Recorder::default());
     let summary = tokio::time::timeout(

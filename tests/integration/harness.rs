@@ -158,6 +158,8 @@ pub struct RecvOptions {
     pub limits: xfer::receiver::Limits,
     /// The code senders must hold (a coded receiver).
     pub code: Option<xfer::code::Code>,
+    /// `--limit-rate`, bytes per second.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for RecvOptions {
@@ -170,6 +172,7 @@ impl Default for RecvOptions {
             max_connections: 16,
             limits: xfer::receiver::Limits::default(),
             code: None,
+            limit_rate: None,
         }
     }
 }
@@ -191,6 +194,7 @@ impl Receiver {
             handshake_timeout: options.idle_timeout,
             limits: options.limits,
             code: options.code.clone(),
+            limit_rate: options.limit_rate,
         };
         let listener = TcpListener::bind(options.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -241,6 +245,7 @@ pub async fn send_with(
         idle_timeout,
         digest_cache,
         code: None,
+        limit_rate: None,
     };
     let events = Arc::new(Events::default());
     let result = within(xfer::sender::send(
@@ -477,6 +482,7 @@ pub fn coded_config(paths: &[&Path], addr: SocketAddr, code: &xfer::code::Code) 
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
         code: Some(code.clone()),
+        limit_rate: None,
     }
 }
 

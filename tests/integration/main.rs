@@ -11,5 +11,6 @@ mod events;
 mod faults;
 mod hostile;
 mod manifest;
+mod rate;
 mod storage;
 mod transfer;
