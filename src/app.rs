@@ -19,6 +19,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send(&args).await,
         Command::Recv(args) => recv(&args).await,
+        Command::Completions(args) => Ok(crate::shell::completions(
+            args.shell,
+            &mut std::io::stdout(),
+        )?),
+        Command::Man => Ok(crate::shell::man_page(&mut std::io::stdout())?),
     }
 }
 

@@ -46,6 +46,17 @@ Examples:
   xfer recv --listen 127.0.0.1:0 --once    # a free port, one sender, then exit
   xfer recv --json --max-size 10G --dir /srv/drop";
 
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  xfer completions bash > ~/.local/share/bash-completion/completions/xfer
+  xfer completions zsh > ~/.zfunc/_xfer     # with fpath+=~/.zfunc before compinit
+  xfer completions fish > ~/.config/fish/completions/xfer.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  xfer man > ~/.local/share/man/man1/xfer.1 && man xfer
+  xfer man | man -l -";
+
 /// Move files between machines on a LAN over TCP, verified with SHA-256.
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +82,19 @@ pub enum Command {
     /// Receive files into a directory, serving senders until stopped.
     #[command(after_long_help = concat_help(RECV_EXAMPLES))]
     Recv(RecvArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_long_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout.
+    #[command(after_long_help = MAN_EXAMPLES)]
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 /// Examples, then the exit-code table, for a `--help` page.

@@ -28,6 +28,7 @@
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown.
+//! - [`shell`]: completion scripts and the man page, from the clap definition.
 //! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
 //! - [`manifest`]: `--manifest FILE`, a `sha256sum -c` list of the files verified.
@@ -47,5 +48,6 @@ pub mod progress;
 pub mod protocol;
 pub mod receiver;
 pub mod sender;
+pub mod shell;
 pub mod storage;
 pub mod term;

@@ -12,5 +12,6 @@ mod faults;
 mod hostile;
 mod manifest;
 mod rate;
+mod shell;
 mod storage;
 mod transfer;
