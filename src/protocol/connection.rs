@@ -258,6 +258,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.pace = limit;
     }
 
+    /// The limit on body bytes, in bytes per second, if there is one.
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.pace.as_ref().map(|pace| pace.rate())
+    }
+
     pub(super) fn stopped_reading(&self) -> Error {
         Error::ConnectionLost {
             peer: self.peer.to_string(),

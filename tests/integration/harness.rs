@@ -74,6 +74,18 @@ impl Events {
             .collect()
     }
 
+    /// The byte counts of every progress report, in order.
+    pub fn progress(&self) -> Vec<u64> {
+        let events = self.0.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Progress { bytes, .. } => Some(*bytes),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// (path, reason) of files that were refused or failed.
     pub fn failed(&self) -> Vec<(String, String)> {
         self.finals()

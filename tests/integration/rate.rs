@@ -31,8 +31,9 @@ fn config(paths: &[&Path], addr: std::net::SocketAddr, limit_rate: Option<u64>) 
     }
 }
 
-/// Runs `config`, checks every file arrived, and returns how long it took.
-async fn timed_send(config: &SendConfig) -> Duration {
+/// Runs `config`, checks every file arrived, and returns how long it took
+/// and what the sender reported.
+async fn timed_send(config: &SendConfig) -> (Duration, Arc<Events>) {
     let events = Arc::new(Events::default());
     let started = Instant::now();
     let summary = within(xfer::sender::send(
@@ -45,7 +46,7 @@ async fn timed_send(config: &SendConfig) -> Duration {
     let took = started.elapsed();
     assert_eq!(summary.undelivered(), 0);
     assert_eq!(summary.bytes, TOTAL);
-    took
+    (took, events)
 }
 
 /// `TOTAL` bytes at `RATE` take 3 s: the elapsed time is within ±10%.
@@ -66,8 +67,12 @@ async fn a_sender_limit_holds_with_sendfile() {
     let file = src.path().join("big.bin");
     write_random(&file, TOTAL as usize, 1);
     let rx = Receiver::start(dst.path()).await;
-    let took = timed_send(&config(&[&file], rx.addr, Some(RATE))).await;
+    let (took, events) = timed_send(&config(&[&file], rx.addr, Some(RATE))).await;
     assert_rate_held(took, "plain TCP, sendfile");
+    // Progress comes in steps of a quarter second's worth, not 8 MiB.
+    let steps = events.progress();
+    assert_eq!(steps.iter().sum::<u64>(), TOTAL);
+    assert!(steps.iter().all(|&s| s <= RATE / 4), "{steps:?}");
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -80,7 +85,7 @@ async fn a_sender_limit_holds_for_many_small_files() {
         write_random(&tree.join(format!("{i:03}.bin")), 32 * 1024, i);
     }
     let rx = Receiver::start(dst.path()).await;
-    let took = timed_send(&config(&[&tree], rx.addr, Some(RATE))).await;
+    let (took, _) = timed_send(&config(&[&tree], rx.addr, Some(RATE))).await;
     assert_rate_held(took, "small files");
     assert_same_tree(src.path(), dst.path());
 }
@@ -101,7 +106,7 @@ async fn a_sender_limit_holds_on_a_coded_session() {
     .await;
     let mut config = coded_config(&[&file], rx.addr, &code);
     config.limit_rate = Some(RATE);
-    let took = timed_send(&config).await;
+    let (took, _) = timed_send(&config).await;
     assert_rate_held(took, "sealed records");
     assert_same_tree(src.path(), dst.path());
 }
@@ -119,7 +124,7 @@ async fn a_receiver_limit_holds_and_slows_the_sender_to_it() {
         },
     )
     .await;
-    let took = timed_send(&config(&[&file], rx.addr, None)).await;
+    let (took, _) = timed_send(&config(&[&file], rx.addr, None)).await;
     assert_rate_held(took, "receiver's limit");
     assert_same_tree(src.path(), dst.path());
 }
@@ -132,6 +137,6 @@ async fn without_a_limit_the_same_send_is_far_faster() {
     let file = src.path().join("big.bin");
     write_random(&file, TOTAL as usize, 4);
     let rx = Receiver::start(dst.path()).await;
-    let took = timed_send(&config(&[&file], rx.addr, None)).await;
+    let (took, _) = timed_send(&config(&[&file], rx.addr, None)).await;
     assert!(took < Duration::from_millis(2700), "{took:?}");
 }
