@@ -11,11 +11,14 @@ use clap_mangen::Man;
 
 use crate::cli::Cli;
 
-/// Writes the completion script for `shell` to `out`.
+/// Writes the completion script for `shell` to `out`. A reader that
+/// stops early (`| head`) is no error.
 pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "xfer", out);
-    out.flush()
+    // Generated into memory first: clap_complete panics on a failed write.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "xfer", &mut script);
+    quiet_on_closed_pipe(out.write_all(&script).and_then(|()| out.flush()))
 }
 
 /// Writes xfer(1) to `out` as roff: one page with every subcommand in a
@@ -23,8 +26,18 @@ pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
 pub fn man_page(out: &mut dyn Write) -> io::Result<()> {
     let mut page = Vec::new();
     write_man_page(&mut page)?;
-    out.write_all(&once_preamble(&page))?;
-    out.flush()
+    quiet_on_closed_pipe(
+        out.write_all(&once_preamble(&page))
+            .and_then(|()| out.flush()),
+    )
+}
+
+/// A closed pipe means the reader had what it wanted (`xfer man | head`).
+fn quiet_on_closed_pipe(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// The page, each piece as clap_mangen renders it (with its preamble).
@@ -75,7 +88,10 @@ fn write_man_page(out: &mut Vec<u8>) -> io::Result<()> {
         ".TP\nXFER_CACHE_DIR\nWhere the sender keeps its digest cache \
          (else $XDG_CACHE_HOME/xfer, else ~/.cache/xfer)."
     )?;
-    writeln!(out, ".TP\nNO_COLOR\nWhen set, no colour in any output.")?;
+    writeln!(
+        out,
+        ".TP\nNO_COLOR\nWhen set to anything but the empty string, no colour in any output."
+    )?;
     page.render_version_section(out)
 }
 

@@ -233,3 +233,20 @@ fn sgr_detection_tells_colour_from_cursor_movement() {
     assert!(!has_sgr("\x1b[2K\x1b[1A\rsending 10 MiB"));
     assert!(!has_sgr("plain"));
 }
+
+#[test]
+fn a_reader_that_stops_early_is_no_error() {
+    // `true` has exited before xfer writes: the pipe has no reader left.
+    for args in ["man", "completions bash"] {
+        let program = format!(
+            "{{ sleep 0.3; '{}' {args}; }} | true; exit ${{PIPESTATUS[0]}}",
+            env!("CARGO_BIN_EXE_xfer")
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "-c", &program])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.is_empty(), "{args}: {err}");
+    }
+}
