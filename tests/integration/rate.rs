@@ -140,3 +140,43 @@ async fn without_a_limit_the_same_send_is_far_faster() {
     let (took, _) = timed_send(&config(&[&file], rx.addr, None)).await;
     assert!(took < Duration::from_millis(2700), "{took:?}");
 }
+
+#[test]
+fn the_flag_on_either_command_line_slows_a_real_send() {
+    // The binary end to end: 4 MiB at --limit-rate 2M take 2 s (less one
+    // 50 ms burst). Only the lower bound is checked here; the in-process
+    // tests above hold both.
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("f.bin");
+    write_random(&file, 4 * MIB as usize, 5);
+    for (recv_flags, send_flags) in [
+        (vec![], vec!["--limit-rate", "2M"]),
+        (vec!["--limit-rate", "2MiB"], vec![]),
+    ] {
+        let dst = tempfile::tempdir().unwrap();
+        let mut args = vec!["--dir", dst.path().to_str().unwrap(), "--once"];
+        args.extend(&recv_flags);
+        let (recv, addr) = XferProcess::recv(&args);
+        let started = Instant::now();
+        let out = xfer_command()
+            .arg("send")
+            .args(&send_flags)
+            .arg(&file)
+            .arg(addr.to_string())
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            took >= Duration::from_millis(1800),
+            "recv {recv_flags:?}, send {send_flags:?}: {took:?}"
+        );
+        let (status, _) = recv.wait(Duration::from_secs(10));
+        assert!(status.success());
+        assert_same_tree(src.path(), dst.path());
+    }
+}
