@@ -2,6 +2,7 @@
 //! signals and output wired up. The one place that knows both the CLI and
 //! the protocol side.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CodeSource, Command, RecvArgs, SendArgs};
 use crate::error::{describe_io, Error};
+use crate::manifest::{Manifest, Paths};
 use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
 
@@ -18,12 +20,19 @@ pub async fn run(command: Command, verbose: bool) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send(&args, verbose).await,
         Command::Recv(args) => recv(&args, verbose).await,
+        Command::Completions(args) => Ok(crate::shell::completions(
+            args.shell,
+            &mut std::io::stdout(),
+        )?),
+        Command::Man => Ok(crate::shell::man_page(&mut std::io::stdout())?),
     }
 }
 
 async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send));
+    let base = std::env::current_dir().unwrap_or_default();
+    let manifest = open_manifest(args.manifest.as_deref(), Paths::ReadFrom { base })?;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;
@@ -31,9 +40,16 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
         signalled.await;
         on_signal.cancel();
     });
-    let result = crate::sender::send(&config, reporter.clone(), cancel).await;
+    let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter.clone());
+    let result = crate::sender::send(&config, observer, cancel).await;
     reporter.clear_bars();
-    result.map(drop)
+    let listed = manifest.map_or(Ok(()), |m| m.finish());
+    result.map(drop).and(listed)
+}
+
+/// The `--manifest` list, created (or truncated) before anything moves.
+fn open_manifest(path: Option<&Path>, paths: Paths) -> anyhow::Result<Option<Arc<Manifest>>> {
+    path.map(|path| Manifest::create(path, paths)).transpose()
 }
 
 async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
@@ -45,6 +61,7 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         .as_ref()
         .map(|code| (code.clone(), code_source == Some(CodeSource::Generated)));
     let server = Server::new(config)?;
+    let manifest = open_manifest(args.manifest.as_deref(), Paths::StoredAs)?;
     let listener = TcpListener::bind(listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another 'xfer recv' running? pick another port with --listen)"
@@ -80,7 +97,11 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         log::debug!("stop requested; finishing");
         on_signal.cancel();
     });
-    let report = server.serve(listener, reporter, shutdown).await?;
+    let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter);
+    let report = server.serve(listener, observer, shutdown).await?;
+    if let Some(manifest) = manifest {
+        manifest.finish()?;
+    }
     // A stop request is a clean stop, whether or not a sender ever came;
     // only a session that ended by itself without storing everything fails.
     if once && report.failed_sessions > 0 {

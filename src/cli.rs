@@ -46,6 +46,17 @@ Examples:
   xfer recv --listen 127.0.0.1:0 --once    # a free port, one sender, then exit
   xfer recv --json --max-size 10G --dir /srv/drop";
 
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  xfer completions bash > ~/.local/share/bash-completion/completions/xfer
+  xfer completions zsh > ~/.zfunc/_xfer     # with fpath+=~/.zfunc before compinit
+  xfer completions fish > ~/.config/fish/completions/xfer.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  xfer man > ~/.local/share/man/man1/xfer.1 && man xfer
+  xfer man | man -l -";
+
 /// Move files between machines on a LAN over TCP, verified with SHA-256.
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +82,19 @@ pub enum Command {
     /// Receive files into a directory, serving senders until stopped.
     #[command(after_long_help = concat_help(RECV_EXAMPLES))]
     Recv(RecvArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_long_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout.
+    #[command(after_long_help = MAN_EXAMPLES)]
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 /// Examples, then the exit-code table, for a `--help` page.
@@ -107,6 +131,17 @@ pub struct SendArgs {
     /// Neither read nor update the digest cache (~/.cache/xfer/digests.jsonl).
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Send file bodies at most RATE bytes per second, evenly: a size as
+    /// for recv --max-size, so 50M is 50 MiB/s and 10MB 10 MB/s; 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
+
+    /// Write a `sha256sum -c` list of every file the receiver verified
+    /// (stored, or already there identical) to FILE, paths as given here
+    /// (relative to this directory), so `sha256sum -c FILE` checks them.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
 
     #[command(flatten)]
     pub code: CodeArgs,
@@ -146,11 +181,13 @@ pub struct RecvArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
 
-    /// Refuse files larger than this (bytes; K, M, G, T suffixes allowed).
+    /// Refuse files larger than SIZE: bytes, or with a unit: K, M, G, T
+    /// (also KiB, MiB...) are powers of 1024, KB, MB, GB, TB powers of
+    /// 1000; e.g. 500M, 1.5G, 10GB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
 
-    /// Refuse what would take one sender's session over this many bytes.
+    /// Refuse what would take one sender's session over SIZE (as for --max-size).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_session_size: Option<u64>,
 
@@ -165,6 +202,18 @@ pub struct RecvArgs {
     /// Remove every partial file of interrupted transfers in DIR at start.
     #[arg(long)]
     pub clean_partials: bool,
+
+    /// Take in file bodies at most RATE bytes per second, all senders
+    /// together, evenly: a size as for --max-size, so 50M is 50 MiB/s and
+    /// 10MB 10 MB/s; 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
+
+    /// Write a `sha256sum -c` list of every file verified (stored, or
+    /// already there identical) to FILE, paths relative to DIR, so
+    /// `cd DIR && sha256sum -c FILE` checks them.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
 
     #[command(flatten)]
     pub code: CodeArgs,
@@ -260,6 +309,11 @@ fn idle(secs: u64) -> Result<Duration, Error> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `--limit-rate`: 0 (or none) means no limit.
+fn rate(flag: Option<u64>) -> Option<u64> {
+    flag.filter(|r| *r > 0)
+}
+
 impl SendArgs {
     /// Checks the values clap cannot.
     /// Checks the values clap cannot; a code not given otherwise is asked
@@ -278,6 +332,7 @@ impl SendArgs {
             paths: self.paths.clone(),
             destination: parse_destination(&self.addr)?,
             idle_timeout: idle(self.idle_timeout)?,
+            limit_rate: rate(self.limit_rate),
             digest_cache: if self.no_cache {
                 None
             } else {
@@ -300,6 +355,7 @@ impl RecvArgs {
         let source = code.as_ref().map(|(_, source)| *source);
         let config = RecvConfig {
             code: code.map(|(code, _)| code),
+            limit_rate: rate(self.limit_rate),
             dir: self.dir.clone(),
             listen: parse_listen(&self.listen)?,
             once: self.once,
@@ -322,21 +378,65 @@ impl RecvArgs {
     }
 }
 
-/// A byte count: digits with an optional K, M, G or T suffix (powers of 1024).
+/// A byte count: a number, possibly with a fraction, then an optional
+/// unit, case-insensitive, with or without a trailing `B`: `K`/`KiB`,
+/// `M`/`MiB`, `G`/`GiB`, `T`/`TiB` are powers of 1024 (as `ls -h`, `dd` and
+/// curl read them), `KB`, `MB`, `GB`, `TB` powers of 1000, `B` or nothing
+/// bytes. `1.5G` is 1610612736; a fraction of a byte is dropped.
 pub fn parse_size(raw: &str) -> Result<u64, String> {
-    let raw = raw.trim();
-    let (digits, shift) = match raw.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&raw[..i], 10),
-        Some((i, 'M' | 'm')) => (&raw[..i], 20),
-        Some((i, 'G' | 'g')) => (&raw[..i], 30),
-        Some((i, 'T' | 't')) => (&raw[..i], 40),
-        _ => (raw, 0),
+    let text = raw.trim();
+    let hint = "a size is a number of bytes with an optional unit, e.g. 500M, 1.5G, 10MB";
+    if text.is_empty() {
+        return Err(format!("the size is empty; {hint}"));
+    }
+    if text.starts_with('-') {
+        return Err(format!("'{text}' is negative; {hint}"));
+    }
+    let number_len = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(number_len);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(format!("'{text}' is not a number; {hint}"));
+    }
+    let multiplier: u128 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "ki" | "kib" => 1 << 10,
+        "m" | "mi" | "mib" => 1 << 20,
+        "g" | "gi" | "gib" => 1 << 30,
+        "t" | "ti" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{}' (K, M, G, T or KiB... are powers of 1024; \
+                 KB, MB, GB, TB powers of 1000; none means bytes)",
+                unit.trim_start()
+            ))
+        }
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{raw}' is not a size such as 500M or 2G"))?;
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("'{raw}' is too large"))
+    let too_large = || format!("'{text}' is too large (at most {} bytes)", u64::MAX);
+    let mut bytes: u128 = 0;
+    for digit in whole.bytes() {
+        bytes = bytes
+            .checked_mul(10)
+            .and_then(|b| b.checked_add(u128::from(digit - b'0')))
+            .filter(|b| *b <= u128::from(u64::MAX))
+            .ok_or_else(too_large)?;
+    }
+    bytes = bytes.checked_mul(multiplier).ok_or_else(too_large)?;
+    // The fraction, exactly: digits past the 24th cannot move the result
+    // by a whole byte, even in TiB.
+    let (mut numerator, mut denominator) = (0u128, 1u128);
+    for digit in fraction.bytes().take(24) {
+        numerator = numerator * 10 + u128::from(digit - b'0');
+        denominator *= 10;
+    }
+    bytes += numerator * multiplier / denominator;
+    u64::try_from(bytes).map_err(|_| too_large())
 }
 
 /// `HOST:PORT`, `[IPv6]:PORT`, `HOST`, `[IPv6]` or a bare IPv6 address.
@@ -471,15 +571,103 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
+    fn sizes_parse_plain_bytes() {
         assert_eq!(parse_size("0"), Ok(0));
         assert_eq!(parse_size("1500"), Ok(1500));
-        assert_eq!(parse_size("2K"), Ok(2048));
-        assert_eq!(parse_size("3m"), Ok(3 << 20));
+        assert_eq!(parse_size(" 1500 "), Ok(1500));
+        assert_eq!(parse_size("1500B"), Ok(1500));
+        assert_eq!(parse_size("1500b"), Ok(1500));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn sizes_parse_binary_units() {
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("10mib"), Ok(10 << 20));
+        assert_eq!(parse_size("10Mi"), Ok(10 << 20));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("99999999T").is_err());
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("3T"), Ok(3 << 40));
+        assert_eq!(parse_size("3TiB"), Ok(3 << 40));
+    }
+
+    #[test]
+    fn sizes_parse_decimal_units() {
+        assert_eq!(parse_size("10KB"), Ok(10_000));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("10mb"), Ok(10_000_000));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1TB"), Ok(1_000_000_000_000));
+    }
+
+    #[test]
+    fn sizes_parse_fractions_rounding_down() {
+        assert_eq!(parse_size("1.5G"), Ok(1_610_612_736));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size(".5K"), Ok(512));
+        assert_eq!(parse_size("2.K"), Ok(2048));
+        // 0.001 KiB is 1.024 bytes, 1.9 bytes is 1 byte: fractions of a byte drop.
+        assert_eq!(parse_size("0.001K"), Ok(1));
+        assert_eq!(parse_size("1.9"), Ok(1));
+        assert_eq!(
+            parse_size("0.3333333333333333333333333333333T"),
+            Ok(366_503_875_925)
+        );
+    }
+
+    #[test]
+    fn sizes_reject_what_is_not_a_size() {
+        for (bad, says) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            ("-1", "negative"),
+            ("-1.5G", "negative"),
+            ("+5M", "not a number"),
+            ("G", "not a number"),
+            (".", "not a number"),
+            ("1.2.3M", "not a number"),
+            ("nan", "not a number"),
+            ("inf", "not a number"),
+            ("NaN", "not a number"),
+            ("1e6", "unknown unit 'e6'"),
+            ("5X", "unknown unit 'X'"),
+            ("5 MiBs", "unknown unit 'MiBs'"),
+            ("5KiBB", "unknown unit 'KiBB'"),
+            ("0x10", "unknown unit 'x10'"),
+            ("18446744073709551616", "too large"),
+            ("99999999T", "too large"),
+            ("16777216T", "too large"),
+            ("99999999999999999999999999999999999999999", "too large"),
+        ] {
+            let e = parse_size(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert_eq!(parse_size("16777215T"), Ok(16_777_215 << 40));
+    }
+
+    #[test]
+    fn limit_rate_is_a_size_per_second_on_both_sides_and_zero_is_no_limit() {
+        let send = |rate: &str| {
+            let cli = Cli::try_parse_from(["xfer", "send", "--limit-rate", rate, "a", "h:1"])?;
+            let Command::Send(args) = cli.command else {
+                panic!("not send")
+            };
+            Ok::<_, clap::Error>(args.to_config().unwrap().limit_rate)
+        };
+        assert_eq!(send("50M").unwrap(), Some(50 << 20));
+        assert_eq!(send("1.5MB").unwrap(), Some(1_500_000));
+        assert_eq!(send("0").unwrap(), None);
+        assert!(send("-1M").is_err());
+        assert!(send("fast").is_err());
+        let cli = Cli::try_parse_from(["xfer", "recv", "--limit-rate", "512K"]).unwrap();
+        let Command::Recv(args) = cli.command else {
+            panic!("not recv")
+        };
+        assert_eq!(args.to_config().unwrap().0.limit_rate, Some(512 << 10));
     }
 
     #[test]

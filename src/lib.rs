@@ -30,8 +30,10 @@
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown
 //!   (progress lines fitted to the screen, summaries, JSON Lines).
 //! - [`reach`]: the addresses a listener can be reached at.
+//! - [`shell`]: completion scripts and the man page, from the clap definition.
 //! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
+//! - [`manifest`]: `--manifest FILE`, a `sha256sum -c` list of the files verified.
 
 #![deny(unsafe_code)]
 
@@ -42,11 +44,13 @@ pub mod error;
 pub mod events;
 pub mod hashing;
 pub mod logging;
+pub mod manifest;
 pub mod paths;
 pub mod progress;
 pub mod protocol;
 pub mod reach;
 pub mod receiver;
 pub mod sender;
+pub mod shell;
 pub mod storage;
 pub mod term;

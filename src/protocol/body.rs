@@ -58,21 +58,33 @@ impl<W: Transport> FrameWriter<W> {
         let mut position = offset;
         let end = offset.saturating_add(len);
         let mut progressed = Instant::now();
+        // Under a rate limit: bytes allowed out and not yet sent.
+        let mut allowed = 0u64;
         while position < end {
+            if let (Some(pace), 0) = (&self.pace, allowed) {
+                allowed = (end - position).min(pace.piece() as u64);
+                pace.take(allowed as usize).await;
+                // Time spent holding back is not the peer's silence.
+                progressed = Instant::now();
+            }
             let ready = tokio::time::timeout_at(progressed + self.idle, stream.writable()).await;
             match ready {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(self.lost(e)),
                 Err(_) => return Err(self.stopped_reading()),
             }
-            let want = (end - position).min(1 << 30) as usize;
+            let mut want = (end - position).min(1 << 30);
+            if self.pace.is_some() {
+                want = want.min(allowed);
+            }
             let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
-                rustix::fs::sendfile(stream, file, Some(&mut position), want)
+                rustix::fs::sendfile(stream, file, Some(&mut position), want as usize)
                     .map_err(std::io::Error::from)
             });
             match sent {
                 Ok(0) => break,
-                Ok(_) => {
+                Ok(n) => {
+                    allowed = allowed.saturating_sub(n as u64);
                     self.activity.touch();
                     progressed = Instant::now();
                 }

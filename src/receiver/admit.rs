@@ -17,6 +17,7 @@ use super::session::converse;
 use crate::code::Code;
 use crate::error::Error;
 use crate::events::{Event, Observer};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{
     handshake_with, Connection, FrameReader, FrameWriter, Message, CAP_CODE, CAP_TOTALS,
@@ -42,6 +43,8 @@ pub(super) struct Context {
     pub guard: Arc<Guard>,
     /// The sender's hello's capability bits, once it said hello.
     pub peer_caps: u32,
+    /// `--limit-rate`: one limit for the bodies of all senders together.
+    pub rate: Option<Arc<RateLimit>>,
 }
 
 /// How one connection ended, for the server.

@@ -83,6 +83,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         code: code.clone().map(Arc::new),
         guard: Guard::new(),
         peer_caps: 0,
+        rate: None,
     };
     let hellos = Arc::new(Semaphore::new(1));
     let permit = hellos.try_acquire_owned().unwrap();
@@ -97,6 +98,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
         code,
+        limit_rate: None,
     };
     let sent = Arc::new(Recorder::default());
     let summary = tokio::time::timeout(

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use admit::Ended;
 
 use crate::events::Observer;
+use crate::protocol::rate::RateLimit;
 use crate::storage::Storage;
 
 /// How long sessions get to wind down after a shutdown request.
@@ -60,6 +61,8 @@ pub struct RecvConfig {
     pub keep_partials: Duration,
     /// The code senders must hold; with it every session is encrypted.
     pub code: Option<crate::code::Code>,
+    /// Bytes per second of file bodies, all senders together; `None`: no limit.
+    pub limit_rate: Option<u64>,
 }
 
 /// How serving ended.
@@ -76,6 +79,8 @@ pub struct Server {
     code: Option<Arc<crate::code::Code>>,
     /// Bounds code guessing across all sessions.
     guard: Arc<guard::Guard>,
+    /// Shared by every session's body reads.
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl Server {
@@ -101,6 +106,7 @@ impl Server {
             storage: Arc::new(storage),
             code: config.code.clone().map(Arc::new),
             guard: guard::Guard::new(),
+            rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
             config,
         })
     }
@@ -151,6 +157,7 @@ impl Server {
                 code: self.code.clone(),
                 guard: Arc::clone(&self.guard),
                 peer_caps: 0,
+                rate: self.rate.clone(),
             };
             next_session += 1;
             report.sessions += 1;

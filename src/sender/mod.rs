@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::code::Code;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{
     handshake_with, Connection, EntryKind, FrameReader, FrameWriter, Message, Transport, CAP_CODE,
@@ -70,6 +71,8 @@ pub struct SendConfig {
     pub digest_cache: Option<std::path::PathBuf>,
     /// The code the receiver requires, for a coded (encrypted) session.
     pub code: Option<Code>,
+    /// Bytes per second of file bodies; `None`: no limit.
+    pub limit_rate: Option<u64>,
 }
 
 /// Sends every path to the receiver. `Ok` only if each file was verified
@@ -225,6 +228,7 @@ async fn run<C: Connection>(
         ledger,
         cancel: &cancel,
         peer: &peer,
+        rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
     };
     match (&config.code, theirs & CAP_CODE != 0) {
         (None, false) => talk.run(reader, writer).await,
@@ -278,11 +282,16 @@ struct Talk<'a> {
     ledger: &'a Arc<Mutex<Ledger>>,
     cancel: &'a CancellationToken,
     peer: &'a Arc<str>,
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl Talk<'_> {
     /// Offers, bodies and verdicts over `reader` and `writer` until `Bye`.
-    async fn run<R, W>(self, reader: FrameReader<R>, writer: FrameWriter<W>) -> anyhow::Result<()>
+    async fn run<R, W>(
+        self,
+        reader: FrameReader<R>,
+        mut writer: FrameWriter<W>,
+    ) -> anyhow::Result<()>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: Transport,
@@ -295,7 +304,9 @@ impl Talk<'_> {
             ledger,
             cancel,
             peer,
+            rate,
         } = self;
+        writer.limit_rate(rate);
         let settled = Arc::new(Notify::new());
         let closed = Arc::new(AtomicBool::new(false));
         // At most OFFERS_AHEAD plans can be outstanding, so this channel never

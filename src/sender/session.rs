@@ -344,11 +344,16 @@ impl<W: Transport> Session<W> {
         self.writer.send(&Message::FileBegin { id, offset }).await?;
         self.mid_body = true;
         let mut position = offset;
+        // Under a rate limit, steps of a quarter of a second's worth, so
+        // progress reports and cancel checks keep their pace.
+        let max_step = self.writer.rate_limit().map_or(SENDFILE_STEP, |rate| {
+            (rate / 4).clamp(64 * 1024, SENDFILE_STEP)
+        });
         while position < size {
             if self.cancel.is_cancelled() {
                 return Err(Error::Interrupted);
             }
-            let step = (size - position).min(SENDFILE_STEP);
+            let step = (size - position).min(max_step);
             let sent = match &mut digest {
                 BodyDigest::Inline(hasher) => {
                     self.writer
