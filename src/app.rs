@@ -7,8 +7,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CodeSource, Command, RecvArgs, SendArgs};
-use crate::error::{describe_io, Error};
+use crate::cli::{CodeSource, Command, PeersArgs, RecvArgs, SendArgs, Target};
+use crate::discovery::present::FindOptions;
+use crate::discovery::{Advert, Announcement, PeerRole};
+use crate::error::{describe_io, exit_code_of, Error};
+use crate::events::{Event, Observer, Summary};
 use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
 
@@ -17,11 +20,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send(&args).await,
         Command::Recv(args) => recv(&args).await,
+        Command::Peers(args) => peers(&args).await,
     }
 }
 
 async fn send(args: &SendArgs) -> anyhow::Result<()> {
-    let config = args.to_config()?;
+    let request = args.to_request()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send));
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -30,6 +34,31 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
         signalled.await;
         on_signal.cancel();
     });
+    let destination = match &request.target {
+        Target::Address(destination) => destination.clone(),
+        Target::Find { name } => {
+            let options = FindOptions {
+                name: name.as_deref(),
+                code_number: request.code.as_ref().map(|c| c.number()),
+                quiet: args.output.quiet,
+            };
+            match find_receiver(options, &cancel).await {
+                Ok(destination) => destination,
+                Err(e) => {
+                    // Even then a `--json` stream ends with its one summary.
+                    reporter.event(Event::SessionEnded {
+                        session: 0,
+                        peer: String::new(),
+                        summary: Summary::default(),
+                        error: Some(format!("{e:#}")),
+                        exit_code: exit_code_of(&e),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let config = request.into_config(destination);
     let result = crate::sender::send(&config, reporter.clone(), cancel).await;
     reporter.clear_bars();
     result.map(drop)
@@ -73,12 +102,87 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
         log::debug!("stop requested; finishing");
         on_signal.cancel();
     });
-    let report = server.serve(listener, reporter, shutdown).await?;
+    let announcement = announce(args, &local, code.as_ref().map(|(c, _)| c.number()));
+    let report = server.serve(listener, reporter, shutdown).await;
+    if let Some(announcement) = announcement {
+        let _ = tokio::task::spawn_blocking(move || announcement.withdraw()).await;
+    }
+    let report = report?;
     // A stop request is a clean stop, whether or not a sender ever came;
     // only a session that ended by itself without storing everything fails.
     if once && report.failed_sessions > 0 {
         anyhow::bail!("the sender's session did not store every file (see the messages above)");
     }
+    Ok(())
+}
+
+/// Finds the receiver on the LAN (blocking, bounded), unless interrupted.
+async fn find_receiver(
+    options: FindOptions<'_>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<crate::sender::Destination> {
+    let name = options.name.map(str::to_owned);
+    let (code_number, quiet) = (options.code_number, options.quiet);
+    let search = tokio::task::spawn_blocking(move || {
+        crate::discovery::present::find_receiver(&FindOptions {
+            name: name.as_deref(),
+            code_number,
+            quiet,
+        })
+    });
+    tokio::select! {
+        found = search => Ok(found.map_err(|e| Error::Internal(format!("the search failed: {e}")))??),
+        _ = cancel.cancelled() => Err(Error::Interrupted.into()),
+    }
+}
+
+/// Announces the receiver on the LAN unless asked not to or bound to
+/// loopback only. Failing to announce does not stop the receiver.
+fn announce(
+    args: &RecvArgs,
+    local: &std::net::SocketAddr,
+    code_number: Option<u16>,
+) -> Option<Announcement> {
+    if args.no_announce {
+        return None;
+    }
+    let advert = Advert {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(crate::discovery::default_name),
+        role: PeerRole::Recv,
+        listen: *local,
+        code_number,
+    };
+    match crate::discovery::announce(&advert) {
+        Ok(Some(announcement)) => {
+            if !args.output.quiet {
+                eprintln!(
+                    "announced on the LAN as '{}' (xfer send finds it without an address; \
+                     --no-announce to stop)",
+                    crate::term::for_stderr(announcement.name())
+                );
+            }
+            Some(announcement)
+        }
+        Ok(None) => {
+            log::debug!("listening on loopback only: not announced on the LAN");
+            None
+        }
+        Err(e) => {
+            log::warn!("not announced on the LAN: {e}");
+            None
+        }
+    }
+}
+
+/// `xfer peers`.
+async fn peers(args: &PeersArgs) -> anyhow::Result<()> {
+    let (wait, json) = (args.wait, args.json);
+    tokio::task::spawn_blocking(move || crate::discovery::present::list_peers(wait, json))
+        .await
+        .map_err(|e| Error::Internal(format!("the search failed: {e}")))??;
     Ok(())
 }
 

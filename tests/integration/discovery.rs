@@ -1,0 +1,666 @@
+//! Discovery by DNS-SD over mDNS, between two network namespaces joined by
+//! a veth pair: receivers announce in one (`a`), senders and `xfer peers`
+//! look from the other (`b`). Each test makes its own pair with names of
+//! its own, so tests run in parallel and nothing reaches a real network;
+//! [`Lan`] removes them when dropped, panics included. Without root or
+//! `ip netns` the tests say why and pass without running.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// Where receivers listen inside namespace `a`.
+const A_IP: &str = "10.77.0.1";
+/// The IPv6 link-local address of `a`'s veth end, added (as `b`'s is)
+/// without duplicate detection so it is usable at once.
+const A_LL: &str = "fe80::77:a";
+
+/// Longest a send that browses may take: the 1.5 s search plus the start
+/// of a debug build and a small transfer, with room for a loaded machine.
+const SEND_LIMIT: Duration = Duration::from_secs(20);
+
+/// Two namespaces and the veth pair between them; removed on drop.
+struct Lan {
+    a: String,
+    b: String,
+    /// The veth end inside `a`.
+    a_if: String,
+}
+
+impl Lan {
+    /// Sets up a pair, or returns `None` after printing why it cannot.
+    fn new() -> Option<Lan> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: network namespaces need root");
+            return None;
+        }
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let lan = Lan {
+            a: format!("xfdisc{id}a"),
+            b: format!("xfdisc{id}b"),
+            a_if: format!("xfd{id}a"),
+        };
+        let b_if = format!("xfd{id}b");
+        if let Err(why) = ip(&["netns", "add", &lan.a]) {
+            eprintln!("skipping: 'ip netns' is unavailable: {why}");
+            return None;
+        }
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &lan.b],
+            vec![
+                "link", "add", &lan.a_if, "type", "veth", "peer", "name", &b_if,
+            ],
+            vec!["link", "set", &lan.a_if, "netns", &lan.a],
+            vec!["link", "set", &b_if, "netns", &lan.b],
+            vec![
+                "-n",
+                &lan.a,
+                "addr",
+                "add",
+                "10.77.0.1/24",
+                "dev",
+                &lan.a_if,
+            ],
+            vec!["-n", &lan.b, "addr", "add", "10.77.0.2/24", "dev", &b_if],
+            vec![
+                "-n",
+                &lan.a,
+                "-6",
+                "addr",
+                "add",
+                "fe80::77:a/64",
+                "dev",
+                &lan.a_if,
+                "nodad",
+            ],
+            vec![
+                "-n",
+                &lan.b,
+                "-6",
+                "addr",
+                "add",
+                "fe80::77:b/64",
+                "dev",
+                &b_if,
+                "nodad",
+            ],
+            vec!["-n", &lan.a, "link", "set", "lo", "up"],
+            vec!["-n", &lan.b, "link", "set", "lo", "up"],
+            vec![
+                "-n",
+                &lan.a,
+                "link",
+                "set",
+                &lan.a_if,
+                "up",
+                "multicast",
+                "on",
+            ],
+            vec!["-n", &lan.b, "link", "set", &b_if, "up", "multicast", "on"],
+        ];
+        for step in steps {
+            if let Err(why) = ip(&step) {
+                panic!("setting up the test namespaces: ip {step:?}: {why}");
+            }
+        }
+        Some(lan)
+    }
+
+    /// `xfer ARGS` inside namespace `ns`.
+    fn xfer(&self, ns: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_xfer")])
+            .args(args)
+            .env("XFER_CACHE_DIR", test_cache_dir())
+            .env_remove("XFER_CODE");
+        command
+    }
+
+    /// Starts `xfer recv --json` in `a` with `args`; returns it once it
+    /// listens, with its port.
+    fn recv(&self, dir: &Path, args: &[&str], code: Option<&str>) -> (XferProcess, u16) {
+        let mut all = vec!["recv", "--json", "--dir", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let mut command = self.xfer(&self.a, &all);
+        if let Some(code) = code {
+            command.env("XFER_CODE", code);
+        }
+        let mut process = XferProcess::start(command, Stdio::null());
+        let line = process.next_line().expect("no listening event");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(event["event"], "listening", "{line}");
+        let port = event["addr"].as_str().unwrap().rsplit(':').next().unwrap();
+        (process, port.parse().unwrap())
+    }
+
+    /// Runs `xfer ARGS` in `b` to its end, within `limit`.
+    fn run_in_b(
+        &self,
+        args: &[&str],
+        code: Option<&str>,
+        limit: Duration,
+    ) -> (i32, String, String) {
+        let mut command = self.xfer(&self.b, args);
+        if let Some(code) = code {
+            command.env("XFER_CODE", code);
+        }
+        let started = Instant::now();
+        let out = bounded_output(command, b"", limit);
+        assert!(started.elapsed() < limit, "xfer {args:?} took too long");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `xfer peers --json` from `b`: the peers' events, after checking the
+    /// stream ends with one `browsed`.
+    fn peers(&self, wait: &str) -> Vec<Value> {
+        let (code, out, err) =
+            self.run_in_b(&["peers", "--json", "--wait", wait], None, SEND_LIMIT);
+        assert_eq!(code, 0, "{err}");
+        let mut events: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let end = events.pop().expect("no events");
+        assert_eq!(end["event"], "browsed", "{out}");
+        assert_eq!(end["found"], events.len(), "{out}");
+        events
+    }
+
+    /// Waits until `b` sees peers named `names` announced (bounded).
+    fn wait_announced(&self, names: &[&str]) {
+        for _ in 0..10 {
+            let seen = self.peers("1.5");
+            if names.iter().all(|n| seen.iter().any(|p| p["name"] == *n)) {
+                return;
+            }
+        }
+        panic!("{names:?} never announced");
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and so both.
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Runs `command` with `input` on its stdin, killing it if it outlives
+/// `limit`.
+fn bounded_output(mut command: Command, input: &[u8], limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Dropped after writing, so the child sees the end of its input.
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn two_codes() -> (String, String) {
+    let first = xfer::code::Code::generate();
+    loop {
+        let second = xfer::code::Code::generate();
+        if second.number() != first.number() {
+            return (first.to_string(), second.to_string());
+        }
+    }
+}
+
+fn stop(recv: XferProcess) {
+    recv.signal(libc::SIGTERM);
+    let (status, stderr) = recv.wait(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn a_send_without_an_address_finds_the_one_receiver() {
+    let Some(lan) = Lan::new() else { return };
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("found.bin");
+    let data = write_random(&file, 100_000, 31);
+    let (recv, port) = lan.recv(
+        dst.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    lan.wait_announced(&["alpha"]);
+
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap()], None, SEND_LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(dst.path().join("found.bin")).unwrap(), data);
+    assert!(
+        err.contains(&format!(
+            "sending to 'alpha' at {A_IP}:{port} (found on the LAN)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("(1.5 s)"), "the bound is stated: {err}");
+    assert_eq!(err.matches("not authenticated").count(), 1, "{err}");
+    stop(recv);
+}
+
+#[test]
+fn two_receivers_are_listed_and_the_send_stops_with_exit_2() {
+    let Some(lan) = Lan::new() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("a.txt");
+    std::fs::write(&file, "a").unwrap();
+    let (alpha, alpha_port) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    let (beta, beta_port) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "beta"],
+        None,
+    );
+    lan.wait_announced(&["alpha", "beta"]);
+
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap()], None, SEND_LIMIT);
+    assert_eq!(code, 2, "{err}");
+    for (name, port) in [("alpha", alpha_port), ("beta", beta_port)] {
+        let row = err
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed: {err}"));
+        assert!(row.contains(&format!("{A_IP}:{port}")), "{row}");
+        assert!(row.trim_end().ends_with("no"), "code column: {row}");
+    }
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: 2 receivers found") && last.contains("--to NAME"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
+    assert!(std::fs::read_dir(two.path()).unwrap().next().is_none());
+    stop(alpha);
+    stop(beta);
+}
+
+#[test]
+fn to_name_sends_to_that_receiver() {
+    let Some(lan) = Lan::new() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("for-beta.txt");
+    std::fs::write(&file, "b").unwrap();
+    let (alpha, _) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    let (beta, _) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "Beta Box"],
+        None,
+    );
+    lan.wait_announced(&["alpha", "Beta Box"]);
+
+    let (code, _, err) = lan.run_in_b(
+        &["send", "--to", "beta box", file.to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(two.path().join("for-beta.txt")).unwrap(),
+        b"b"
+    );
+    assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
+    assert!(err.contains("sending to 'Beta Box'"), "{err}");
+
+    let (code, _, err) = lan.run_in_b(
+        &["send", "--to", "gamma", file.to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 3, "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: no receiver named 'gamma'") && last.contains("'alpha'"),
+        "{err}"
+    );
+    stop(alpha);
+    stop(beta);
+}
+
+#[test]
+fn the_codes_number_picks_the_receiver_holding_that_code() {
+    let Some(lan) = Lan::new() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("sealed.bin");
+    let data = write_random(&file, 50_000, 32);
+    let (first, second) = two_codes();
+    let coded = ["--listen", "0.0.0.0:0", "--code"];
+    let (alpha, _) = lan.recv(
+        one.path(),
+        &[&coded[..], &["--name", "alpha"]].concat(),
+        Some(&first),
+    );
+    let (beta, beta_port) = lan.recv(
+        two.path(),
+        &[&coded[..], &["--name", "beta"]].concat(),
+        Some(&second),
+    );
+    lan.wait_announced(&["alpha", "beta"]);
+
+    let (code, _, err) = lan.run_in_b(
+        &["send", "--code", file.to_str().unwrap()],
+        Some(&second),
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(two.path().join("sealed.bin")).unwrap(), data);
+    assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
+    assert!(
+        err.contains(&format!("'beta' at {A_IP}:{beta_port}")),
+        "{err}"
+    );
+    // The PAKE authenticates a coded receiver: no warning.
+    assert!(!err.contains("not authenticated"), "{err}");
+
+    // Without a code, neither will do: both require one.
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap()], None, SEND_LIMIT);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("every receiver found requires a code"),
+        "{err}"
+    );
+    stop(alpha);
+    stop(beta);
+}
+
+#[test]
+fn no_receiver_is_an_error_within_the_bound() {
+    let Some(lan) = Lan::new() else { return };
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("a.txt");
+    std::fs::write(&file, "a").unwrap();
+    // Neither of these announces: one listens on loopback only, one was
+    // asked not to.
+    let (looped, _) = lan.recv(
+        one.path(),
+        &["--listen", "127.0.0.1:0", "--name", "alpha"],
+        None,
+    );
+    let (silent, _) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "beta", "--no-announce"],
+        None,
+    );
+
+    let started = Instant::now();
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap()], None, SEND_LIMIT);
+    let took = started.elapsed();
+    assert_eq!(code, 3, "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: no xfer receiver answered on the LAN within 1.5 s"),
+        "{err}"
+    );
+    for hint in [
+        "xfer send PATH... HOST:PORT",
+        "firewall",
+        "client isolation",
+        "VLAN",
+    ] {
+        assert!(last.contains(hint), "{hint}: {err}");
+    }
+    // The search is bounded: 1.5 s, and never as long as the limit.
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(lan.peers("1.5").is_empty());
+    stop(looped);
+    stop(silent);
+}
+
+#[test]
+fn the_announcement_goes_when_the_receiver_exits() {
+    let Some(lan) = Lan::new() else { return };
+    let dst = tempfile::tempdir().unwrap();
+    let (recv, _) = lan.recv(
+        dst.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    lan.wait_announced(&["alpha"]);
+
+    // A browser that saw it, still browsing when the receiver stops, hears
+    // the goodbye and drops it.
+    let watcher = std::thread::spawn({
+        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "6"]);
+        move || bounded_output(command, b"", SEND_LIMIT)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop(recv);
+    let out = watcher.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains("\"alpha\""),
+        "still listed after goodbye: {stdout}"
+    );
+    assert!(stdout.contains("\"found\":0"), "{stdout}");
+    assert!(lan.peers("1.5").is_empty());
+}
+
+#[test]
+fn a_receiver_killed_without_goodbye_is_still_listed_by_a_browser_that_saw_it() {
+    // The contrast to the test above: without the goodbye a browser keeps
+    // the records for their lifetime, so that test cannot pass by luck.
+    let Some(lan) = Lan::new() else { return };
+    let dst = tempfile::tempdir().unwrap();
+    let (mut recv, _) = lan.recv(
+        dst.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    lan.wait_announced(&["alpha"]);
+    let watcher = std::thread::spawn({
+        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "6"]);
+        move || bounded_output(command, b"", SEND_LIMIT)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    recv.child.kill().unwrap();
+    recv.child.wait().unwrap();
+    let out = watcher.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"name\":\"alpha\""), "{stdout}");
+}
+
+#[test]
+fn a_receiver_on_ipv6_link_local_only_is_found_with_its_scope() {
+    let Some(lan) = Lan::new() else { return };
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("ll.txt");
+    std::fs::write(&file, "link-local").unwrap();
+    let index = if_index(&lan.a, &lan.a_if);
+    let listen = format!("[{A_LL}%{index}]:0");
+    let (recv, port) = lan.recv(dst.path(), &["--listen", &listen, "--name", "ll"], None);
+    lan.wait_announced(&["ll"]);
+    let seen = lan.peers("1.5");
+    let addrs: Vec<&str> = seen[0]["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    // Only the address it listens on, scoped to b's end of the veth.
+    assert_eq!(addrs.len(), 1, "{addrs:?}");
+    assert!(addrs[0].starts_with(&format!("[{A_LL}%")), "{addrs:?}");
+    assert!(addrs[0].ends_with(&format!("]:{port}")), "{addrs:?}");
+
+    let (code, _, err) = lan.run_in_b(
+        &["send", "--to", "ll", file.to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(dst.path().join("ll.txt")).unwrap(),
+        b"link-local"
+    );
+    stop(recv);
+}
+
+fn if_index(ns: &str, name: &str) -> u32 {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "dev", name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(':').next().unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn peers_json_fits_the_schema_and_ends_with_one_browsed() {
+    let Some(lan) = Lan::new() else { return };
+    let schema = crate::events::schema();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, _) = two_codes();
+    let (alpha, alpha_port) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    let (beta, _) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "beta", "--code"],
+        Some(&first),
+    );
+    lan.wait_announced(&["alpha", "beta"]);
+
+    let (code, out, err) = lan.run_in_b(&["peers", "--json", "--wait", "1.5"], None, SEND_LIMIT);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| crate::events::check(&schema, l))
+        .collect();
+    assert_eq!(events.iter().filter(|e| e["event"] == "browsed").count(), 1);
+    assert_eq!(events.last().unwrap()["event"], "browsed", "{out}");
+    assert_eq!(events.last().unwrap()["exit_code"], 0);
+    let alpha_event = events.iter().find(|e| e["name"] == "alpha").unwrap();
+    assert_eq!(alpha_event["addr"], format!("{A_IP}:{alpha_port}"));
+    assert_eq!(alpha_event["role"], "recv");
+    assert_eq!(alpha_event["code_required"], false);
+    let beta_event = events.iter().find(|e| e["name"] == "beta").unwrap();
+    assert_eq!(beta_event["code_required"], true);
+    let number: u64 = first.split('-').next().unwrap().parse().unwrap();
+    assert_eq!(beta_event["code_number"], number);
+
+    // A send that finds nobody still ends its --json stream with one summary.
+    stop(alpha);
+    stop(beta);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, out, _) = lan.run_in_b(
+        &["send", "--json", "--quiet", file.path().to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 3);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| crate::events::check(&schema, l))
+        .collect();
+    assert_eq!(events.len(), 1, "{out}");
+    assert_eq!(events[0]["event"], "summary");
+    assert_eq!(events[0]["exit_code"], 3);
+}
+
+#[test]
+fn on_a_terminal_several_receivers_are_offered_by_number() {
+    let Some(lan) = Lan::new() else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: util-linux 'script' is needed for a terminal");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("picked.txt");
+    std::fs::write(&file, "picked").unwrap();
+    let (alpha, _) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    let (beta, _) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "beta"],
+        None,
+    );
+    lan.wait_announced(&["alpha", "beta"]);
+
+    // The answer is typed ahead; the terminal keeps it until it is read.
+    let line = format!("{} send '{}'", env!("CARGO_BIN_EXE_xfer"), file.display());
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            &lan.b,
+            "script",
+            "-qefc",
+            &line,
+            "/dev/null",
+        ])
+        .env("XFER_CACHE_DIR", test_cache_dir());
+    let out = bounded_output(command, b"2\n", SEND_LIMIT);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("  1) alpha") && screen.contains("  2) beta"),
+        "{screen}"
+    );
+    assert!(screen.contains("send to which receiver? [1-2"), "{screen}");
+    assert_eq!(
+        std::fs::read(two.path().join("picked.txt")).unwrap(),
+        b"picked"
+    );
+    assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
+    stop(alpha);
+    stop(beta);
+}
