@@ -194,8 +194,19 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// Gives namespace `b` an /etc/hosts of its own (`ip netns exec`
+    /// mounts /etc/netns/NS/hosts over /etc/hosts); removed on drop.
+    fn hosts_in_b(&self, lines: &str) {
+        let dir = Path::new("/etc/netns").join(&self.b);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), lines).unwrap();
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.b));
         // Deleting a namespace deletes the veth end inside it, and so both.
         let _ = ip(&["netns", "del", &self.a]);
         let _ = ip(&["netns", "del", &self.b]);
@@ -663,4 +674,115 @@ fn on_a_terminal_several_receivers_are_offered_by_number() {
     assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
     stop(alpha);
     stop(beta);
+}
+
+/// A UDP socket on the mDNS port inside namespace `ns`, in the mDNS group
+/// on the interface with `ip`: it hears every query on that link.
+fn mdns_ear(ns: &str, ip: &str) -> std::net::UdpSocket {
+    let path = format!("/run/netns/{ns}");
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    // A thread of its own enters the namespace; the socket stays there.
+    std::thread::spawn(move || {
+        let netns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns(2) on a valid namespace fd changes only this
+        // thread's network namespace; the thread ends right after.
+        let entered =
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&netns), libc::CLONE_NEWNET) };
+        assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+        let socket = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+        socket
+            .join_multicast_v4(&"224.0.0.251".parse().unwrap(), &ip)
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        socket
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_send_to_an_address_sends_nothing_for_discovery() {
+    let Some(lan) = Lan::new() else { return };
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("direct.txt");
+    std::fs::write(&file, "direct").unwrap();
+    // Not announced, so nothing in `a` uses the mDNS port but the ear.
+    let (recv, port) = lan.recv(
+        dst.path(),
+        &["--listen", "0.0.0.0:0", "--no-announce"],
+        None,
+    );
+    let ear = mdns_ear(&lan.a, A_IP);
+    let mut packet = [0u8; 9000];
+
+    let addr = format!("{A_IP}:{port}");
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap(), &addr], None, SEND_LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not authenticated"), "{err}");
+    let heard = ear.recv_from(&mut packet);
+    assert!(
+        heard.is_err(),
+        "mDNS traffic from a send to an address: {heard:?}"
+    );
+
+    // The ear works: a send without an address is heard asking.
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap()], None, SEND_LIMIT);
+    assert_eq!(code, 3, "{err}");
+    let (len, from) = ear
+        .recv_from(&mut packet)
+        .expect("the browse was not heard");
+    assert!(len > 12, "{len} bytes");
+    assert_eq!(from.ip().to_string(), "10.77.0.2");
+    stop(recv);
+}
+
+#[test]
+fn to_takes_a_dot_local_name_the_system_resolves() {
+    let Some(lan) = Lan::new() else { return };
+    lan.hosts_in_b(&format!("127.0.0.1 localhost\n{A_IP} den.local\n"));
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("named.txt");
+    std::fs::write(&file, "named").unwrap();
+    let (silent, silent_port) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--no-announce"],
+        None,
+    );
+
+    // Nothing announced: the name and the port given are used.
+    let to = format!("den.local:{silent_port}");
+    let (code, _, err) = lan.run_in_b(
+        &["send", "--to", &to, file.to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resolved by the system"), "{err}");
+    assert_eq!(
+        std::fs::read(one.path().join("named.txt")).unwrap(),
+        b"named"
+    );
+
+    // No port given: the port a receiver announced at that address.
+    let (alpha, _) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    lan.wait_announced(&["alpha"]);
+    let (code, _, err) = lan.run_in_b(
+        &["send", "--to", "den.local", file.to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(two.path().join("named.txt")).unwrap(),
+        b"named"
+    );
+    stop(alpha);
+    stop(silent);
 }
