@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
-use mdns_sd::{IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{
+    DaemonEvent, IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo,
+};
 
 use crate::error::Error;
 use crate::sender::Destination;
@@ -38,6 +40,9 @@ pub const MAX_NAME_LEN: usize = 63;
 
 /// How long to wait for the mDNS thread to confirm a withdrawal or a stop.
 const DAEMON_REPLY: Duration = Duration::from_secs(1);
+
+/// How long a browse that found what it wanted still takes in updates.
+const MORE_ADDRESSES: Duration = Duration::from_millis(200);
 
 /// mdns-sd sends each goodbye once more after 120 ms; stay that long.
 const GOODBYE_REPEAT: Duration = Duration::from_millis(150);
@@ -240,6 +245,7 @@ pub fn announce(advert: &Advert) -> Result<Option<Announcement>, Error> {
     }
     info.set_interfaces(interfaces);
     let fullname = info.get_fullname().to_owned();
+    watch_renames(&daemon);
     daemon
         .register(info)
         .map_err(|e| discovery_error("cannot announce", &e))?;
@@ -255,7 +261,8 @@ pub fn browse(role: Option<PeerRole>, wait: Duration) -> Result<Vec<Peer>, Error
     browse_until(role, wait, |_| false)
 }
 
-/// Like [`browse`], but stops as soon as `enough` says yes to a peer.
+/// Like [`browse`], but stops soon (200 ms, for the rest of its addresses)
+/// after `enough` says yes to a peer.
 pub fn browse_until(
     role: Option<PeerRole>,
     wait: Duration,
@@ -265,7 +272,7 @@ pub fn browse_until(
     let events = daemon
         .browse(SERVICE_TYPE)
         .map_err(|e| discovery_error("cannot browse", &e))?;
-    let deadline = Instant::now() + wait;
+    let mut deadline = Instant::now() + wait;
     let mut found = BTreeMap::new();
     while let Ok(event) = events.recv_deadline(deadline) {
         match event {
@@ -276,11 +283,13 @@ pub fn browse_until(
                 if role.is_some_and(|r| r != peer.role) {
                     continue;
                 }
-                let stop_now = enough(&peer);
-                found.insert(resolved.fullname.to_lowercase(), peer);
-                if stop_now {
-                    break;
+                if enough(&peer) {
+                    // Answers on the other interfaces and address families
+                    // come right behind the first: wait for them briefly,
+                    // so an IPv4 address is not passed over for a later one.
+                    deadline = deadline.min(Instant::now() + MORE_ADDRESSES);
                 }
+                found.insert(resolved.fullname.to_lowercase(), peer);
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
                 found.remove(&fullname.to_lowercase());
@@ -292,6 +301,37 @@ pub fn browse_until(
     let mut peers: Vec<Peer> = found.into_values().collect();
     peers.sort_by(|a, b| (&a.name, a.port).cmp(&(&b.name, b.port)));
     Ok(peers)
+}
+
+/// Says so when mDNS probing finds the instance name taken and the daemon
+/// renames ours (`NAME (2)`): `--to` must then use the new name. The
+/// thread ends when the daemon stops and closes the channel.
+fn watch_renames(daemon: &ServiceDaemon) {
+    let Ok(events) = daemon.monitor() else {
+        return;
+    };
+    let watch = move || {
+        while let Ok(event) = events.recv() {
+            if let DaemonEvent::NameChange(change) = event {
+                let (Some(old), Some(new)) = (
+                    instance_name(&change.original),
+                    instance_name(&change.new_name),
+                ) else {
+                    continue;
+                };
+                log::warn!(
+                    "the name '{old}' is taken on the LAN ({}); announced as '{new}' there",
+                    change.intf_name
+                );
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("mdns-renames".into())
+        .spawn(watch)
+    {
+        log::debug!("mDNS: cannot watch for renames: {e}");
+    }
 }
 
 /// A daemon on every interface but loopback: a loopback-only peer is not

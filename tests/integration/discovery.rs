@@ -786,3 +786,33 @@ fn to_takes_a_dot_local_name_the_system_resolves() {
     stop(alpha);
     stop(silent);
 }
+
+#[test]
+fn a_name_already_taken_on_the_lan_is_renamed_and_the_receiver_says_so() {
+    let Some(lan) = Lan::new() else { return };
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, _) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    lan.wait_announced(&["alpha"]);
+    let (second, second_port) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    lan.wait_announced(&["alpha", "alpha (2)"]);
+    let seen = lan.peers("1.5");
+    let renamed = seen.iter().find(|p| p["name"] == "alpha (2)").unwrap();
+    assert_eq!(renamed["port"], second_port);
+
+    second.signal(libc::SIGTERM);
+    let (status, stderr) = second.wait(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the name 'alpha' is taken on the LAN") && stderr.contains("'alpha (2)'"),
+        "{stderr}"
+    );
+    stop(first);
+}
