@@ -38,7 +38,7 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
         Target::Address(destination) => destination.clone(),
         Target::Find { name } => {
             let options = FindOptions {
-                name: name.as_deref(),
+                name: name.clone(),
                 code_number: request.code.as_ref().map(|c| c.number()),
                 quiet: args.output.quiet,
             };
@@ -118,18 +118,11 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
 
 /// Finds the receiver on the LAN (blocking, bounded), unless interrupted.
 async fn find_receiver(
-    options: FindOptions<'_>,
+    options: FindOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<crate::sender::Destination> {
-    let name = options.name.map(str::to_owned);
-    let (code_number, quiet) = (options.code_number, options.quiet);
-    let search = tokio::task::spawn_blocking(move || {
-        crate::discovery::present::find_receiver(&FindOptions {
-            name: name.as_deref(),
-            code_number,
-            quiet,
-        })
-    });
+    let search =
+        tokio::task::spawn_blocking(move || crate::discovery::present::find_receiver(&options));
     tokio::select! {
         found = search => Ok(found.map_err(|e| Error::Internal(format!("the search failed: {e}")))??),
         _ = cancel.cancelled() => Err(Error::Interrupted.into()),

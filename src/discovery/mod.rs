@@ -7,6 +7,9 @@
 //! a bounded wait. What is found is a hint, never trust: only a code's PAKE
 //! authenticates the peer (SECURITY.md, "Discovery").
 //!
+//! [`select`] is the sender's choice among what was seen, a pure function;
+//! [`present`] is what a person or a script sees of it all.
+//!
 //! Both calls block (browsing for as long as asked); call them from
 //! `spawn_blocking` in async code.
 

@@ -21,10 +21,10 @@ const MDNS_HINT: &str = "if one is running, something may block mDNS (UDP 5353 m
      a firewall, Wi-Fi client isolation, or the machines being on different subnets or VLANs";
 
 /// How `xfer send` without an address looks.
-#[derive(Debug, Clone, Copy)]
-pub struct FindOptions<'a> {
+#[derive(Debug, Clone, Default)]
+pub struct FindOptions {
     /// `--to NAME`.
-    pub name: Option<&'a str>,
+    pub name: Option<String>,
     /// The public number of the sender's code, if it has one.
     pub code_number: Option<u16>,
     /// `--quiet`: no "looking" and "found" lines.
@@ -43,7 +43,7 @@ pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
         );
     }
     let wanted = Wanted {
-        name: options.name,
+        name: options.name.as_deref(),
         code_number: options.code_number,
     };
     let secs = SEND_BROWSE_WAIT.as_secs_f64();
@@ -57,7 +57,11 @@ pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
         Choice::One(peer) => peer,
         Choice::Many(peers) => choose(&peers)?,
         Choice::Nothing { seen } => {
-            if let Some(destination) = options.name.and_then(|n| system_resolved(n, &seen)) {
+            let by_system = options
+                .name
+                .as_deref()
+                .and_then(|n| system_resolved(n, &seen));
+            if let Some(destination) = by_system {
                 if !options.quiet {
                     eprintln!(
                         "sending to {} (resolved by the system, not announced by xfer)",
@@ -245,21 +249,19 @@ pub fn list_peers(wait: Duration, json: bool) -> Result<(), Error> {
     let result = browse(None, wait);
     let secs = started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
-    match (&result, json) {
-        (Ok(peers), true) => {
+    if let Ok(peers) = &result {
+        if json {
             for peer in peers {
                 let _ = writeln!(out, "{}", peer_event(peer));
             }
-        }
-        (Ok(peers), false) if peers.is_empty() => eprintln!(
-            "no xfer peers answered on the LAN within {:.1} s; {MDNS_HINT}",
-            wait.as_secs_f64()
-        ),
-        (Ok(peers), false) => {
+        } else if peers.is_empty() {
+            eprintln!(
+                "no xfer peers answered on the LAN within {:.1} s; {MDNS_HINT}",
+                wait.as_secs_f64()
+            );
+        } else {
             let _ = write!(out, "{}", table(peers, false));
         }
-        (Err(_), false) => {}
-        (Err(_), true) => {}
     }
     if json {
         let mut end = json!({

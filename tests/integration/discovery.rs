@@ -483,10 +483,10 @@ fn the_announcement_goes_when_the_receiver_exits() {
     // A browser that saw it, still browsing when the receiver stops, hears
     // the goodbye and drops it.
     let watcher = std::thread::spawn({
-        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "6"]);
+        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "7"]);
         move || bounded_output(command, b"", SEND_LIMIT)
     });
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     stop(recv);
     let out = watcher.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -512,10 +512,10 @@ fn a_receiver_killed_without_goodbye_is_still_listed_by_a_browser_that_saw_it() 
     );
     lan.wait_announced(&["alpha"]);
     let watcher = std::thread::spawn({
-        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "6"]);
+        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "7"]);
         move || bounded_output(command, b"", SEND_LIMIT)
     });
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     recv.child.kill().unwrap();
     recv.child.wait().unwrap();
     let out = watcher.join().unwrap();
