@@ -26,10 +26,14 @@ const SEND_LIMIT: Duration = Duration::from_secs(20);
 
 /// Two namespaces and the veth pair between them; removed on drop.
 struct Lan {
+    /// This pair's own part of every name.
+    id: String,
     a: String,
     b: String,
     /// The veth end inside `a`.
     a_if: String,
+    /// A third namespace on a second link of `a`, when [`Lan::add_c`] made it.
+    c: Option<String>,
 }
 
 impl Lan {
@@ -47,9 +51,11 @@ impl Lan {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let lan = Lan {
+            id: id.clone(),
             a: format!("xfdisc{id}a"),
             b: format!("xfdisc{id}b"),
             a_if: format!("xfd{id}a"),
+            c: None,
         };
         let b_if = format!("xfd{id}b");
         if let Err(why) = ip(&["netns", "add", &lan.a]) {
@@ -204,8 +210,41 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// Adds namespace `c`, joined to `a` by a second veth pair on another
+    /// subnet (10.78.0.0/24: `a` is .1, `c` is .2).
+    fn add_c(&mut self) {
+        let id = &self.id;
+        let (c, a2, c2) = (
+            format!("xfdisc{id}c"),
+            format!("xfd{id}a2"),
+            format!("xfd{id}c"),
+        );
+        ip(&["netns", "add", &c]).unwrap();
+        self.c = Some(c.clone());
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["link", "add", &a2, "type", "veth", "peer", "name", &c2],
+            vec!["link", "set", &a2, "netns", &self.a],
+            vec!["link", "set", &c2, "netns", &c],
+            vec!["-n", &self.a, "addr", "add", "10.78.0.1/24", "dev", &a2],
+            vec!["-n", &c, "addr", "add", "10.78.0.2/24", "dev", &c2],
+            vec!["-n", &c, "link", "set", "lo", "up"],
+            vec!["-n", &self.a, "link", "set", &a2, "up", "multicast", "on"],
+            vec!["-n", &c, "link", "set", &c2, "up", "multicast", "on"],
+        ];
+        for step in steps {
+            if let Err(why) = ip(&step) {
+                panic!("setting up the third namespace: ip {step:?}: {why}");
+            }
+        }
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
+        if let Some(c) = &self.c {
+            let _ = ip(&["netns", "del", c]);
+        }
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.b));
         // Deleting a namespace deletes the veth end inside it, and so both.
         let _ = ip(&["netns", "del", &self.a]);
@@ -815,4 +854,41 @@ fn a_name_already_taken_on_the_lan_is_renamed_and_the_receiver_says_so() {
         "{stderr}"
     );
     stop(first);
+}
+
+#[test]
+fn a_receiver_on_two_links_is_announced_on_each_with_that_links_address() {
+    let Some(mut lan) = Lan::new() else { return };
+    lan.add_c();
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("two-links.txt");
+    std::fs::write(&file, "both").unwrap();
+    let (recv, port) = lan.recv(
+        dst.path(),
+        &["--listen", "0.0.0.0:0", "--name", "hub"],
+        None,
+    );
+    lan.wait_announced(&["hub"]);
+
+    // From b: only the address on b's link, which b can reach.
+    let seen = lan.peers("1.5");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0]["addrs"],
+        serde_json::json!([format!("{A_IP}:{port}")])
+    );
+
+    // From c, the other link: its own address, and a send gets through.
+    let c = lan.c.clone().unwrap();
+    let mut command = lan.xfer(&c, &["send", file.to_str().unwrap()]);
+    command.env_remove("XFER_CODE");
+    let out = bounded_output(command, b"", SEND_LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&format!("'hub' at 10.78.0.1:{port}")), "{err}");
+    assert_eq!(
+        std::fs::read(dst.path().join("two-links.txt")).unwrap(),
+        b"both"
+    );
+    stop(recv);
 }
