@@ -16,17 +16,18 @@ use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
 
 /// Runs one `xfer` command to completion.
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// `verbose` asks for a line per file.
+pub async fn run(command: Command, verbose: bool) -> anyhow::Result<()> {
     match command {
-        Command::Send(args) => send(&args).await,
-        Command::Recv(args) => recv(&args).await,
+        Command::Send(args) => send(&args, verbose).await,
+        Command::Recv(args) => recv(&args, verbose).await,
         Command::Peers(args) => peers(&args).await,
     }
 }
 
-async fn send(args: &SendArgs) -> anyhow::Result<()> {
+async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
     let request = args.to_request()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send));
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send));
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;
@@ -64,7 +65,7 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
     result.map(drop)
 }
 
-async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
+async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
     let (config, code_source) = args.to_config()?;
     let listen = config.listen;
     let once = config.once;
@@ -88,14 +89,20 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     let signalled = stop_signal()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv));
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv));
     reporter.listening(&local);
+    let flag = if code.is_some() { "--code " } else { "" };
+    let mut commands: Vec<String> = crate::reach::addresses(local)
+        .iter()
+        .map(|addr| format!("xfer send {flag}FILE {addr}"))
+        .collect();
     if let Some((code, generated)) = &code {
-        reporter.code(
-            code,
-            *generated,
-            &format!("xfer send --code FILE... {}", reach(&local)),
-        );
+        if commands.is_empty() {
+            commands.push(format!("xfer send --code FILE {}", reach(&local)));
+        }
+        reporter.code(code, *generated, &commands);
+    } else {
+        reporter.reach_by(&commands);
     }
     tokio::spawn(async move {
         signalled.await;

@@ -69,9 +69,9 @@ Examples:
     after_long_help = concat_help(MAIN_EXAMPLES)
 )]
 pub struct Cli {
-    /// Log debugging detail to stderr.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
+    /// A line per file on stderr (-v); debugging detail too (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Command,
@@ -287,10 +287,11 @@ impl CodeArgs {
 }
 
 impl OutputArgs {
-    pub fn mode(&self) -> OutputMode {
+    pub fn mode(&self, verbose: bool) -> OutputMode {
         OutputMode {
             json: self.json,
             quiet: self.quiet,
+            verbose,
         }
     }
 }
@@ -396,8 +397,11 @@ impl SendArgs {
         };
         for path in &paths {
             if !exists(path) && path.to_str().is_some_and(looks_like_address) {
+                // `xfer send 10.0.0.5:7171 file.bin`: told as such, not as
+                // a missing file.
                 return Err(Error::Usage(format!(
-                    "'{}' is an address, but the address goes last: xfer send PATH... ADDR",
+                    "'{0}' looks like the receiver's address, not a file here: \
+                     the address goes last (xfer send PATH... {0})",
                     path.display()
                 )));
             }

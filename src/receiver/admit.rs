@@ -18,7 +18,9 @@ use crate::code::Code;
 use crate::error::Error;
 use crate::events::{Event, Observer};
 use crate::protocol::secure::{upgrade, Role};
-use crate::protocol::{handshake_with, Connection, FrameReader, FrameWriter, Message, CAP_CODE};
+use crate::protocol::{
+    handshake_with, Connection, FrameReader, FrameWriter, Message, CAP_CODE, CAP_TOTALS,
+};
 use crate::storage::Storage;
 
 /// What a session needs from the server.
@@ -38,6 +40,8 @@ pub(super) struct Context {
     /// The code senders must hold, if this receiver has one.
     pub code: Option<Arc<Code>>,
     pub guard: Arc<Guard>,
+    /// The sender's hello's capability bits, once it said hello.
+    pub peer_caps: u32,
 }
 
 /// How one connection ended, for the server.
@@ -74,7 +78,12 @@ pub(super) async fn serve_one<C: Connection>(
     )));
     let result = run(stream, &peer, context, hello_permit, &ledger).await;
     if let Err(e) = &result {
-        log::warn!("session with {peer} ended: {e}");
+        match e {
+            // Logged even when quiet: someone tried a wrong code.
+            Error::Auth(_) | Error::CodeMismatch => log::warn!("session with {peer} ended: {e}"),
+            // The session's summary line says so; this is for -vv.
+            _ => log::debug!("session with {peer} ended: {e}"),
+        }
     }
     let mut summary = match ledger.lock() {
         Ok(mut ledger) => {
@@ -102,7 +111,7 @@ pub(super) async fn serve_one<C: Connection>(
 async fn run<C: Connection>(
     stream: C,
     peer: &str,
-    context: Context,
+    mut context: Context,
     hello_permit: OwnedSemaphorePermit,
     ledger: &Arc<Mutex<Ledger>>,
 ) -> Result<(), Error> {
@@ -116,7 +125,7 @@ async fn run<C: Connection>(
         detail,
     };
     let secs = context.handshake_timeout.as_secs();
-    let ours = if context.code.is_some() { CAP_CODE } else { 0 };
+    let ours = CAP_TOTALS | if context.code.is_some() { CAP_CODE } else { 0 };
     let theirs = match tokio::time::timeout(
         context.handshake_timeout,
         handshake_with(&mut reader, &mut writer, ours),
@@ -127,6 +136,7 @@ async fn run<C: Connection>(
         Err(_) => return Err(lost(format!("no hello within {secs} s"))),
     };
     drop(hello_permit);
+    context.peer_caps = theirs;
     let code = match (&context.code, theirs & CAP_CODE != 0) {
         (None, false) => None,
         (None, true) => {

@@ -82,6 +82,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         code: code.clone().map(Arc::new),
         guard: Guard::new(),
+        peer_caps: 0,
     };
     let hellos = Arc::new(Semaphore::new(1));
     let permit = hellos.try_acquire_owned().unwrap();

@@ -150,6 +150,7 @@ impl Server {
                 peer_ip: peer.ip(),
                 code: self.code.clone(),
                 guard: Arc::clone(&self.guard),
+                peer_caps: 0,
             };
             next_session += 1;
             report.sessions += 1;

@@ -32,7 +32,8 @@ use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
 use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{
-    handshake_with, Connection, EntryKind, FrameReader, FrameWriter, Transport, CAP_CODE,
+    handshake_with, Connection, EntryKind, FrameReader, FrameWriter, Message, Transport, CAP_CODE,
+    CAP_TOTALS,
 };
 use digest_cache::DigestCache;
 use ledger::Ledger;
@@ -113,6 +114,17 @@ pub async fn send_over<C: Connection>(
             .into()),
         }
     });
+    // Cut short with files still to go: a re-run skips what arrived and
+    // resumes what was kept.
+    let result = result.map_err(|e| match e.downcast::<Error>() {
+        Ok(
+            cause @ (Error::ConnectionLost { .. } | Error::PeerAborted { .. } | Error::Interrupted),
+        ) if summary.offered > 0 && summary.undelivered() > 0 => {
+            Error::Resumable(Box::new(cause)).into()
+        }
+        Ok(other) => other.into(),
+        Err(e) => e,
+    });
     observer.event(Event::SessionEnded {
         session: 0,
         peer,
@@ -160,11 +172,10 @@ async fn run<C: Connection>(
     let entries = collected.entries;
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
-    observer.event(Event::Totals {
-        session: 0,
-        files,
-        bytes,
-    });
+    ledger
+        .lock()
+        .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
+        .expect(files, bytes);
     let cache = config
         .digest_cache
         .as_deref()
@@ -201,12 +212,13 @@ async fn run<C: Connection>(
     let mut reader = FrameReader::new(read_half, Arc::clone(&peer), idle);
     let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), idle);
     reader.watch(&writer);
-    let ours = if config.code.is_some() { CAP_CODE } else { 0 };
+    let ours = CAP_TOTALS | if config.code.is_some() { CAP_CODE } else { 0 };
     let theirs = tokio::select! {
         r = handshake_with(&mut reader, &mut writer, ours) => r?,
         _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
     };
     let talk = Talk {
+        totals: (theirs & CAP_TOTALS != 0).then_some((files, bytes)),
         batches: batch_rx,
         cache,
         observer,
@@ -258,6 +270,8 @@ fn refused_hint(e: Error) -> Error {
 /// What the rest of a session needs once the connection (plain or
 /// sealed) is up.
 struct Talk<'a> {
+    /// Announced before the first offer, when the receiver takes them.
+    totals: Option<(u64, u64)>,
     batches: mpsc::Receiver<source::Batch>,
     cache: Option<Arc<DigestCache>>,
     observer: &'a Arc<dyn Observer>,
@@ -274,6 +288,7 @@ impl Talk<'_> {
         W: Transport,
     {
         let Talk {
+            totals,
             batches: batch_rx,
             cache,
             observer,
@@ -308,7 +323,12 @@ impl Talk<'_> {
             next_id: 0,
         };
         let written = tokio::select! {
-            r = session.run(batch_rx) => r,
+            r = async {
+                if let Some((files, bytes)) = totals {
+                    session.writer.send(&Message::Totals { files, bytes }).await?;
+                }
+                session.run(batch_rx).await
+            } => r,
             _ = async { cancel.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
                 Err(Error::Interrupted)
             }

@@ -301,10 +301,6 @@ impl<W: Transport> Session<W> {
                 })
                 .await?;
             self.ledger()?.sent(id, size - offset);
-            self.observer.event(Event::Progress {
-                session: 0,
-                bytes: size - offset,
-            });
             return Ok(());
         }
         let cannot_read = |e: std::io::Error| format!("cannot read: {}", describe_io(&e));
@@ -353,10 +349,6 @@ impl<W: Transport> Session<W> {
                 pace.advance(position);
             }
             self.ledger()?.sent(id, sent);
-            self.observer.event(Event::Progress {
-                session: 0,
-                bytes: sent,
-            });
             if sent < step {
                 break;
             }

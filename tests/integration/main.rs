@@ -12,4 +12,5 @@ mod events;
 mod faults;
 mod hostile;
 mod storage;
+mod terminal;
 mod transfer;
