@@ -123,15 +123,25 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finds the receiver on the LAN (blocking, bounded), unless interrupted.
+/// Finds the receiver on the LAN, unless interrupted. The search runs on
+/// a thread of its own, not the runtime's blocking pool: a person asked to
+/// choose may never answer, and Ctrl-C must not then wait for them.
 async fn find_receiver(
     options: FindOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<crate::sender::Destination> {
-    let search =
-        tokio::task::spawn_blocking(move || crate::discovery::present::find_receiver(&options));
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("find-receiver".into())
+        .spawn(move || {
+            let _ = found_tx.send(crate::discovery::present::find_receiver(&options));
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the search: {e}")))?;
     tokio::select! {
-        found = search => Ok(found.map_err(|e| Error::Internal(format!("the search failed: {e}")))??),
+        found = found_rx => {
+            let found = found.map_err(|_| Error::Internal("the search stopped without an answer".into()))?;
+            Ok(found?)
+        }
         _ = cancel.cancelled() => Err(Error::Interrupted.into()),
     }
 }

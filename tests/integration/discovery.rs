@@ -892,3 +892,86 @@ fn a_receiver_on_two_links_is_announced_on_each_with_that_links_address() {
     );
     stop(recv);
 }
+
+#[test]
+fn ctrl_c_at_the_numbered_choice_stops_the_send_at_once() {
+    let Some(lan) = Lan::new() else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: util-linux 'script' is needed for a terminal");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("kept.txt");
+    std::fs::write(&file, "kept").unwrap();
+    let (alpha, _) = lan.recv(
+        one.path(),
+        &["--listen", "0.0.0.0:0", "--name", "alpha"],
+        None,
+    );
+    let (beta, _) = lan.recv(
+        two.path(),
+        &["--listen", "0.0.0.0:0", "--name", "beta"],
+        None,
+    );
+    lan.wait_announced(&["alpha", "beta"]);
+
+    // Ctrl-C typed once the prompt shows: the terminal makes it SIGINT.
+    let line = format!("{} send '{}'", env!("CARGO_BIN_EXE_xfer"), file.display());
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.b,
+            "script",
+            "-qefc",
+            &line,
+            "/dev/null",
+        ])
+        .env("XFER_CACHE_DIR", test_cache_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
+            if tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let deadline = Instant::now() + SEND_LIMIT;
+    let mut screen = Vec::new();
+    let mut typed = false;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still waiting: {}", String::from_utf8_lossy(&screen));
+        }
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            screen.extend_from_slice(&chunk);
+        }
+        if !typed && String::from_utf8_lossy(&screen).contains("send to which receiver?") {
+            std::io::Write::write_all(&mut stdin, b"\x03").unwrap();
+            typed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+        screen.extend_from_slice(&chunk);
+    }
+    let screen = String::from_utf8_lossy(&screen);
+    assert!(typed, "no prompt: {screen}");
+    assert_eq!(status.code(), Some(130), "{screen}");
+    assert!(screen.contains("error: interrupted"), "{screen}");
+    assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
+    assert!(std::fs::read_dir(two.path()).unwrap().next().is_none());
+    stop(alpha);
+    stop(beta);
+}
