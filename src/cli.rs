@@ -23,7 +23,8 @@ Exit codes:
   1    the session ran to its end but some file is not at the receiver, or a local error
   2    bad command line: unknown flag, malformed address, a path that does not exist
   3    the network or the peer: cannot connect or listen, connection lost or silent,
-       or the peer ended the session early (stopped, interrupted, busy)
+       the peer ended the session early (stopped, interrupted, busy),
+       or no receiver found on the LAN
   4    the peer is not xfer, speaks another protocol version, or broke the protocol
   5    the code did not match, or one side has a code and the other none
   130  interrupted with Ctrl-C";
@@ -38,13 +39,26 @@ Examples:
   xfer send report.pdf 192.168.1.20        # port 7171
   xfer send photos/ notes.txt laptop.local:7171
   xfer send --json big.iso '[2001:db8::5]:7171' | jq .
-  xfer send -- -odd-name.txt host:7171";
+  xfer send -- -odd-name.txt host:7171
+  xfer send report.pdf                     # the one receiver on the LAN (mDNS)
+  xfer send --to laptop photos/            # the receiver announced as 'laptop'
+
+The last argument is the address unless it names an existing file or
+directory; without an address the receiver is found on the LAN (DNS-SD over
+mDNS, about 1.5 s): one receiver is used, several are listed. A receiver
+found that way is not authenticated unless you use a code.";
 
 const RECV_EXAMPLES: &str = "\
 Examples:
   xfer recv --dir ~/inbox                  # all interfaces, port 7171
   xfer recv --listen 127.0.0.1:0 --once    # a free port, one sender, then exit
-  xfer recv --json --max-size 10G --dir /srv/drop";
+  xfer recv --json --max-size 10G --dir /srv/drop
+  xfer recv --name den-pc                  # announced on the LAN as 'den-pc'";
+
+const PEERS_EXAMPLES: &str = "\
+Examples:
+  xfer peers                               # receivers announced on the LAN
+  xfer peers --json --wait 3 | jq .";
 
 const COMPLETIONS_EXAMPLES: &str = "\
 Examples:
@@ -82,6 +96,9 @@ pub enum Command {
     /// Receive files into a directory, serving senders until stopped.
     #[command(after_long_help = concat_help(RECV_EXAMPLES))]
     Recv(RecvArgs),
+    /// List the xfer receivers announced on the LAN (DNS-SD over mDNS).
+    #[command(after_long_help = concat_help(PEERS_EXAMPLES))]
+    Peers(PeersArgs),
     /// Print a shell completion script on stdout.
     #[command(after_long_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -115,14 +132,21 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    override_usage = "xfer send [OPTIONS] <PATH>... [ADDR]\n       xfer send [OPTIONS] --to NAME <PATH>..."
+)]
 pub struct SendArgs {
-    /// Files and directories to send (directories are sent recursively).
+    /// Files and directories to send (directories recursively), then ADDR:
+    /// the receiver as HOST:PORT, [IPv6]:PORT, or HOST alone for port 7171.
+    /// The last argument is ADDR unless it names an existing file or
+    /// directory; without ADDR the receiver is looked up on the LAN.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 
-    /// Receiver as HOST:PORT, [IPv6]:PORT, or HOST alone for port 7171.
-    #[arg(value_name = "ADDR")]
-    pub addr: String,
+    /// Send to the receiver announced on the LAN as NAME (see `xfer
+    /// peers`); a NAME.local host name the system resolves works too.
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
 
     /// Give up when the connection makes no progress for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -214,12 +238,32 @@ pub struct RecvArgs {
     /// `cd DIR && sha256sum -c FILE` checks them.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+    /// Name to announce on the LAN, for `xfer send --to NAME` (default: the
+    /// host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Do not announce this receiver on the LAN (DNS-SD over mDNS). A
+    /// receiver listening on loopback only is never announced.
+    #[arg(long)]
+    pub no_announce: bool,
 
     #[command(flatten)]
     pub code: CodeArgs,
 
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// How long to listen for answers, in seconds (decimals allowed).
+    #[arg(long, value_name = "SECS", default_value = "1.5", value_parser = parse_wait)]
+    pub wait: Duration,
+
+    /// Print JSON Lines events on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The code flags shared by both subcommands.
@@ -314,12 +358,128 @@ fn rate(flag: Option<u64>) -> Option<u64> {
     flag.filter(|r| *r > 0)
 }
 
+/// Where `xfer send` goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The address given last on the command line: nothing is looked up
+    /// on the LAN.
+    Address(Destination),
+    /// A receiver to find on the LAN: the one named by `--to`, or the one
+    /// that fits.
+    Find { name: Option<String> },
+}
+
+/// A validated `xfer send`, before its receiver is known.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub target: Target,
+    pub paths: Vec<PathBuf>,
+    pub code: Option<Code>,
+    pub idle_timeout: Duration,
+    pub limit_rate: Option<u64>,
+    pub digest_cache: Option<PathBuf>,
+}
+
+impl SendRequest {
+    /// The configuration for sending to `destination`.
+    pub fn into_config(self, destination: Destination) -> SendConfig {
+        SendConfig {
+            paths: self.paths,
+            destination,
+            idle_timeout: self.idle_timeout,
+            limit_rate: self.limit_rate,
+            digest_cache: self.digest_cache,
+            code: self.code,
+        }
+    }
+}
+
+/// Whether a word that is not a path reads as an address someone meant:
+/// an IP literal, or anything with an explicit port. A bare name might be
+/// a file that is missing, so it is not.
+fn looks_like_address(word: &str) -> bool {
+    word.parse::<IpAddr>().is_ok()
+        || ((word.contains(':') || word.starts_with('[')) && parse_destination(word).is_ok())
+}
+
+fn exists(path: &std::path::Path) -> bool {
+    path.symlink_metadata().is_ok()
+}
+
 impl SendArgs {
-    /// Checks the values clap cannot.
+    /// Splits `PATH... [ADDR]`: the last argument is the address unless it
+    /// names an existing file or directory, or `--to` is given. Without an
+    /// address every path must exist now, before the LAN is searched.
+    pub fn target(&self) -> Result<(Vec<PathBuf>, Target), Error> {
+        let Some((last, rest)) = self.paths.split_last() else {
+            return Err(Error::Usage(
+                "nothing to send: xfer send PATH... [ADDR]".into(),
+            ));
+        };
+        let (paths, target) = if let Some(name) = &self.to {
+            if name.is_empty() {
+                return Err(Error::Usage("--to needs a receiver's name".into()));
+            }
+            if !exists(last) && last.to_str().is_some_and(looks_like_address) {
+                return Err(Error::Usage(format!(
+                    "give either --to NAME or an address, not both ('{}')",
+                    last.display()
+                )));
+            }
+            let target = Target::Find {
+                name: Some(name.clone()),
+            };
+            (self.paths.clone(), target)
+        } else if exists(last) {
+            (self.paths.clone(), Target::Find { name: None })
+        } else if rest.is_empty() {
+            if last.to_str().is_some_and(looks_like_address) {
+                return Err(Error::Usage(format!(
+                    "nothing to send to {}: give the files first, then the address: \
+                     xfer send PATH... ADDR",
+                    last.display()
+                )));
+            }
+            (self.paths.clone(), Target::Find { name: None })
+        } else {
+            let addr = last.to_str().ok_or_else(|| {
+                Error::Usage(format!(
+                    "invalid address {:?}: not valid UTF-8",
+                    last.as_os_str()
+                ))
+            })?;
+            (rest.to_vec(), Target::Address(parse_destination(addr)?))
+        };
+        for path in &paths {
+            if !exists(path) && path.to_str().is_some_and(looks_like_address) {
+                // `xfer send 10.0.0.5:7171 file.bin`: told as such, not as
+                // a missing file.
+                return Err(Error::Usage(format!(
+                    "'{0}' looks like the receiver's address, not a file here: \
+                     the address goes last (xfer send PATH... {0})",
+                    path.display()
+                )));
+            }
+        }
+        if matches!(target, Target::Find { .. }) {
+            for path in &paths {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(Error::Usage(format!(
+                        "cannot send '{}': {}",
+                        path.display(),
+                        crate::error::describe_io(&e)
+                    )));
+                }
+            }
+        }
+        Ok((paths, target))
+    }
+
     /// Checks the values clap cannot; a code not given otherwise is asked
     /// for on the terminal, without echo.
-    pub fn to_config(&self) -> Result<SendConfig, Error> {
-        address_last(&self.paths, &self.addr)?;
+    pub fn to_request(&self) -> Result<SendRequest, Error> {
+        let (paths, target) = self.target()?;
+        let idle_timeout = idle(self.idle_timeout)?;
         let code = self.code.resolve(|| {
             let typed = crate::code::prompt("code (from the receiving machine): ")
                 .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
@@ -327,11 +487,11 @@ impl SendArgs {
                 Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
             Ok((code, CodeSource::Given))
         })?;
-        Ok(SendConfig {
+        Ok(SendRequest {
+            target,
             code: code.map(|(code, _)| code),
-            paths: self.paths.clone(),
-            destination: parse_destination(&self.addr)?,
-            idle_timeout: idle(self.idle_timeout)?,
+            paths,
+            idle_timeout,
             limit_rate: rate(self.limit_rate),
             digest_cache: if self.no_cache {
                 None
@@ -353,6 +513,9 @@ impl RecvArgs {
             .code
             .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
         let source = code.as_ref().map(|(_, source)| *source);
+        if let Some(name) = &self.name {
+            crate::discovery::check_name(name)?;
+        }
         let config = RecvConfig {
             code: code.map(|(code, _)| code),
             limit_rate: rate(self.limit_rate),
@@ -375,6 +538,16 @@ impl RecvArgs {
             },
         };
         Ok((config, source))
+    }
+}
+
+/// A wait in seconds: a positive number up to an hour.
+fn parse_wait(raw: &str) -> Result<Duration, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 3600.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "'{raw}' is not a number of seconds from 0.1 to 3600"
+        )),
     }
 }
 
@@ -440,25 +613,6 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
 }
 
 /// `HOST:PORT`, `[IPv6]:PORT`, `HOST`, `[IPv6]` or a bare IPv6 address.
-/// `xfer send 10.0.0.5:7171 file.bin`: the address came first. Told as
-/// such, instead of as a missing file and an unknown host.
-fn address_last(paths: &[PathBuf], addr: &str) -> Result<(), Error> {
-    let Some(first) = paths.first().and_then(|p| p.to_str()) else {
-        return Ok(());
-    };
-    let looks_like_address = |s: &str| s.contains(':') && parse_destination(s).is_ok();
-    if std::path::Path::new(addr).exists()
-        && !std::path::Path::new(first).exists()
-        && looks_like_address(first)
-    {
-        return Err(Error::Usage(format!(
-            "'{first}' looks like the receiver's address and '{addr}' is a local file: \
-             the address goes last (xfer send PATH... {first})"
-        )));
-    }
-    Ok(())
-}
-
 pub fn parse_destination(raw: &str) -> Result<Destination, Error> {
     let bad = |why: &str| Error::Usage(format!("invalid address '{raw}': {why}"));
     let port_of = |p: &str| match p.parse::<u16>() {
@@ -656,7 +810,7 @@ mod tests {
             let Command::Send(args) = cli.command else {
                 panic!("not send")
             };
-            Ok::<_, clap::Error>(args.to_config().unwrap().limit_rate)
+            Ok::<_, clap::Error>(args.to_request().unwrap().limit_rate)
         };
         assert_eq!(send("50M").unwrap(), Some(50 << 20));
         assert_eq!(send("1.5MB").unwrap(), Some(1_500_000));
@@ -685,8 +839,96 @@ mod tests {
         let Command::Send(args) = cli.command else {
             panic!("not send")
         };
-        assert_eq!(args.paths, [PathBuf::from("a"), PathBuf::from("b/")]);
-        assert_eq!(args.addr, "host:1");
-        assert!(Cli::try_parse_from(["xfer", "send", "host:1"]).is_err());
+        let (paths, target) = args.target().unwrap();
+        assert_eq!(paths, [PathBuf::from("a"), PathBuf::from("b/")]);
+        assert_eq!(
+            target,
+            Target::Address(Destination {
+                host: "host".into(),
+                port: 1
+            })
+        );
+    }
+
+    fn target_of(args: &[&str]) -> Result<(Vec<PathBuf>, Target), Error> {
+        let cli = Cli::try_parse_from(["xfer", "send"].iter().chain(args)).unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("not send")
+        };
+        args.target()
+    }
+
+    #[test]
+    fn the_last_argument_is_the_address_unless_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        let laptop = dir.path().join("laptop");
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&laptop, "l").unwrap();
+        let (a, laptop) = (a.to_str().unwrap(), laptop.to_str().unwrap());
+        let find = Target::Find { name: None };
+
+        // Two existing files: both are sent, to a receiver found on the LAN.
+        let (paths, target) = target_of(&[a, laptop]).unwrap();
+        assert_eq!((paths.len(), target), (2, find.clone()));
+        // One existing file alone.
+        assert_eq!(target_of(&[a]).unwrap().1, find);
+        // The old form: a last word that is not a path is the address,
+        // parsed or rejected as before.
+        let (paths, target) = target_of(&[a, "laptop"]).unwrap();
+        assert_eq!(paths, [PathBuf::from(a)]);
+        assert!(matches!(target, Target::Address(d) if d.host == "laptop"));
+        assert!(matches!(
+            target_of(&[a, "host:notaport"]),
+            Err(Error::Usage(m)) if m.contains("invalid address 'host:notaport'")
+        ));
+        // --to: every argument is a path.
+        let (paths, target) = target_of(&["--to", "den", a, laptop]).unwrap();
+        assert_eq!(paths.len(), 2);
+        assert_eq!(
+            target,
+            Target::Find {
+                name: Some("den".into())
+            }
+        );
+    }
+
+    #[test]
+    fn an_address_in_the_wrong_place_says_where_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        std::fs::write(&a, "a").unwrap();
+        let a = a.to_str().unwrap();
+        for args in [
+            &["10.0.0.5:7171", a][..],
+            &["[::1]:9", a, "b.txt"],
+            &["10.0.0.5"],
+        ] {
+            let Err(Error::Usage(message)) = target_of(args) else {
+                panic!("{args:?} accepted")
+            };
+            assert!(
+                message.contains("goes last") || message.contains("give the files first"),
+                "{message}"
+            );
+        }
+        let Err(Error::Usage(message)) = target_of(&["--to", "den", a, "10.0.0.5:7171"]) else {
+            panic!("--to with an address accepted")
+        };
+        assert!(message.contains("not both"), "{message}");
+        // Without an address, a missing path is reported before any search.
+        let Err(Error::Usage(message)) = target_of(&[a, "--to", "den", "missing.txt"]) else {
+            panic!("missing path accepted")
+        };
+        assert!(message.contains("cannot send 'missing.txt'"), "{message}");
+    }
+
+    #[test]
+    fn waits_parse() {
+        assert_eq!(parse_wait("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_wait("3"), Ok(Duration::from_secs(3)));
+        for bad in ["0", "-1", "x", "7200", "NaN"] {
+            assert!(parse_wait(bad).is_err(), "{bad}");
+        }
     }
 }

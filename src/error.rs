@@ -77,6 +77,10 @@ pub enum Error {
         total: u64,
         first: String,
     },
+    /// Finding peers on the LAN failed: mDNS could not run, or no
+    /// receiver fit. The text says what to do.
+    #[error("{0}")]
+    Discovery(String),
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -98,7 +102,8 @@ impl Error {
             Error::Connect { .. }
             | Error::Listen { .. }
             | Error::ConnectionLost { .. }
-            | Error::PeerAborted { .. } => EXIT_NETWORK,
+            | Error::PeerAborted { .. }
+            | Error::Discovery(_) => EXIT_NETWORK,
             Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
             Error::CodeMismatch | Error::Auth(_) => EXIT_AUTH,

@@ -25,6 +25,8 @@
 //!   nameless files, publishing, cleanup.
 //! - [`code`]: short codes (`4821-orbit-lemon-tiger-brick`): generating,
 //!   writing and typing them back, and reading one from a terminal or file.
+//! - [`discovery`]: DNS-SD over mDNS: announcing a peer, browsing for
+//!   peers of one role, and choosing the receiver `xfer send` goes to.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown
@@ -40,6 +42,7 @@
 pub mod app;
 pub mod cli;
 pub mod code;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod hashing;

@@ -7,6 +7,7 @@ mod proxies;
 
 mod cli;
 mod codes;
+mod discovery;
 mod events;
 mod faults;
 mod hostile;
