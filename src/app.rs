@@ -127,8 +127,10 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     let announcement = announce(args, &local, code.as_ref().map(|(c, _)| c.number()));
-    let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter);
+    let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter.clone());
     let report = server.serve(listener, observer, shutdown).await;
+    // Sessions still open when the stop came leave no line behind.
+    reporter.clear_bars();
     if let Some(announcement) = announcement {
         let _ = tokio::task::spawn_blocking(move || announcement.withdraw()).await;
     }

@@ -142,6 +142,14 @@ impl Meter {
         self.bytes_done = self.bytes_done.saturating_sub(std::mem::take(counted));
     }
 
+    /// The session ran to its end: what is done is the whole of it, whatever
+    /// was announced or counted up front (a file that changed size since,
+    /// a sender that announced more than it offered).
+    pub fn complete(&mut self) {
+        self.files = self.files_done;
+        self.bytes = self.bytes_done;
+    }
+
     /// A file of `size` reached a final state; `counted` is what it added.
     /// Stored, it counts whole; otherwise it leaves the session's bytes.
     pub fn finish(&mut self, size: u64, counted: u64, stored: bool) {

@@ -278,7 +278,11 @@ fn eta(m: &Meter, rate: Option<f64>) -> String {
         return "0:00".into();
     }
     match rate {
-        Some(rate) if rate >= 1.0 => clock(Duration::from_secs_f64(left as f64 / rate)),
+        // Clamped before it becomes a Duration: a huge total at a crawl
+        // is "99:59:59", not a panic.
+        Some(rate) if rate >= 1.0 => clock(Duration::from_secs_f64(
+            (left as f64 / rate).min(100.0 * 3600.0),
+        )),
         _ => "-".into(),
     }
 }
@@ -317,36 +321,43 @@ pub fn shorten(text: &str, width: usize) -> String {
     // The end says which file; give it the larger half.
     let budget = width - 1;
     let tail_budget = budget - budget / 3;
-    let head_budget = budget - tail_budget;
-    let head = take_width(text.chars(), head_budget);
-    let tail: String = {
-        let reversed = take_width(text.chars().rev(), tail_budget);
-        reversed.chars().rev().collect()
-    };
-    format!("{head}…{tail}")
+    let head = head_within(text, budget - tail_budget);
+    let tail = tail_within(text, tail_budget);
+    // Joined, two pieces can measure differently than apart (a modifier
+    // at the tail's start): the whole is cut to fit once more.
+    truncate(&format!("{head}…{tail}"), width)
 }
 
 /// `text` cut to at most `width` columns.
 fn truncate(text: &str, width: usize) -> String {
-    if text.width() <= width {
-        text.to_owned()
-    } else {
-        take_width(text.chars(), width)
-    }
+    head_within(text, width).to_owned()
 }
 
-fn take_width(chars: impl Iterator<Item = char>, width: usize) -> String {
-    let mut out = String::new();
-    let mut used = 0;
-    for c in chars {
-        let w = c.width().unwrap_or(0);
-        if used + w > width {
-            break;
-        }
-        used += w;
-        out.push(c);
+/// The longest start of `text` at most `width` columns wide, measured as
+/// whole strings are (a variation selector can widen the character before
+/// it, so columns are not a sum over characters).
+fn head_within(text: &str, width: usize) -> &str {
+    let cuts: Vec<usize> = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(text.len()))
+        .collect();
+    // Widths of prefixes grow with their length: the last that fits.
+    let fits = cuts.partition_point(|&cut| text[..cut].width() <= width);
+    &text[..cuts[fits.saturating_sub(1)]]
+}
+
+/// The longest end of `text` at most `width` columns wide, not starting
+/// with a character that only modifies the one before it.
+fn tail_within(text: &str, width: usize) -> &str {
+    let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+    // Suffixes grow as their start moves left: the first start that fits.
+    let first = cuts.partition_point(|&cut| text[cut..].width() > width);
+    let mut tail = cuts.get(first).map_or("", |&cut| &text[cut..]);
+    while let Some(c) = tail.chars().next().filter(|c| c.width() == Some(0)) {
+        tail = &tail[c.len_utf8()..];
     }
-    out
+    tail
 }
 
 #[cfg(test)]
@@ -457,6 +468,25 @@ mod tests {
         assert_eq!(bar(&m(1, 1), 6, false), "[====]");
         assert_eq!(bar(&m(1, 2), 6, false), "[==> ]");
         assert_eq!(bar(&m(0, 2), 6, false), "[>   ]");
+    }
+
+    #[test]
+    fn emoji_sequences_are_measured_as_the_terminal_draws_them() {
+        let name = "\u{2764}\u{FE0F}".repeat(60);
+        for width in 0..100 {
+            let short = shorten(&name, width);
+            assert!(short.width() <= width, "{width}: {short:?}");
+            assert!(
+                !short.contains("…\u{FE0F}"),
+                "a dangling selector: {short:?}"
+            );
+            let v = View {
+                current: Some(name.clone()),
+                ..View::default()
+            };
+            let line = render(&v, width);
+            assert!(line.width() <= width, "{width}: {line:?}");
+        }
     }
 
     #[test]

@@ -59,6 +59,11 @@ struct LineState {
 impl LineState {
     fn moved(&mut self, meter: Meter) {
         self.view.meter = meter;
+        // The rate is measured from the first byte moved, not from before
+        // the connection was made.
+        if meter.moved == 0 {
+            return;
+        }
         let now = Instant::now();
         match self.samples.back() {
             Some((at, _)) if now.duration_since(*at) < REDRAW => {}
@@ -74,9 +79,15 @@ impl LineState {
         }
     }
 
-    /// Bytes per second from the oldest sample in the window to now.
+    /// Bytes per second from the newest sample at least a window old (or
+    /// the oldest there is) to now: a stall shows as a falling rate.
     fn rate(&self, now: Instant) -> Option<f64> {
-        let (at, moved) = *self.samples.front()?;
+        let (at, moved) = *self
+            .samples
+            .iter()
+            .rev()
+            .find(|(at, _)| now.duration_since(*at) >= RATE_WINDOW)
+            .or(self.samples.front())?;
         let span = now.duration_since(at);
         (span >= RATE_SETTLE)
             .then(|| self.view.meter.moved.saturating_sub(moved) as f64 / span.as_secs_f64())
@@ -96,6 +107,8 @@ struct Tracked {
     bar: Option<ProgressBar>,
     /// Failed files by name, the first few, for the summary.
     failed: Vec<String>,
+    /// Its line was drawn for the last time.
+    ended: bool,
 }
 
 /// The terminal and stdout side of a run.
@@ -209,36 +222,40 @@ impl Reporter {
         Some(f(sessions.entry(session).or_default()))
     }
 
-    /// Starts drawing `session`'s line.
-    fn add_bar(&self, session: u64, peer: Option<String>) {
+    /// Runs `f` on the state of a session that has started and not ended.
+    fn with_known<T>(&self, session: u64, f: impl FnOnce(&mut Tracked) -> T) -> Option<T> {
+        let mut sessions = self.sessions.lock().ok()?;
+        sessions.get_mut(&session).map(f)
+    }
+
+    /// Starts drawing `session`'s line, unless it is drawn already or over.
+    fn add_bar(&self, session: u64) {
         if !self.drawing {
             return;
         }
-        let Some(line) = self.with(session, |t| {
-            if let Ok(mut l) = t.line.lock() {
-                l.view.peer = peer;
+        self.with(session, |t| {
+            if t.bar.is_some() || t.ended {
+                return;
             }
-            Arc::clone(&t.line)
-        }) else {
-            return;
-        };
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-        let style = ProgressStyle::with_template("{xfer_line}").map(|style| {
-            style.with_key(
-                "xfer_line",
-                move |_: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
-                    if let Ok(line) = line.lock() {
-                        let _ = out.write_str(&line.render(screen_width()));
-                    }
-                },
-            )
+            let line = Arc::clone(&t.line);
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+            let style = ProgressStyle::with_template("{xfer_line}").map(|style| {
+                style.with_key(
+                    "xfer_line",
+                    move |_: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                        if let Ok(line) = line.lock() {
+                            let _ = out.write_str(&line.render(screen_width()));
+                        }
+                    },
+                )
+            });
+            if let Ok(style) = style {
+                bar.set_style(style);
+            }
+            let bar = self.multi.add(bar);
+            bar.enable_steady_tick(REDRAW);
+            t.bar = Some(bar);
         });
-        if let Ok(style) = style {
-            bar.set_style(style);
-        }
-        let bar = self.multi.add(bar);
-        bar.enable_steady_tick(REDRAW);
-        self.with(session, |t| t.bar = Some(bar));
     }
 
     /// Draws `session`'s line once more as it ended, then removes it.
@@ -247,6 +264,7 @@ impl Reporter {
             if let Ok(mut line) = t.line.lock() {
                 line.view.finished = true;
             }
+            t.ended = true;
             t.bar.take()
         }) else {
             return;
@@ -274,22 +292,39 @@ fn screen_width() -> usize {
 impl Observer for Reporter {
     fn event(&self, event: Event) {
         match event {
-            Event::SessionStarted { session, peer } => {
-                let peer = (self.role == Role::Recv).then(|| term::escape(&peer).into_owned());
-                self.add_bar(session, peer);
-            }
+            Event::SessionStarted { session, peer } => match self.role {
+                Role::Send => self.add_bar(session),
+                // A receiver draws a sender's line once it offers something:
+                // a connection that never says hello (a port scan) draws none.
+                Role::Recv => {
+                    self.with(session, |t| {
+                        if let Ok(mut line) = t.line.lock() {
+                            line.view.peer = Some(term::escape(&peer).into_owned());
+                        }
+                    });
+                }
+            },
             Event::Progress { session, meter } => {
                 if self.drawing {
-                    self.with(session, |t| {
+                    // A sender knows its totals before its session starts.
+                    let update = |t: &mut Tracked| {
                         if let Ok(mut line) = t.line.lock() {
                             line.moved(meter);
                         }
-                    });
+                        t.bar.is_none() && !t.ended
+                    };
+                    let needs_bar = match self.role {
+                        Role::Send => self.with(session, update),
+                        Role::Recv => self.with_known(session, update),
+                    };
+                    if needs_bar == Some(true) && self.role == Role::Recv {
+                        self.add_bar(session);
+                    }
                 }
             }
             Event::FileStarted { session, path, .. } => {
                 if self.drawing {
-                    self.with(session, |t| {
+                    self.with_known(session, |t| {
                         if let Ok(mut line) = t.line.lock() {
                             line.view.current = Some(term::escape(&path).into_owned());
                         }

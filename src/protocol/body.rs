@@ -120,6 +120,9 @@ impl<W: Transport> FrameWriter<W> {
             })
         };
         let first = len.min(COPY_CHUNK as u64) as usize;
+        if first == 0 {
+            return Ok(0);
+        }
         let taken = hasher.as_deref_mut().map(std::mem::take);
         let mut pending = (first > 0).then(|| read_ahead(offset, first, Vec::new(), taken));
         let mut spare = Vec::new();

@@ -129,14 +129,18 @@ async fn run<C: Connection>(
     };
     let secs = context.handshake_timeout.as_secs();
     let ours = CAP_TOTALS | if context.code.is_some() { CAP_CODE } else { 0 };
-    let theirs = match tokio::time::timeout(
+    let hello = tokio::time::timeout(
         context.handshake_timeout,
         handshake_with(&mut reader, &mut writer, ours),
-    )
-    .await
-    {
-        Ok(result) => result?,
-        Err(_) => return Err(lost(format!("no hello within {secs} s"))),
+    );
+    let theirs = tokio::select! {
+        said = hello => match said {
+            Ok(result) => result?,
+            Err(_) => return Err(lost(format!("no hello within {secs} s"))),
+        },
+        _ = context.shutdown.cancelled() => {
+            return Err(lost("the receiver is shutting down".into()))
+        }
     };
     drop(hello_permit);
     context.peer_caps = theirs;

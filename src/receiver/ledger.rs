@@ -146,15 +146,15 @@ impl Ledger {
             },
         );
         if kind == EntryKind::File {
+            // Sizes are the peer's word: added without overflow.
             let (files, bytes) = self.offered_so_far;
-            self.offered_so_far = (files + 1, bytes + size);
+            let now = (files.saturating_add(1), bytes.saturating_add(size));
+            self.offered_so_far = now;
             // Past what was announced, the file adds to the totals.
-            let (more_files, more_bytes) = (
-                (files + 1).saturating_sub(self.announced.0.max(files)),
-                (bytes + size).saturating_sub(self.announced.1.max(bytes)),
-            );
-            self.meter.files += more_files;
-            self.meter.bytes += more_bytes;
+            let more_files = now.0.saturating_sub(self.announced.0.max(files));
+            let more_bytes = now.1.saturating_sub(self.announced.1.max(bytes));
+            self.meter.files = self.meter.files.saturating_add(more_files);
+            self.meter.bytes = self.meter.bytes.saturating_add(more_bytes);
             self.report_progress();
         }
         self.ids.insert(id, index);
@@ -286,6 +286,10 @@ impl Ledger {
             };
             self.finish(index, outcome);
         }
+        if clean {
+            self.meter.complete();
+            self.report_progress();
+        }
     }
 
     /// Drops a record from the live maps and returns it.
@@ -400,6 +404,19 @@ mod tests {
 
     fn file(ledger: &mut Ledger, id: u64, path: &str) -> Offered {
         ledger.offered(id, path, EntryKind::File, 100, None)
+    }
+
+    #[test]
+    fn sizes_from_the_wire_never_overflow_the_meter() {
+        let (mut ledger, _) = ledger();
+        ledger.announced(u64::MAX, u64::MAX);
+        ledger.offered(0, "a", EntryKind::File, u64::MAX, None);
+        ledger.offered(1, "b", EntryKind::File, 2, None);
+        ledger.offered(2, "c", EntryKind::File, u64::MAX, None);
+        assert_eq!(ledger.meter.bytes, u64::MAX);
+        ledger.refused(0, "too big".into());
+        ledger.close(true);
+        assert_eq!(ledger.meter.files_done, 3);
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl Ledger {
         });
     }
 
+    /// The session ran to its end (every verdict is in).
+    pub fn complete(&mut self) {
+        self.meter.complete();
+        self.report_progress();
+    }
+
     /// An entry that could not even be read locally (a directory of the
     /// tree that cannot be listed): it fails before anything is offered.
     pub fn unreadable(&mut self, entry: LocalEntry, reason: String) {

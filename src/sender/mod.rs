@@ -100,6 +100,11 @@ pub async fn send_over<C: Connection>(
     let peer = config.destination.to_string();
     let ledger = Arc::new(Mutex::new(Ledger::new(Arc::clone(&observer), peer.clone())));
     let result = run(config, open, &observer, &ledger, cancel).await;
+    if result.is_ok() {
+        if let Ok(mut ledger) = ledger.lock() {
+            ledger.complete();
+        }
+    }
     let mut summary = match ledger.lock() {
         Ok(ledger) => ledger.summary(),
         Err(_) => Summary::default(),
@@ -119,10 +124,9 @@ pub async fn send_over<C: Connection>(
     });
     // Cut short with files still to go: a re-run skips what arrived and
     // resumes what was kept.
+    // Not after a refusal that would only come again (a receiver's limit).
     let result = result.map_err(|e| match e.downcast::<Error>() {
-        Ok(
-            cause @ (Error::ConnectionLost { .. } | Error::PeerAborted { .. } | Error::Interrupted),
-        ) if summary.offered > 0 && summary.undelivered() > 0 => {
+        Ok(cause) if summary.offered > 0 && summary.undelivered() > 0 && passing(&cause) => {
             Error::Resumable(Box::new(cause)).into()
         }
         Ok(other) => other.into(),
@@ -136,6 +140,16 @@ pub async fn send_over<C: Connection>(
         exit_code: result.as_ref().err().map_or(EXIT_OK, exit_code_of),
     });
     result.map(|()| summary)
+}
+
+/// Whether the session ended for a reason that passes: the connection
+/// broke, this side was interrupted, or the receiver stopped.
+fn passing(cause: &Error) -> bool {
+    match cause {
+        Error::ConnectionLost { .. } | Error::Interrupted => true,
+        Error::PeerAborted { reason, .. } => reason.contains("shutting down"),
+        _ => false,
+    }
 }
 
 async fn run<C: Connection>(

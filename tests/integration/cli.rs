@@ -465,3 +465,30 @@ fn an_address_given_first_is_told_to_go_last() {
         "the address goes last (xfer send PATH... 127.0.0.1:7171)",
     );
 }
+
+#[test]
+fn a_refusal_that_would_come_again_does_not_say_to_run_it_again() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_random(&src.path().join("two/a"), 10, 1);
+    write_random(&src.path().join("two/b"), 10, 2);
+    let (recv, addr) = XferProcess::recv(&[
+        "--dir",
+        dst.path().to_str().unwrap(),
+        "--once",
+        "--max-files",
+        "1",
+    ]);
+    let (code, _, err) = run(&[
+        "send",
+        src.path().join("two").to_str().unwrap(),
+        &addr.to_string(),
+    ]);
+    assert_ne!(code, 0, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("--max-files"),
+        "{err}"
+    );
+    assert!(!last.contains("run the same command again"), "{err}");
+    drop(recv);
+}

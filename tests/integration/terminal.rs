@@ -264,94 +264,94 @@ async fn a_partly_skipped_resend_takes_the_skipped_bytes_out_of_the_total() {
     );
 }
 
+/// `xfer recv ARGS` on a terminal of `cols` columns, on a free loopback
+/// port: the process (`script` around it) and the address it listens on.
+async fn recv_on_terminal(cols: u16, extra: &[&str]) -> (XferProcess, std::net::SocketAddr) {
+    let mut list = vec!["recv", "--listen", "127.0.0.1:0"];
+    list.extend_from_slice(extra);
+    let recv = XferProcess::start(
+        terminal_command(cols, &args(&list)),
+        std::process::Stdio::piped(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut recv = recv;
+        let first = recv.next_line();
+        let addr = first
+            .as_deref()
+            .and_then(|l| l.trim().strip_prefix("listening on "))
+            .unwrap_or_else(|| panic!("{first:?}"))
+            .parse()
+            .unwrap();
+        (recv, addr)
+    })
+    .await
+    .unwrap()
+}
+
+/// Everything `recv` drew from now until it exits (bounded by the
+/// harness's line timeout).
+async fn screen_until_exit(recv: XferProcess) -> Screen {
+    let raw = tokio::task::spawn_blocking(move || {
+        let mut recv = recv;
+        let lines: Vec<String> = std::iter::from_fn(|| recv.next_line()).collect();
+        lines.join("\n")
+    })
+    .await
+    .unwrap();
+    Screen::parse(raw)
+}
+
+/// After `summary` (the session's closing line) nothing redraws a
+/// progress line, and the last progress line drawn was cleared.
+fn assert_cleared(screen: &Screen, peer: &str, summary: &str) {
+    let at = screen.raw.find(summary).expect("no summary line");
+    let after = &screen.raw[at..];
+    assert!(
+        !Screen::parse(after.to_owned())
+            .lines_for(peer)
+            .iter()
+            .any(|l| l.contains("/s")),
+        "a progress line is drawn after the session ended: {after:?}"
+    );
+    let before = &screen.raw[..at];
+    let last_frame = before.rfind("/s").expect("no progress line at all");
+    assert!(
+        before[last_frame..].contains("\x1b[2K"),
+        "the last progress line was not cleared: {:?}",
+        &before[last_frame..]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn the_receiver_draws_a_line_per_sender_and_clears_it_when_the_sender_vanishes() {
+async fn the_receiver_draws_a_line_per_sender_with_its_counts_then_its_summary() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let tree = src.path().join("tree");
     for i in 0..10 {
         write_random(&tree.join(format!("f{i}.bin")), 200 * 1024, 60 + i);
     }
-    let big = src.path().join("big.bin");
-    write_random(&big, 16 << 20, 70);
-    let command = terminal_command(
-        60,
-        &args(&[
-            "recv",
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-            dst.path().to_str().unwrap(),
-        ]),
-    );
-    let mut recv = XferProcess::start(command, std::process::Stdio::piped());
-    let line = tokio::task::spawn_blocking(move || {
-        let line = recv.next_line();
-        (recv, line)
-    })
-    .await
-    .unwrap();
-    let (mut recv, first) = line;
-    let addr: std::net::SocketAddr = first
-        .as_deref()
-        .and_then(|l| l.trim().strip_prefix("listening on "))
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .parse()
-        .unwrap();
+    let (recv, addr) =
+        recv_on_terminal(60, &["--once", "--dir", dst.path().to_str().unwrap()]).await;
     let proxy = Proxy::start(addr, ProxyOptions::throttled(1 << 20)).await;
-    // One sender sends a tree to its end...
-    let out = tokio::task::spawn_blocking({
-        let (tree, to) = (tree.clone(), proxy.addr.to_string());
-        move || {
-            xfer_command()
-                .args(["send", "-q", tree.to_str().unwrap(), &to])
-                .output()
-                .unwrap()
-        }
+    let to = proxy.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        xfer_command()
+            .args(["send", "-q", tree.to_str().unwrap(), &to])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
     assert!(out.status.success());
-    // ...another vanishes in the middle of a body.
-    let mut vanishing = xfer_command();
-    vanishing.args(["send", "-q", big.to_str().unwrap(), &proxy.addr.to_string()]);
-    let vanishing = XferProcess::start(vanishing, std::process::Stdio::null());
-    let dir = dst.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        wait_until("the big body is arriving", || {
-            partial_len(&dir, "big.bin").is_some_and(|n| n >= 1 << 20)
-        })
-    })
-    .await
-    .unwrap();
-    let mut vanishing = vanishing;
-    vanishing.child.kill().unwrap();
-    let _ = vanishing.child.wait();
-    let screen = tokio::task::spawn_blocking(move || {
-        // The second session's end is printed after its line is cleared.
-        let mut seen = Vec::new();
-        while let Some(line) = recv.next_line() {
-            let ended = line.contains("session ended early");
-            seen.push(line);
-            if ended {
-                break;
-            }
-        }
-        drop(recv);
-        seen.join("\n")
-    })
-    .await
-    .unwrap();
-    let screen = Screen::parse(screen);
+    let screen = screen_until_exit(recv).await;
     screen.assert_fits(60);
     let progress = screen.lines_for("127.0.0.1:");
-    let frames = &progress;
     assert!(
         progress.iter().any(|f| files_done(f, 10).is_some()),
-        "no line with the sender's file count: {frames:?}"
+        "no line with the sender's file count: {progress:?}"
     );
     assert!(
         progress.iter().any(|f| f.contains("MiB")),
-        "no bytes on the sender's line: {frames:?}"
+        "no bytes on the sender's line: {progress:?}"
     );
     // No per-file lines without -v; a summary per sender.
     assert!(
@@ -359,19 +359,86 @@ async fn the_receiver_draws_a_line_per_sender_and_clears_it_when_the_sender_vani
         "{:?}",
         screen.pieces
     );
-    assert!(screen
-        .pieces
-        .iter()
-        .any(|p| p.starts_with("from 127.0.0.1:") && p.contains("received 10 files")));
-    // The vanished sender's line is cleared before its summary: the last
-    // thing drawn before "session ended early" is a line clear, not a bar.
-    let at = screen.raw.find("session ended early").unwrap();
-    let before = &screen.raw[..at];
-    let cleared = before.rfind("\x1b[2K").expect("no line was cleared");
-    let between = &before[cleared..];
+    assert_cleared(&screen, "127.0.0.1:", "received 10 files");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_that_vanishes_leaves_no_line_behind() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let big = src.path().join("big.bin");
+    write_random(&big, 16 << 20, 70);
+    let (recv, addr) =
+        recv_on_terminal(60, &["--once", "--dir", dst.path().to_str().unwrap()]).await;
+    let proxy = Proxy::start(addr, ProxyOptions::throttled(1 << 20)).await;
+    let mut vanishing = xfer_command();
+    vanishing.args(["send", "-q", big.to_str().unwrap(), &proxy.addr.to_string()]);
+    let mut vanishing = XferProcess::start(vanishing, std::process::Stdio::null());
+    let dir = dst.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the body is arriving", || {
+            partial_len(&dir, "big.bin").is_some_and(|n| n >= 1 << 20)
+        })
+    })
+    .await
+    .unwrap();
+    vanishing.child.kill().unwrap();
+    let _ = vanishing.child.wait();
+    let screen = screen_until_exit(recv).await;
+    screen.assert_fits(60);
+    assert_cleared(&screen, "127.0.0.1:", "session ended early");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_stopped_mid_body_leaves_no_line_behind() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let big = src.path().join("big.bin");
+    write_random(&big, 16 << 20, 71);
+    let (recv, addr) = recv_on_terminal(80, &["--dir", dst.path().to_str().unwrap()]).await;
+    let proxy = Proxy::start(addr, ProxyOptions::throttled(1 << 20)).await;
+    let mut sender = xfer_command();
+    sender.args(["send", "-q", big.to_str().unwrap(), &proxy.addr.to_string()]);
+    let _sender = XferProcess::start(sender, std::process::Stdio::null());
+    let dir = dst.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the body is arriving", || {
+            partial_len(&dir, "big.bin").is_some_and(|n| n >= 1 << 20)
+        })
+    })
+    .await
+    .unwrap();
+    // To the receiver itself: script(1), told to stop, kills its child and
+    // stops recording, as no terminal does.
+    let script = recv.child.id();
+    let children = fs::read_to_string(format!("/proc/{script}/task/{script}/children")).unwrap();
+    let pid: libc::pid_t = children.trim().parse().expect("script runs one child");
+    // SAFETY: kill(2) on the test's own grandchild.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let screen = screen_until_exit(recv).await;
+    assert_cleared(&screen, "127.0.0.1:", "the receiver is shutting down");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_never_says_hello_draws_no_line_and_does_not_hold_up_a_stop() {
+    let dst = tempfile::tempdir().unwrap();
+    let (recv, addr) = recv_on_terminal(80, &["--dir", dst.path().to_str().unwrap()]).await;
+    // A port scan, or nc: connected, silent.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let script = recv.child.id();
+    let children = fs::read_to_string(format!("/proc/{script}/task/{script}/children")).unwrap();
+    let pid: libc::pid_t = children.trim().parse().expect("script runs one child");
+    let stopped = std::time::Instant::now();
+    // SAFETY: kill(2) on the test's own grandchild.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let screen = screen_until_exit(recv).await;
     assert!(
-        !between.contains('%') && !between.contains("/s"),
-        "a progress line was left behind: {between:?}"
+        stopped.elapsed() < Duration::from_secs(5),
+        "the stop waited for the silent connection"
+    );
+    assert!(
+        screen.lines_for("127.0.0.1:").is_empty(),
+        "a line for a connection that never said hello: {:?}",
+        screen.pieces
     );
 }
 
