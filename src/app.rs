@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CodeSource, Command, RecvArgs, SendArgs};
+use crate::cli::{CodeSource, Command, GetArgs, RecvArgs, SendArgs, ServeArgs};
 use crate::error::{describe_io, Error};
 use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
@@ -17,6 +17,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send(&args).await,
         Command::Recv(args) => recv(&args).await,
+        Command::Serve(args) => serve(&args).await,
+        Command::Get(args) => get(&args).await,
     }
 }
 
@@ -80,6 +82,73 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
         anyhow::bail!("the sender's session did not store every file (see the messages above)");
     }
     Ok(())
+}
+
+async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let (config, code_source) = args.to_config()?;
+    let listen = config.listen;
+    let once = config.once;
+    let code = config
+        .code
+        .as_ref()
+        .map(|code| (code.clone(), code_source == Some(CodeSource::Generated)));
+    let server = crate::sender::serve::Server::new(config)?;
+    let listener = bind(listen, "xfer serve").await?;
+    let local = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    let signalled = stop_signal()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send).pull_mode());
+    reporter.listening(&local);
+    if let Some((code, generated)) = &code {
+        reporter.code(
+            code,
+            *generated,
+            &format!("xfer get --code {}", reach(&local)),
+        );
+    }
+    tokio::spawn(async move {
+        signalled.await;
+        log::debug!("stop requested; finishing");
+        on_signal.cancel();
+    });
+    let report = server.serve(listener, reporter, shutdown).await;
+    if once && report.failed_sessions > 0 {
+        anyhow::bail!("the getter's session did not store every file (see the messages above)");
+    }
+    Ok(())
+}
+
+async fn get(args: &GetArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv).pull_mode());
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signalled = stop_signal()?;
+    tokio::spawn(async move {
+        signalled.await;
+        on_signal.cancel();
+    });
+    let result = crate::receiver::fetch(&config, reporter.clone(), cancel).await;
+    reporter.clear_bars();
+    result.map(drop)
+}
+
+/// Binds the listening socket of `command`, saying what to do when the
+/// port is taken.
+async fn bind(listen: std::net::SocketAddr, command: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(" (is another '{command}' running? pick another port with --listen)")
+        } else {
+            String::new()
+        };
+        Error::Listen {
+            addr: listen.to_string(),
+            detail: format!("{}{hint}", describe_io(&e)),
+        }
+        .into()
+    })
 }
 
 /// How the other machine can reach `local`: its IP, or for a wildcard

@@ -31,8 +31,13 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The TCP connection could not be made.
-    #[error("cannot connect to {addr}: {detail} (is 'xfer recv' running there?)")]
-    Connect { addr: String, detail: String },
+    #[error("cannot connect to {addr}: {detail} (is '{listener}' running there?)")]
+    Connect {
+        addr: String,
+        detail: String,
+        /// The command that should be listening there.
+        listener: &'static str,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {detail}")]
     Listen { addr: String, detail: String },
@@ -62,6 +67,10 @@ pub enum Error {
     /// down after wrong codes. The text says what to do.
     #[error("{0}")]
     Auth(String),
+    /// The peer plays a part this side cannot work with: a send to an
+    /// `xfer serve`, a get from an `xfer recv`. The text says what to run.
+    #[error("{0}")]
+    WrongRole(String),
     /// The peer ended the session on purpose.
     #[error("{peer} aborted the session: {reason}")]
     PeerAborted { peer: String, reason: String },
@@ -90,7 +99,7 @@ impl Error {
             | Error::Listen { .. }
             | Error::ConnectionLost { .. }
             | Error::PeerAborted { .. } => EXIT_NETWORK,
-            Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
+            Error::Protocol { .. } | Error::Version { .. } | Error::WrongRole(_) => EXIT_PROTOCOL,
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
             Error::CodeMismatch | Error::Auth(_) => EXIT_AUTH,
             Error::Interrupted => EXIT_INTERRUPTED,

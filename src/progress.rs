@@ -37,6 +37,9 @@ pub struct Reporter {
     role: Role,
     multi: MultiProgress,
     bars: Mutex<HashMap<u64, ProgressBar>>,
+    /// Pull mode (`serve`, `get`): the sender serves many peers, the
+    /// receiver is a process of one session.
+    pull: bool,
 }
 
 impl Reporter {
@@ -51,7 +54,16 @@ impl Reporter {
             role,
             multi: MultiProgress::with_draw_target(target),
             bars: Mutex::default(),
+            pull: false,
         }
+    }
+
+    /// The same reporter for pull mode: `serve` names the getter in each
+    /// closing line; `get` leaves a session that never started to the
+    /// error line.
+    pub fn pull_mode(mut self) -> Reporter {
+        self.pull = true;
+        self
     }
 
     /// The `listening on` line (or its JSON form): always printed, since
@@ -217,9 +229,15 @@ impl Reporter {
             Role::Send => {
                 // Before anything was offered the error line says it all.
                 if summary.offered > 0 {
-                    self.line(format!("sent {}", describe(summary, error.is_none())));
+                    let to = if self.pull {
+                        format!("to {peer}: ")
+                    } else {
+                        String::new()
+                    };
+                    self.line(format!("{to}sent {}", describe(summary, error.is_none())));
                 }
             }
+            Role::Recv if self.pull && summary.offered == 0 && error.is_some() => {}
             Role::Recv => self.line(session_line(peer, summary, error)),
         }
     }

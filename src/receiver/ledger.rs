@@ -67,6 +67,8 @@ pub struct Ledger {
     paths: HashMap<String, usize>,
     /// The final records, counted.
     done: Summary,
+    /// "path: reason" of the first file that ended refused or failed.
+    first_failure: Option<String>,
     observer: Arc<dyn Observer>,
     session: u64,
     peer: String,
@@ -80,6 +82,7 @@ impl Ledger {
             ids: HashMap::new(),
             paths: HashMap::new(),
             done: Summary::default(),
+            first_failure: None,
             observer,
             session,
             peer,
@@ -247,6 +250,9 @@ impl Ledger {
             record.stored_as = None;
         }
         count(&mut self.done, &record, Some(&outcome));
+        if let (None, Some(why)) = (&self.first_failure, outcome.reason()) {
+            self.first_failure = Some(format!("{}: {why}", record.path));
+        }
         self.observer.event(Event::FileDone {
             session: self.session,
             peer: self.peer.clone(),
@@ -262,6 +268,11 @@ impl Ledger {
                 retried_after: record.retried_after,
             },
         });
+    }
+
+    /// The first file that ended refused or failed, and why.
+    pub fn first_failure(&self) -> Option<String> {
+        self.first_failure.clone()
     }
 
     /// The ledger counted: the final records, then those still in flight.

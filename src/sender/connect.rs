@@ -10,12 +10,17 @@ use crate::error::{describe_io, Error};
 /// How long one TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connected, no-delay TCP stream to `destination`.
-pub(super) async fn connect(destination: &Destination) -> Result<TcpStream, Error> {
+/// A connected, no-delay TCP stream to `destination`, where `listener`
+/// (the command named if nobody answers) should be listening.
+pub(crate) async fn connect(
+    destination: &Destination,
+    listener: &'static str,
+) -> Result<TcpStream, Error> {
     let addr = destination.to_string();
     let connect_error = |detail: String| Error::Connect {
         addr: addr.clone(),
         detail,
+        listener,
     };
     let candidates = tokio::net::lookup_host((destination.host.as_str(), destination.port))
         .await

@@ -69,6 +69,8 @@ pub struct Ledger {
     first_failure: Option<String>,
     observer: Arc<dyn Observer>,
     peer: String,
+    /// Tells concurrent sessions' events apart (a server runs many).
+    session: u64,
 }
 
 impl Ledger {
@@ -83,7 +85,14 @@ impl Ledger {
             first_failure: None,
             observer,
             peer,
+            session: 0,
         }
+    }
+
+    /// The same ledger, numbering its events as session `session`.
+    pub fn in_session(mut self, session: u64) -> Ledger {
+        self.session = session;
+        self
     }
 
     /// An entry that could not even be read locally (a directory of the
@@ -259,7 +268,7 @@ impl Ledger {
             self.first_failure = Some(format!("{}: {why}", record.entry.wire_path));
         }
         self.observer.event(Event::FileDone {
-            session: 0,
+            session: self.session,
             peer: self.peer.clone(),
             report: FileReport {
                 path: record.entry.wire_path,

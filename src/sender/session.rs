@@ -43,6 +43,8 @@ pub(super) struct Session<W> {
     pub cache: Option<Arc<DigestCache>>,
     pub cancel: CancellationToken,
     pub peer: Arc<str>,
+    /// Tells concurrent sessions' events apart.
+    pub session: u64,
     /// Raw body bytes are owed: no frame (not even Abort) may be written.
     pub mid_body: bool,
     /// The id the next offer starts at.
@@ -285,7 +287,7 @@ impl<W: Transport> Session<W> {
     async fn send_body(&mut self, id: u64, item: Prepared, offset: u64) -> Result<(), Error> {
         let size = item.entry.size;
         self.observer.event(Event::FileStarted {
-            session: 0,
+            session: self.session,
             path: item.entry.wire_path.clone(),
             size,
         });
@@ -302,7 +304,7 @@ impl<W: Transport> Session<W> {
                 .await?;
             self.ledger()?.sent(id, size - offset);
             self.observer.event(Event::Progress {
-                session: 0,
+                session: self.session,
                 bytes: size - offset,
             });
             return Ok(());
@@ -354,7 +356,7 @@ impl<W: Transport> Session<W> {
             }
             self.ledger()?.sent(id, sent);
             self.observer.event(Event::Progress {
-                session: 0,
+                session: self.session,
                 bytes: sent,
             });
             if sent < step {
