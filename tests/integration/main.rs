@@ -10,5 +10,6 @@ mod codes;
 mod events;
 mod faults;
 mod hostile;
+mod pull;
 mod storage;
 mod transfer;
