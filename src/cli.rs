@@ -19,12 +19,13 @@ pub const DEFAULT_PORT: u16 = 7171;
 /// The exit codes, as `--help` shows them (README, "Exit codes").
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    every file was verified and persisted by the receiver (recv: stopped cleanly)
+  0    every file was verified and persisted by the receiver (recv, serve: stopped cleanly)
   1    the session ran to its end but some file is not at the receiver, or a local error
   2    bad command line: unknown flag, malformed address, a path that does not exist
   3    the network or the peer: cannot connect or listen, connection lost or silent,
        or the peer ended the session early (stopped, interrupted, busy)
-  4    the peer is not xfer, speaks another protocol version, or broke the protocol
+  4    the peer is not xfer, speaks another protocol version, or broke the protocol,
+       or plays the wrong part (send to a serve, get from a recv)
   5    the code did not match, or one side has a code and the other none
   130  interrupted with Ctrl-C";
 

@@ -1,5 +1,6 @@
-//! The receiving server: a bounded accept loop, one task per sender, and a
-//! clean stop on shutdown. One session is wired in [`session`]: [`plan`]
+//! The storing side: `xfer recv`'s server (the accept loop and the gate
+//! are [`crate::link`]'s) and `xfer get`'s [`fetch`], both running the same
+//! session over their link. One session is wired in [`session`]: [`plan`]
 //! decides each offered entry, `sink` writes and verifies bodies, `commit`
 //! makes them durable and visible, and [`ledger`] keeps one record per
 //! entry that every report is read from.

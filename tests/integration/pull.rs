@@ -802,3 +802,56 @@ async fn a_hostile_getter_can_neither_write_nor_read_outside_the_served_set() {
         ["served", "served/a.txt", "served/sub", "served/sub/b.txt"]
     );
 }
+
+#[test]
+fn ctrl_c_stops_a_getter_or_a_server_promptly_and_the_partial_resumes() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("big.bin");
+    let data = write_random(&file, 40 * MIB as usize, 9);
+    let path = file.to_str().unwrap();
+    let dir = dst.path().to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, addr) = XferProcess::serve(&["--quiet", "--no-cache", path]);
+    let options = ProxyOptions {
+        back_rate: Some(16 * MIB),
+        ..Default::default()
+    };
+    let proxy = runtime.block_on(Proxy::start(addr, options));
+    let slow = proxy.addr.to_string();
+
+    // Getter interrupted: exits 130 and keeps the partial.
+    let getter = XferProcess::spawn(&["get", "--quiet", &slow, "--dir", dir]);
+    wait_until("5 MiB to arrive", || {
+        partial_len(dst.path(), "big.bin").unwrap_or(0) >= 5 * MIB
+    });
+    getter.signal(libc::SIGINT);
+    let (status, err) = getter.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert_eq!(err.lines().last(), Some("error: interrupted"), "{err}");
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
+    assert!(partial_settled(dst.path(), "big.bin"));
+
+    // Server interrupted mid-file: exits 0 within its grace; the getter
+    // fails as for a peer that went away, and keeps more.
+    let getter = XferProcess::spawn(&["get", "--quiet", &slow, "--dir", dir]);
+    let before = partial_len(dst.path(), "big.bin").unwrap();
+    wait_until("more bytes to arrive", || {
+        partial_len(dst.path(), "big.bin").unwrap_or(0) >= before + 5 * MIB
+    });
+    server.signal(libc::SIGINT);
+    let (status, err) = server.wait(Duration::from_secs(6));
+    assert_eq!(status.code(), Some(0), "{err}");
+    let (status, err) = getter.wait(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(visible(dst.path()).is_empty());
+
+    // And it resumes from what the getter kept.
+    let (server, addr) = XferProcess::serve(&["--once", "--quiet", "--no-cache", path]);
+    let mut getter = XferProcess::spawn(&["get", "--json", &addr.to_string(), "--dir", dir]);
+    let got = json_until(&mut getter, "session");
+    assert!(getter.wait(Duration::from_secs(20)).0.success());
+    let session = got.last().unwrap();
+    assert!(session["bytes"].as_u64().unwrap() < data.len() as u64 - 10 * MIB);
+    assert!(server.wait(Duration::from_secs(10)).0.success());
+    assert_eq!(fs::read(dst.path().join("big.bin")).unwrap(), data);
+}
