@@ -1,5 +1,7 @@
 //! One sending session: walk, connect, offer batches, stream bodies, collect
-//! verdicts. No terminal code: progress leaves as [`Event`]s, and every
+//! verdicts — over the connection `xfer send` dials, or, with the roles
+//! reversed, over each one `xfer serve` accepts ([`serve`]); the link that
+//! carries it is [`crate::link`]'s. No terminal code: progress leaves as [`Event`]s, and every
 //! file's fate is kept in one [`ledger::Ledger`] that the events, the final
 //! summary and the exit code are read from.
 //!

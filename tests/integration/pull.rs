@@ -213,8 +213,8 @@ async fn a_killed_getter_resumes_and_the_server_sends_only_the_rest() {
     ]);
     let dir = dst.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
-        wait_until("20 MiB to arrive", || {
-            partial_len(&dir, "video.bin").unwrap_or(0) >= 20 * MIB
+        wait_until("24 MiB to arrive", || {
+            partial_len(&dir, "video.bin").unwrap_or(0) >= 24 * MIB
         });
         getter.signal(libc::SIGKILL);
         getter.wait(Duration::from_secs(5));
@@ -812,8 +812,9 @@ fn ctrl_c_stops_a_getter_or_a_server_promptly_and_the_partial_resumes() {
     let dir = dst.path().to_str().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (server, addr) = XferProcess::serve(&["--quiet", "--no-cache", path]);
+    // Slow enough that the file cannot finish within the server's grace.
     let options = ProxyOptions {
-        back_rate: Some(16 * MIB),
+        back_rate: Some(8 * MIB),
         ..Default::default()
     };
     let proxy = runtime.block_on(Proxy::start(addr, options));
