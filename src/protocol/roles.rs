@@ -11,11 +11,11 @@ use crate::error::Error;
 
 /// Capability bit: this side is a listener that offers files and stores
 /// nothing (`xfer serve`).
-pub const CAP_SERVES: u32 = 1 << 1;
+pub const CAP_SERVES: u32 = 1 << 2;
 
 /// Capability bit: this side connected to fetch files and store them
 /// (`xfer get`).
-pub const CAP_FETCHES: u32 = 1 << 2;
+pub const CAP_FETCHES: u32 = 1 << 3;
 
 /// The role bits: a peer's hello is judged on these and [`CAP_CODE`];
 /// any other bit is ignored.
@@ -211,6 +211,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// docs/PROTOCOL.md §10.1: the bits, and the hellos they make. Bit 1
+    /// stays free for `CAP_TOTALS`.
+    #[test]
+    fn role_bits_and_their_hellos() {
+        assert_eq!((CAP_SERVES, CAP_FETCHES), (0x4, 0x8));
+        assert_eq!((CAP_SERVES | CAP_FETCHES) & (CAP_CODE | 0x2), 0);
+        let tail = |caps: u32| crate::protocol::hello_bytes(caps)[12..].to_vec();
+        assert_eq!(tail(Mode::Get.caps(false)), [0, 0, 0, 0x08]);
+        assert_eq!(tail(Mode::Serve.caps(false)), [0, 0, 0, 0x04]);
+        assert_eq!(tail(Mode::Serve.caps(true)), [0, 0, 0, 0x05]);
+        assert_eq!(tail(Mode::Get.caps(true)), [0, 0, 0, 0x09]);
     }
 
     /// A push session's hello is what it always was: no role bits.
