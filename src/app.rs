@@ -13,18 +13,19 @@ use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
 
 /// Runs one `xfer` command to completion.
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// `verbose` asks for a line per file.
+pub async fn run(command: Command, verbose: bool) -> anyhow::Result<()> {
     match command {
-        Command::Send(args) => send(&args).await,
-        Command::Recv(args) => recv(&args).await,
-        Command::Serve(args) => serve(&args).await,
-        Command::Get(args) => get(&args).await,
+        Command::Send(args) => send(&args, verbose).await,
+        Command::Recv(args) => recv(&args, verbose).await,
+        Command::Serve(args) => serve(&args, verbose).await,
+        Command::Get(args) => get(&args, verbose).await,
     }
 }
 
-async fn send(args: &SendArgs) -> anyhow::Result<()> {
+async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
     let config = args.to_config()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send));
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send));
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;
@@ -37,7 +38,7 @@ async fn send(args: &SendArgs) -> anyhow::Result<()> {
     result.map(drop)
 }
 
-async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
+async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
     let (config, code_source) = args.to_config()?;
     let listen = config.listen;
     let once = config.once;
@@ -61,14 +62,20 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     let signalled = stop_signal()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv));
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv));
     reporter.listening(&local);
+    let flag = if code.is_some() { "--code " } else { "" };
+    let mut commands: Vec<String> = crate::reach::addresses(local)
+        .iter()
+        .map(|addr| format!("xfer send {flag}FILE {addr}"))
+        .collect();
     if let Some((code, generated)) = &code {
-        reporter.code(
-            code,
-            *generated,
-            &format!("xfer send --code FILE... {}", reach(&local)),
-        );
+        if commands.is_empty() {
+            commands.push(format!("xfer send --code FILE {}", reach(&local)));
+        }
+        reporter.code(code, *generated, &commands);
+    } else {
+        reporter.reach_by(&commands);
     }
     tokio::spawn(async move {
         signalled.await;
@@ -84,7 +91,7 @@ async fn recv(args: &RecvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
     let (config, code_source) = args.to_config()?;
     let listen = config.listen;
     let once = config.once;
@@ -98,14 +105,20 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     let signalled = stop_signal()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Send).pull_mode());
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send).pull_mode());
     reporter.listening(&local);
+    let flag = if code.is_some() { "--code " } else { "" };
+    let mut commands: Vec<String> = crate::reach::addresses(local)
+        .iter()
+        .map(|addr| format!("xfer get {flag}{addr}"))
+        .collect();
     if let Some((code, generated)) = &code {
-        reporter.code(
-            code,
-            *generated,
-            &format!("xfer get --code {}", reach(&local)),
-        );
+        if commands.is_empty() {
+            commands.push(format!("xfer get --code {}", reach(&local)));
+        }
+        reporter.code(code, *generated, &commands);
+    } else {
+        reporter.reach_by(&commands);
     }
     tokio::spawn(async move {
         signalled.await;
@@ -119,9 +132,9 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get(args: &GetArgs) -> anyhow::Result<()> {
+async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
     let config = args.to_config()?;
-    let reporter = Arc::new(Reporter::new(args.output.mode(), Role::Recv).pull_mode());
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv).pull_mode());
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;

@@ -70,9 +70,9 @@ Examples:
     after_long_help = concat_help(MAIN_EXAMPLES)
 )]
 pub struct Cli {
-    /// Log debugging detail to stderr.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
+    /// A line per file on stderr (-v); debugging detail too (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Command,
@@ -345,10 +345,11 @@ impl CodeArgs {
 }
 
 impl OutputArgs {
-    pub fn mode(&self) -> OutputMode {
+    pub fn mode(&self, verbose: bool) -> OutputMode {
         OutputMode {
             json: self.json,
             quiet: self.quiet,
+            verbose,
         }
     }
 }
@@ -367,6 +368,7 @@ impl SendArgs {
     /// Checks the values clap cannot; a code not given otherwise is asked
     /// for on the terminal, without echo.
     pub fn to_config(&self) -> Result<SendConfig, Error> {
+        address_last(&self.paths, &self.addr)?;
         let code = self.code.resolve(|| {
             let typed = crate::code::prompt("code (from the receiving machine): ")
                 .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
@@ -497,6 +499,25 @@ pub fn parse_size(raw: &str) -> Result<u64, String> {
 }
 
 /// `HOST:PORT`, `[IPv6]:PORT`, `HOST`, `[IPv6]` or a bare IPv6 address.
+/// `xfer send 10.0.0.5:7171 file.bin`: the address came first. Told as
+/// such, instead of as a missing file and an unknown host.
+fn address_last(paths: &[PathBuf], addr: &str) -> Result<(), Error> {
+    let Some(first) = paths.first().and_then(|p| p.to_str()) else {
+        return Ok(());
+    };
+    let looks_like_address = |s: &str| s.contains(':') && parse_destination(s).is_ok();
+    if std::path::Path::new(addr).exists()
+        && !std::path::Path::new(first).exists()
+        && looks_like_address(first)
+    {
+        return Err(Error::Usage(format!(
+            "'{first}' looks like the receiver's address and '{addr}' is a local file: \
+             the address goes last (xfer send PATH... {first})"
+        )));
+    }
+    Ok(())
+}
+
 pub fn parse_destination(raw: &str) -> Result<Destination, Error> {
     let bad = |why: &str| Error::Usage(format!("invalid address '{raw}': {why}"));
     let port_of = |p: &str| match p.parse::<u16>() {

@@ -30,13 +30,13 @@ pub enum Error {
     /// Bad command-line values that clap cannot check by itself.
     #[error("{0}")]
     Usage(String),
-    /// The TCP connection could not be made.
-    #[error("cannot connect to {addr}: {detail} (is '{listener}' running there?)")]
+    /// The TCP connection could not be made. `hint` is the next step, in
+    /// parentheses.
+    #[error("cannot connect to {addr}: {detail} ({hint})")]
     Connect {
         addr: String,
         detail: String,
-        /// The command that should be listening there.
-        listener: &'static str,
+        hint: &'static str,
     },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {detail}")]
@@ -84,6 +84,10 @@ pub enum Error {
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// A send cut short after files were offered (lost, aborted by the
+    /// receiver, interrupted): the same command continues where it stopped.
+    #[error("{0}; run the same command again to resume")]
+    Resumable(Box<Error>),
     /// A fault inside xfer itself (a task that panicked, a poisoned lock):
     /// neither the network's nor the peer's doing.
     #[error("internal error: {0}")]
@@ -103,6 +107,7 @@ impl Error {
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
             Error::CodeMismatch | Error::Auth(_) => EXIT_AUTH,
             Error::Interrupted => EXIT_INTERRUPTED,
+            Error::Resumable(cause) => cause.exit_code(),
         }
     }
 }

@@ -76,6 +76,11 @@ pub struct Summary {
     pub skipped: u64,
     pub refused: u64,
     pub failed: u64,
+    /// Of the stored, those that continued from bytes an earlier run kept.
+    pub resumed: u64,
+    /// Of the delivered, those kept under another name than offered (a name
+    /// conflict: `note (1).txt`).
+    pub renamed: u64,
     /// Body bytes that crossed the wire.
     pub bytes: u64,
     /// Files cut off mid-body and kept as partials for a resume...
@@ -99,6 +104,54 @@ impl Summary {
     }
 }
 
+/// What a progress line shows, kept by each side's ledger as its records
+/// move, so the bar and the summary are read off the same records.
+///
+/// `bytes` is what the session will have in place when it is done: it
+/// starts as every file's size and shrinks when a file needs no body (skipped,
+/// identical) or will not arrive (refused, failed). `bytes_done` is what is
+/// already in place, bytes resumed from an earlier run included, so a
+/// finished session shows `bytes_done == bytes`. `moved` counts only what
+/// crossed the wire in this session: the rate is measured from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meter {
+    /// Files in the session (offered so far, on the receiver).
+    pub files: u64,
+    /// Of those, files that reached a final state.
+    pub files_done: u64,
+    pub bytes: u64,
+    pub bytes_done: u64,
+    pub moved: u64,
+}
+
+impl Meter {
+    /// `bytes` more are in place (`counted` tracks them for their file).
+    pub fn advance(&mut self, counted: &mut u64, bytes: u64, moved: bool) {
+        *counted += bytes;
+        self.bytes_done += bytes;
+        if moved {
+            self.moved += bytes;
+        }
+    }
+
+    /// A file's body starts over from nothing (damaged, sent again).
+    pub fn restart(&mut self, counted: &mut u64) {
+        self.bytes_done = self.bytes_done.saturating_sub(std::mem::take(counted));
+    }
+
+    /// A file of `size` reached a final state; `counted` is what it added.
+    /// Stored, it counts whole; otherwise it leaves the session's bytes.
+    pub fn finish(&mut self, size: u64, counted: u64, stored: bool) {
+        self.files_done += 1;
+        self.bytes_done = self.bytes_done.saturating_sub(counted);
+        if stored {
+            self.bytes_done += size;
+        } else {
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+    }
+}
+
 /// A progress or outcome report. `session` tells concurrent sessions apart.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -106,21 +159,16 @@ pub enum Event {
         session: u64,
         peer: String,
     },
-    /// The sender knows how much it is about to send.
-    Totals {
-        session: u64,
-        files: u64,
-        bytes: u64,
-    },
     FileStarted {
         session: u64,
         path: String,
         size: u64,
     },
-    /// More body bytes moved.
+    /// The session's ledger moved: bytes arrived or went out, a plan or a
+    /// verdict changed what is left to do.
     Progress {
         session: u64,
-        bytes: u64,
+        meter: Meter,
     },
     /// A file reached its final state.
     FileDone {

@@ -30,7 +30,9 @@
 //!   writing and typing them back, and reading one from a terminal or file.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
-//! - [`events`] and [`progress`]: what sessions report, and how it is shown.
+//! - [`events`] and [`progress`]: what sessions report, and how it is shown
+//!   (progress lines fitted to the screen, summaries, JSON Lines).
+//! - [`reach`]: the addresses a listener can be reached at.
 //! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
 
@@ -47,6 +49,7 @@ pub mod logging;
 pub mod paths;
 pub mod progress;
 pub mod protocol;
+pub mod reach;
 pub mod receiver;
 pub mod sender;
 pub mod storage;

@@ -1,10 +1,23 @@
 //! Diagnostics on stderr through the `log` facade: warnings always, debug
-//! detail with `-v`. Messages are made terminal-safe here, the one place
+//! detail with `-vv`. Messages are made terminal-safe here, the one place
 //! for log lines, since they may quote a peer; call sites do not escape.
+//! While progress lines are drawn, a message is printed above them (the
+//! lines are taken down and redrawn), never into the middle of one.
 
+use std::sync::OnceLock;
+
+use indicatif::MultiProgress;
 use log::{Level, LevelFilter, Metadata, Record};
 
 use crate::term;
+
+/// The progress lines on screen, once a reporter draws any.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// Log messages from now on go above `bars`.
+pub fn print_above(bars: &MultiProgress) {
+    let _ = BARS.set(bars.clone());
+}
 
 struct StderrLogger;
 
@@ -21,7 +34,11 @@ impl log::Log for StderrLogger {
                 Level::Info => "info",
                 Level::Debug | Level::Trace => "debug",
             };
-            eprintln!("{label}: {}", term::for_stderr(&record.args().to_string()));
+            let text = term::for_stderr(&record.args().to_string()).into_owned();
+            match BARS.get() {
+                Some(bars) => bars.suspend(|| eprintln!("{label}: {text}")),
+                None => eprintln!("{label}: {text}"),
+            }
         }
     }
 

@@ -9,12 +9,12 @@ use xfer::error::exit_code_of;
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    xfer::logging::init(cli.verbose);
+    xfer::logging::init(cli.verbose >= 2);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(xfer::app::run(cli.command)));
+        .and_then(|runtime| runtime.block_on(xfer::app::run(cli.command, cli.verbose >= 1)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -38,13 +38,15 @@ use crate::protocol::{
 use guard::{Guard, Refused, COOL_DOWN, PEER_FAILURES};
 
 /// What runs once a link is up: the sender's or the receiver's session,
-/// over plain or sealed halves alike.
+/// over plain or sealed halves alike, told the capability bits of the
+/// peer's hello (for the optional features both announced).
 pub trait Session: Send {
     type Output: Send;
     fn run<R, W>(
         self,
         reader: FrameReader<R>,
         writer: FrameWriter<W>,
+        peer_caps: u32,
     ) -> impl Future<Output = Self::Output> + Send
     where
         R: AsyncRead + Unpin + Send + Sync + 'static,
@@ -126,7 +128,7 @@ where
         };
         mode.check_peer(code.is_some(), theirs, &peer)?;
         let Some(code) = code else {
-            return Ok(session.run(reader, writer).await);
+            return Ok(session.run(reader, writer, theirs).await);
         };
         let secret = code.secret();
         let sealed = upgrade(
@@ -142,7 +144,7 @@ where
             r = sealed => r.map_err(refused_hint)?,
             _ = cancel.cancelled() => return Err(Error::Interrupted),
         };
-        Ok(session.run(reader, writer).await)
+        Ok(session.run(reader, writer, theirs).await)
     }
 }
 
@@ -300,7 +302,7 @@ impl<C: Connection> Link for Accepted<C> {
         };
         let Some(code) = &gate.code else {
             log::debug!("session with {peer} started");
-            return Ok(session.run(reader, writer).await);
+            return Ok(session.run(reader, writer, theirs).await);
         };
         let attempt = gate
             .guard
@@ -341,6 +343,6 @@ impl<C: Connection> Link for Accepted<C> {
             }
         };
         log::debug!("coded session with {peer} started");
-        Ok(session.run(reader, writer).await)
+        Ok(session.run(reader, writer, theirs).await)
     }
 }

@@ -190,6 +190,23 @@ mod tests {
         assert_pieces(&answered, &EXAMPLE_RECEIVER);
     }
 
+    /// docs/PROTOCOL.md §3: the hello xfer sends, and its `Totals` frame.
+    #[tokio::test]
+    async fn totals_frame_bytes() {
+        let sent = wire_bytes(async |w| {
+            w.write_hello(crate::protocol::CAP_TOTALS).await?;
+            w.send(&Message::Totals { files: 1, bytes: 3 }).await
+        })
+        .await;
+        assert_pieces(
+            &sent,
+            &[
+                ("hello", "58 46 45 52 0d 0a 1a 0a 00 00 00 01 00 00 00 02"),
+                ("Totals", "00 00 00 03 09 01 03"),
+            ],
+        );
+    }
+
     #[tokio::test]
     async fn handshake_agrees_on_same_version() {
         let (a, b) = duplex(8);

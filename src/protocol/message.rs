@@ -35,6 +35,10 @@ pub enum Message {
     Bye { files: u64, bytes: u64 },
     /// Either side: the session ends now, for this reason.
     Abort { reason: String },
+    /// Sender → receiver, once, before the first offer, when both hellos
+    /// carry `CAP_TOTALS`: what the whole session will offer. For display
+    /// only; every limit is still checked against the offers themselves.
+    Totals { files: u64, bytes: u64 },
 }
 
 impl Message {
@@ -50,6 +54,7 @@ impl Message {
             Message::Done => "Done",
             Message::Bye { .. } => "Bye",
             Message::Abort { .. } => "Abort",
+            Message::Totals { .. } => "Totals",
         }
     }
 }

@@ -23,13 +23,19 @@ pub const MAGIC: [u8; 8] = *b"XFER\r\n\x1a\n";
 /// Bumped whenever the bytes on the wire change incompatibly.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Capability bits announced in the hello. None are defined yet; unknown bits
-/// are ignored so that newer peers can advertise optional features.
+/// Capability bits a minimal peer announces in its hello: none. Unknown
+/// bits are ignored, so newer peers can advertise optional features; the
+/// defined ones are the `CAP_*` constants below.
 pub const CAPABILITIES: u32 = 0;
 
 /// Capability bit: this side runs a coded session (SPAKE2 on a short code,
 /// then sealed records; docs/PROTOCOL.md section 9).
 pub const CAP_CODE: u32 = 1;
+
+/// Capability bit: this side sends (sender) or takes (receiver) one
+/// [`Message::Totals`] before the first offer, so the receiver can show
+/// the whole session's size (docs/PROTOCOL.md section 3).
+pub const CAP_TOTALS: u32 = 2;
 
 /// Length of the hello: magic, version (u32 BE), capabilities (u32 BE).
 pub const HELLO_LEN: usize = 16;

@@ -6,7 +6,7 @@
 //! A push session (`send` to `recv`) sets neither, so its bytes are exactly
 //! those of every earlier release.
 
-use super::CAP_CODE;
+use super::{CAP_CODE, CAP_TOTALS};
 use crate::error::Error;
 
 /// Capability bit: this side is a listener that offers files and stores
@@ -35,10 +35,11 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The capability bits this side announces.
+    /// The capability bits this side announces: its role, its code, and
+    /// the optional features every mode takes ([`CAP_TOTALS`]).
     pub fn caps(self, coded: bool) -> u32 {
         let code = if coded { CAP_CODE } else { 0 };
-        code | self.role_bits()
+        CAP_TOTALS | code | self.role_bits()
     }
 
     fn role_bits(self) -> u32 {
@@ -213,27 +214,26 @@ mod tests {
         }
     }
 
-    /// docs/PROTOCOL.md §10.1: the bits, and the hellos they make. Bit 1
-    /// stays free for `CAP_TOTALS`.
+    /// docs/PROTOCOL.md §10.1: the bits, and the hellos they make.
     #[test]
     fn role_bits_and_their_hellos() {
         assert_eq!((CAP_SERVES, CAP_FETCHES), (0x4, 0x8));
-        assert_eq!((CAP_SERVES | CAP_FETCHES) & (CAP_CODE | 0x2), 0);
+        assert_eq!((CAP_SERVES | CAP_FETCHES) & (CAP_CODE | CAP_TOTALS), 0);
         let tail = |caps: u32| crate::protocol::hello_bytes(caps)[12..].to_vec();
-        assert_eq!(tail(Mode::Get.caps(false)), [0, 0, 0, 0x08]);
-        assert_eq!(tail(Mode::Serve.caps(false)), [0, 0, 0, 0x04]);
-        assert_eq!(tail(Mode::Serve.caps(true)), [0, 0, 0, 0x05]);
-        assert_eq!(tail(Mode::Get.caps(true)), [0, 0, 0, 0x09]);
+        assert_eq!(tail(Mode::Get.caps(false)), [0, 0, 0, 0x0a]);
+        assert_eq!(tail(Mode::Serve.caps(false)), [0, 0, 0, 0x06]);
+        assert_eq!(tail(Mode::Serve.caps(true)), [0, 0, 0, 0x07]);
+        assert_eq!(tail(Mode::Get.caps(true)), [0, 0, 0, 0x0b]);
     }
 
-    /// A push session's hello is what it always was: no role bits.
+    /// A push session's hello has no role bits; every mode takes totals.
     #[test]
-    fn push_hellos_are_unchanged() {
-        assert_eq!(Mode::Send.caps(false), 0);
-        assert_eq!(Mode::Recv.caps(false), 0);
-        assert_eq!(Mode::Send.caps(true), CAP_CODE);
-        assert_eq!(Mode::Serve.caps(true), CAP_CODE | CAP_SERVES);
-        assert_eq!(Mode::Get.caps(false), CAP_FETCHES);
+    fn push_hellos_carry_no_role_bits() {
+        assert_eq!(Mode::Send.caps(false), CAP_TOTALS);
+        assert_eq!(Mode::Recv.caps(false), CAP_TOTALS);
+        assert_eq!(Mode::Send.caps(true), CAP_TOTALS | CAP_CODE);
+        assert_eq!(Mode::Serve.caps(true), CAP_TOTALS | CAP_CODE | CAP_SERVES);
+        assert_eq!(Mode::Get.caps(false), CAP_TOTALS | CAP_FETCHES);
     }
 
     /// Both role bits at once, or a listener claiming to fetch, is no mode

@@ -36,6 +36,8 @@ pub(super) struct Context {
     /// `xfer get`: this process exists for this one session, so a file
     /// that did not arrive makes it an error, and a stop an interruption.
     pub fetching: bool,
+    /// The peer's hello's capability bits, once it said hello.
+    pub peer_caps: u32,
 }
 
 /// How one connection ended.
@@ -68,7 +70,15 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
     let mut result = link.establish(receiving).await.and_then(|r| r);
     // A getter's failure is its process's one error line.
     if let (Err(e), false) = (&result, fetching) {
-        log::warn!("session with {peer} ended: {e}");
+        match e {
+            // Logged even when quiet: someone tried a wrong code, or came
+            // to the wrong place.
+            Error::Auth(_) | Error::CodeMismatch | Error::WrongRole(_) => {
+                log::warn!("session with {peer} ended: {e}")
+            }
+            // The session's summary line says so; this is for -vv.
+            _ => log::debug!("session with {peer} ended: {e}"),
+        }
     }
     let mut summary = match ledger.lock() {
         Ok(mut ledger) => {
@@ -86,6 +96,16 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
     if fetching {
         if result.is_err() && shutdown.is_cancelled() {
             result = Err(Error::Interrupted);
+        }
+        let cut = matches!(
+            result,
+            Err(Error::ConnectionLost { .. } | Error::PeerAborted { .. } | Error::Interrupted)
+        );
+        if cut && summary.offered > 0 && summary.undelivered() > 0 {
+            // A re-run skips what arrived and resumes what was kept.
+            if let Err(cause) = result {
+                result = Err(Error::Resumable(Box::new(cause)));
+            }
         } else if result.is_ok() && summary.undelivered() > 0 {
             let first = ledger.lock().ok().and_then(|l| l.first_failure());
             result = Err(Error::Incomplete {
@@ -117,11 +137,17 @@ struct Receiving {
 impl Session for Receiving {
     type Output = Result<(), Error>;
 
-    async fn run<R, W>(self, reader: FrameReader<R>, writer: FrameWriter<W>) -> Self::Output
+    async fn run<R, W>(
+        mut self,
+        reader: FrameReader<R>,
+        writer: FrameWriter<W>,
+        peer_caps: u32,
+    ) -> Self::Output
     where
         R: AsyncRead + Unpin + Send + Sync + 'static,
         W: Transport + Sync + 'static,
     {
+        self.context.peer_caps = peer_caps;
         converse(reader, writer, self.context, &self.ledger).await
     }
 }
@@ -171,7 +197,7 @@ pub async fn fetch(
         }
     };
     let link = Dialed {
-        open: crate::sender::connect::connect(&config.source, "xfer serve"),
+        open: crate::sender::connect::connect(&config.source, Mode::Get),
         peer: peer.as_str().into(),
         mode: Mode::Get,
         code: config.code.as_ref(),
@@ -198,6 +224,7 @@ pub(super) async fn fetch_over<L: Link>(
         shutdown,
         session: 1,
         fetching: true,
+        peer_caps: 0,
     };
     let finished = serve_one(config.source.to_string(), context, link).await;
     Ok(finished.result?)

@@ -90,7 +90,11 @@ pub(super) fn commit_group(storage: &Storage, verdicts: &Verdicts, group: Vec<Ve
     for ((id, sha256), result) in files.into_iter().zip(results) {
         match result {
             Ok(stored_as) => verdicts.stored(id, stored_as, sha256),
-            Err(e) => verdicts.failed(id, format!("cannot store it: {}", describe_io(&e)), false),
+            Err(e) => verdicts.failed(
+                id,
+                format!("cannot store it on the receiver: {}", describe_io(&e)),
+                false,
+            ),
         }
     }
 }

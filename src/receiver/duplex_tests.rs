@@ -79,6 +79,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         shutdown: CancellationToken::new(),
         session: 1,
         fetching: false,
+        peer_caps: 0,
     };
     let hellos = Arc::new(Semaphore::new(1));
     let link = Accepted {
@@ -248,6 +249,7 @@ async fn wrong_roles_stop_both_ends_after_the_hellos() {
             self,
             _: crate::protocol::FrameReader<R>,
             _: crate::protocol::FrameWriter<W>,
+            _: u32,
         ) where
             R: tokio::io::AsyncRead + Unpin + Send + Sync + 'static,
             W: crate::protocol::Transport + Sync + 'static,

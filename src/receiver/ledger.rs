@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::events::{Event, FileReport, Observer, Outcome, Summary};
+use crate::events::{Event, FileReport, Meter, Observer, Outcome, Summary};
 use crate::protocol::{Digest, EntryKind};
 
 /// Where one offered entry stands until it is final (then it leaves).
@@ -40,6 +40,8 @@ struct Record {
     kept: Option<u64>,
     /// Why its first body was not accepted, when it came again.
     retried_after: Option<String>,
+    /// What it adds to the meter's `bytes_done` now.
+    counted: u64,
 }
 
 /// How a new offer of a path relates to what this session has in flight.
@@ -69,6 +71,13 @@ pub struct Ledger {
     done: Summary,
     /// "path: reason" of the first file that ended refused or failed.
     first_failure: Option<String>,
+    /// What the progress line shows.
+    meter: Meter,
+    /// What the sender announced (files, bytes), and what it offered so far:
+    /// the meter counts the larger of the two, so a sender that offers more
+    /// than it announced is still counted whole.
+    announced: (u64, u64),
+    offered_so_far: (u64, u64),
     observer: Arc<dyn Observer>,
     session: u64,
     peer: String,
@@ -83,6 +92,9 @@ impl Ledger {
             paths: HashMap::new(),
             done: Summary::default(),
             first_failure: None,
+            meter: Meter::default(),
+            announced: (0, 0),
+            offered_so_far: (0, 0),
             observer,
             session,
             peer,
@@ -133,8 +145,21 @@ impl Ledger {
                 attempts: 0,
                 kept: None,
                 retried_after: None,
+                counted: 0,
             },
         );
+        if kind == EntryKind::File {
+            let (files, bytes) = self.offered_so_far;
+            self.offered_so_far = (files + 1, bytes + size);
+            // Past what was announced, the file adds to the totals.
+            let (more_files, more_bytes) = (
+                (files + 1).saturating_sub(self.announced.0.max(files)),
+                (bytes + size).saturating_sub(self.announced.1.max(bytes)),
+            );
+            self.meter.files += more_files;
+            self.meter.bytes += more_bytes;
+            self.report_progress();
+        }
         self.ids.insert(id, index);
         match self.paths.entry(path.to_owned()) {
             std::collections::hash_map::Entry::Occupied(_) => Offered::Twice,
@@ -143,6 +168,21 @@ impl Ledger {
                 Offered::New
             }
         }
+    }
+
+    /// The sender announced the whole session (before any offer).
+    pub fn announced(&mut self, files: u64, bytes: u64) {
+        self.announced = (files, bytes);
+        self.meter.files = self.meter.files.max(files);
+        self.meter.bytes = self.meter.bytes.max(bytes);
+        self.report_progress();
+    }
+
+    fn report_progress(&self) {
+        self.observer.event(Event::Progress {
+            session: self.session,
+            meter: self.meter,
+        });
     }
 
     fn at(&mut self, id: u64) -> Option<(usize, &mut Record)> {
@@ -176,10 +216,27 @@ impl Ledger {
 
     /// The body of `id` starts arriving at `offset`.
     pub fn receiving(&mut self, id: u64, offset: u64) {
-        if let Some((_, record)) = self.at(id) {
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if let Some(record) = self.live.get_mut(&index) {
             record.state = State::Receiving;
             record.attempts += 1;
             record.resumed_from = offset;
+            // What an earlier run kept is in place already.
+            self.meter.advance(&mut record.counted, offset, false);
+            self.report_progress();
+        }
+    }
+
+    /// `bytes` more of `id`'s body arrived.
+    pub fn received(&mut self, id: u64, bytes: u64) {
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if let Some(record) = self.live.get_mut(&index) {
+            self.meter.advance(&mut record.counted, bytes, true);
+            self.report_progress();
         }
     }
 
@@ -195,12 +252,15 @@ impl Ledger {
     /// `id` did not make it. With `retry` the sender may send it again, so
     /// the outcome waits for that (or for the session's end).
     pub fn failed(&mut self, id: u64, reason: String, retry: bool) {
-        if let Some((index, record)) = self.at(id) {
-            if retry {
-                record.state = State::AwaitingRetry(reason);
-            } else {
-                self.finish(index, Outcome::Failed(reason));
-            }
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if !retry {
+            self.finish(index, Outcome::Failed(reason));
+        } else if let Some(record) = self.live.get_mut(&index) {
+            record.state = State::AwaitingRetry(reason);
+            self.meter.restart(&mut record.counted);
+            self.report_progress();
         }
     }
 
@@ -252,6 +312,11 @@ impl Ledger {
         count(&mut self.done, &record, Some(&outcome));
         if let (None, Some(why)) = (&self.first_failure, outcome.reason()) {
             self.first_failure = Some(format!("{}: {why}", record.path));
+        }
+        if record.kind == EntryKind::File {
+            self.meter
+                .finish(record.size, record.counted, outcome == Outcome::Stored);
+            self.report_progress();
         }
         self.observer.event(Event::FileDone {
             session: self.session,
@@ -307,6 +372,18 @@ fn count(s: &mut Summary, record: &Record, outcome: Option<&Outcome>) {
             }
         }
     }
+    if is_file && outcome.is_some_and(Outcome::delivered) {
+        if record
+            .stored_as
+            .as_ref()
+            .is_some_and(|at| *at != record.path)
+        {
+            s.renamed += 1;
+        }
+        if outcome == Some(&Outcome::Stored) && record.resumed_from > 0 {
+            s.resumed += 1;
+        }
+    }
     s.offered += 1;
 }
 
@@ -333,6 +410,40 @@ mod tests {
 
     fn file(ledger: &mut Ledger, id: u64, path: &str) -> Offered {
         ledger.offered(id, path, EntryKind::File, 100, None)
+    }
+
+    #[test]
+    fn the_meter_counts_what_was_announced_resumed_skipped_and_retried() {
+        let (mut ledger, _) = ledger();
+        ledger.announced(3, 300);
+        for (id, name) in [(0, "a"), (1, "b")] {
+            file(&mut ledger, id, name);
+        }
+        assert_eq!((ledger.meter.files, ledger.meter.bytes), (3, 300));
+        // Two more than announced: counted too.
+        file(&mut ledger, 2, "c");
+        file(&mut ledger, 3, "d");
+        assert_eq!((ledger.meter.files, ledger.meter.bytes), (4, 400));
+        // Resumed at 40: those bytes are in place, not moved.
+        ledger.receiving(0, 40);
+        ledger.received(0, 60);
+        assert_eq!((ledger.meter.bytes_done, ledger.meter.moved), (100, 60));
+        ledger.stored(0, "a".into(), [0; 32]);
+        // Already there: leaves the total.
+        ledger.skipped(1, "b".into(), None);
+        assert_eq!((ledger.meter.bytes, ledger.meter.files_done), (300, 2));
+        // Damaged: its bytes start over.
+        ledger.receiving(2, 0);
+        ledger.received(2, 100);
+        ledger.failed(2, "SHA-256 mismatch".into(), true);
+        assert_eq!(ledger.meter.bytes_done, 100);
+        ledger.refused(3, "no".into());
+        ledger.close(true);
+        let m = ledger.meter;
+        assert_eq!(
+            (m.files, m.files_done, m.bytes, m.bytes_done),
+            (4, 4, 100, 100)
+        );
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl Server {
                 shutdown: incoming.shutdown,
                 session: incoming.session,
                 fetching: false,
+                peer_caps: 0,
             };
             let peer: Arc<str> = incoming.peer.to_string().into();
             let link = Accepted {

@@ -4,6 +4,8 @@
 //! and what is left of the budgets — says what to do. `decide` is where
 //! every refusal reason lives; it is unit-tested without disk or sockets.
 
+use indicatif::HumanBytes;
+
 use crate::error::describe_io;
 use crate::hashing::to_hex;
 use crate::paths::WirePath;
@@ -11,6 +13,12 @@ use crate::protocol::{Digest, Entry, EntryKind};
 use crate::storage::{Claim, DirHandle, FilePlan, Metadata, ResumeRecord, Storage};
 
 use super::ledger::Offered;
+
+/// A storage error at plan time, said to be the receiver's (the sender
+/// shows the same text).
+fn on_receiver(e: &std::io::Error) -> String {
+    format!("on the receiver: {}", describe_io(e))
+}
 
 /// What one sender may ask the receiver to store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +105,9 @@ pub fn check(entry: &Entry, offered: &Offered, limits: &Limits) -> Result<WirePa
     }
     match limits.max_file_size {
         Some(max) if entry.kind == EntryKind::File && entry.size > max => Err(format!(
-            "{} bytes is over the receiver's limit of {max} bytes per file (--max-size)",
-            entry.size
+            "{} is over the receiver's limit of {} per file (--max-size)",
+            HumanBytes(entry.size),
+            HumanBytes(max)
         )),
         _ => Ok(path),
     }
@@ -126,15 +135,16 @@ pub fn decide<C>(size: u64, found: Found<C>, budget: &mut Budget) -> Decision<C>
     let needed = size - offset;
     if needed > budget.free {
         return Decision::Refuse(format!(
-            "not enough free space on the receiver: {needed} bytes needed, {} available",
-            budget.free
+            "not enough free space on the receiver: {} needed, {} available",
+            HumanBytes(needed),
+            HumanBytes(budget.free)
         ));
     }
     if needed > budget.session_left {
         return Decision::Refuse(format!(
             "over the receiver's limit of bytes per session (--max-session-size); \
-             {} bytes were left",
-            budget.session_left
+             {} were left",
+            HumanBytes(budget.session_left)
         ));
     }
     budget.free -= needed;
@@ -155,11 +165,11 @@ pub fn look(
     let existing = match storage.plan_file_in(dir, &path, entry.size, entry.sha256) {
         Ok(FilePlan::Skip { existing }) => return Found::Identical { existing },
         Ok(plan) => plan,
-        Err(e) => return Found::Unusable(describe_io(&e)),
+        Err(e) => return Found::Unusable(on_receiver(&e)),
     };
     let claim = match storage.claim(&path) {
         Ok(claim) => claim,
-        Err(e) => return Found::Unusable(describe_io(&e)),
+        Err(e) => return Found::Unusable(on_receiver(&e)),
     };
     match existing {
         FilePlan::Compare { existing, sha256 } => Found::SameSize {
@@ -220,7 +230,7 @@ pub fn plan_offer(
                 last_dir = None;
                 let decision = match storage.make_dirs(Some(&path)) {
                     Ok(()) => Decision::Dir,
-                    Err(e) => Decision::Refuse(describe_io(&e)),
+                    Err(e) => Decision::Refuse(on_receiver(&e)),
                 };
                 return Decided {
                     entry,
@@ -235,7 +245,7 @@ pub fn plan_offer(
                 _ => storage.find_dir(parent.as_ref()),
             };
             let (decision, dir) = match dir {
-                Err(e) => (Decision::Refuse(describe_io(&e)), None),
+                Err(e) => (Decision::Refuse(on_receiver(&e)), None),
                 Ok(dir) => {
                     last_dir = Some((parent, dir.clone()));
                     let found = look(storage, path, &entry, dir.as_ref());

@@ -25,7 +25,7 @@ use crate::hashing::Hasher;
 use crate::paths::WirePath;
 use crate::protocol::{
     Action, Digest, Entry, FrameReader, FrameWriter, Message, Offer, Outcome, Plan, Transport,
-    Verdict, MAX_BATCH_ENTRIES,
+    Verdict, CAP_TOTALS, MAX_BATCH_ENTRIES,
 };
 use crate::storage::{Claim, DirHandle, Metadata};
 
@@ -84,6 +84,7 @@ where
         last_body_id: None,
         offered: 0,
         session_left,
+        totals_seen: false,
     };
     let outcome = receive.run().await;
     let Receive {
@@ -164,6 +165,8 @@ struct Receive<R> {
     offered: u64,
     /// Bytes this session may still plan to receive.
     session_left: u64,
+    /// A `Totals` came (at most one, before the first offer).
+    totals_seen: bool,
 }
 
 impl<R: AsyncRead + Unpin + Send> Receive<R> {
@@ -215,6 +218,7 @@ impl<R: AsyncRead + Unpin + Send> Receive<R> {
                     return Err(self.lost("the sender closed the connection before it was done"))
                 }
                 Some(Message::Offer(offer)) => self.plan(offer).await?,
+                Some(Message::Totals { files, bytes }) => self.totals(files, bytes)?,
                 Some(Message::FileBegin { id, offset }) => {
                     self.receive_body(id, offset).await?;
                     self.commit_if_drained().await?;
@@ -237,6 +241,21 @@ impl<R: AsyncRead + Unpin + Send> Receive<R> {
                 }
             }
         }
+    }
+
+    /// What the sender says it will offer: shown, never trusted for limits.
+    fn totals(&mut self, files: u64, bytes: u64) -> Result<(), Error> {
+        if self.context.peer_caps & CAP_TOTALS == 0 {
+            return Err(
+                self.protocol("Totals from a sender whose hello did not announce them".into())
+            );
+        }
+        if self.totals_seen || self.next_offer_id > 0 {
+            return Err(self.protocol("Totals after the first offer or twice".into()));
+        }
+        self.totals_seen = true;
+        self.ledger()?.announced(files, bytes);
+        Ok(())
     }
 
     async fn plan(&mut self, offer: Offer) -> Result<(), Error> {
@@ -412,10 +431,7 @@ impl<R: AsyncRead + Unpin + Send> Receive<R> {
                 _ = self.context.shutdown.cancelled() => return Err(self.lost("the receiver is shutting down")),
             };
             remaining -= chunk.len() as u64;
-            self.context.observer.event(Event::Progress {
-                session: self.context.session,
-                bytes: chunk.len() as u64,
-            });
+            self.ledger()?.received(id, chunk.len() as u64);
             if whole.is_some() {
                 body.push(chunk);
             } else {

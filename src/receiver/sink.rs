@@ -271,7 +271,10 @@ impl Sink {
             Ok(p) => (Some(p), None),
             Err(e) => (
                 None,
-                Some(format!("cannot create the file: {}", describe_io(&e))),
+                Some(format!(
+                    "cannot create it on the receiver: {}",
+                    describe_io(&e)
+                )),
             ),
         };
         self.current = Some(Current {
@@ -316,7 +319,7 @@ impl Sink {
                 current.error = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
                     "the receiver's disk is full".to_owned()
                 } else {
-                    format!("cannot write the file: {}", describe_io(&e))
+                    format!("cannot write it on the receiver: {}", describe_io(&e))
                 });
                 if let Some(p) = current.partial.take() {
                     p.discard();
@@ -366,7 +369,10 @@ impl Sink {
                 }
                 Err(e) => {
                     partial.discard();
-                    let reason = format!("cannot set its metadata: {}", describe_io(&e));
+                    let reason = format!(
+                        "cannot set its metadata on the receiver: {}",
+                        describe_io(&e)
+                    );
                     self.verdicts.failed(current.id, reason, false);
                 }
             },

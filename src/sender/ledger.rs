@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::events::{Event, FileReport, Observer, Outcome, Summary};
+use crate::events::{Event, FileReport, Meter, Observer, Outcome, Summary};
 use crate::protocol::{self, Digest, EntryKind};
 use crate::sender::source::LocalEntry;
 
@@ -38,6 +38,8 @@ struct FileRecord {
     attempts: u32,
     /// Body bytes put on the wire for it, over all attempts.
     sent: u64,
+    /// What it adds to the meter's `bytes_done` now.
+    counted: u64,
     stored_as: Option<String>,
     /// Why its first body was not accepted, when it is being sent again.
     retried_after: Option<String>,
@@ -66,6 +68,8 @@ pub struct Ledger {
     awaiting: usize,
     /// The final records, counted.
     done: Summary,
+    /// What the progress line shows.
+    meter: Meter,
     first_failure: Option<String>,
     observer: Arc<dyn Observer>,
     peer: String,
@@ -82,6 +86,7 @@ impl Ledger {
             retries: Vec::new(),
             awaiting: 0,
             done: Summary::default(),
+            meter: Meter::default(),
             first_failure: None,
             observer,
             peer,
@@ -93,6 +98,20 @@ impl Ledger {
     pub fn in_session(mut self, session: u64) -> Ledger {
         self.session = session;
         self
+    }
+
+    /// The session is to send `files` files of `bytes` bytes in all.
+    pub fn expect(&mut self, files: u64, bytes: u64) {
+        self.meter.files = files;
+        self.meter.bytes = bytes;
+        self.report_progress();
+    }
+
+    fn report_progress(&self) {
+        self.observer.event(Event::Progress {
+            session: self.session,
+            meter: self.meter,
+        });
     }
 
     /// An entry that could not even be read locally (a directory of the
@@ -130,6 +149,7 @@ impl Ledger {
                 resumed_from: 0,
                 attempts: 0,
                 sent: 0,
+                counted: 0,
                 stored_as: None,
                 retried_after: None,
             },
@@ -145,18 +165,29 @@ impl Ledger {
 
     /// Its body (from `offset`) or `Identical` is going out now.
     pub fn sending(&mut self, id: u64, offset: u64) {
-        if let Some(record) = self.by_id(id) {
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if let Some(record) = self.live.get_mut(&index) {
             record.state = State::AwaitingVerdict;
             record.attempts += 1;
             record.resumed_from = offset;
             self.awaiting += 1;
+            // Bytes the receiver kept from an earlier run are in place.
+            self.meter.advance(&mut record.counted, offset, false);
+            self.report_progress();
         }
     }
 
     /// `bytes` more of `id`'s body are on the wire.
     pub fn sent(&mut self, id: u64, bytes: u64) {
-        if let Some(record) = self.by_id(id) {
+        let Some(index) = self.ids.get(&id).copied() else {
+            return;
+        };
+        if let Some(record) = self.live.get_mut(&index) {
             record.sent += bytes;
+            self.meter.advance(&mut record.counted, bytes, true);
+            self.report_progress();
         }
     }
 
@@ -231,8 +262,10 @@ impl Ledger {
                 );
                 record.state = State::Retry;
                 record.sha256 = None;
+                self.meter.restart(&mut record.counted);
                 record.retried_after = Some(reason);
                 self.retries.push(index);
+                self.report_progress();
                 return Ok(Settled::Retry);
             }
             protocol::Outcome::Failed { reason, .. } => {
@@ -264,6 +297,14 @@ impl Ledger {
             record.stored_as = None;
         }
         count(&mut self.done, &record, Some(&outcome));
+        if record.entry.kind == EntryKind::File {
+            self.meter.finish(
+                record.entry.size,
+                record.counted,
+                outcome == Outcome::Stored,
+            );
+            self.report_progress();
+        }
         if let (None, Some(why)) = (&self.first_failure, outcome.reason()) {
             self.first_failure = Some(format!("{}: {why}", record.entry.wire_path));
         }
@@ -311,6 +352,18 @@ fn count(s: &mut Summary, record: &FileRecord, outcome: Option<&Outcome>) {
         Some(Outcome::Failed(_)) => s.failed += 1,
         _ if !is_file => return,
         _ => {}
+    }
+    if is_file && outcome.is_some_and(Outcome::delivered) {
+        if record
+            .stored_as
+            .as_ref()
+            .is_some_and(|at| *at != record.entry.wire_path)
+        {
+            s.renamed += 1;
+        }
+        if outcome == Some(&Outcome::Stored) && record.resumed_from > 0 {
+            s.resumed += 1;
+        }
     }
     s.offered += 1;
 }
@@ -392,6 +445,42 @@ mod tests {
             reports[0].retried_after.as_deref(),
             Some("SHA-256 mismatch")
         );
+    }
+
+    #[test]
+    fn the_meter_ends_full_after_a_resume_a_skip_and_a_retry() {
+        let (mut ledger, _) = ledger();
+        ledger.expect(3, 30);
+        ledger.offered(0, &file("resumed", 10), None);
+        ledger.offered(1, &file("there", 10), None);
+        ledger.offered(2, &file("damaged", 10), None);
+        ledger.sending(0, 6);
+        ledger.sent(0, 4);
+        assert_eq!((ledger.meter.bytes_done, ledger.meter.moved), (10, 4));
+        ledger.skipped(1, "there".into());
+        assert_eq!(ledger.meter.bytes, 20);
+        ledger.sending(2, 0);
+        ledger.sent(2, 10);
+        ledger.verdict(2, damaged()).unwrap();
+        assert_eq!(ledger.meter.bytes_done, 10, "a retried body starts over");
+        let (index, _) = ledger.take_retries()[0].clone();
+        ledger.reoffered(3, index);
+        ledger.sending(3, 0);
+        ledger.sent(3, 10);
+        let stored = |path: &str| protocol::Outcome::Stored {
+            path: path.into(),
+            sha256: [0; 32],
+        };
+        ledger.verdict(0, stored("resumed")).unwrap();
+        ledger.verdict(3, stored("damaged")).unwrap();
+        let m = ledger.meter;
+        assert_eq!(
+            (m.files, m.files_done, m.bytes, m.bytes_done),
+            (3, 3, 20, 20)
+        );
+        assert_eq!(m.moved, 24);
+        let s = ledger.summary();
+        assert_eq!((s.resumed, s.renamed), (1, 0));
     }
 
     #[test]

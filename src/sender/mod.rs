@@ -34,7 +34,9 @@ use crate::code::Code;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
 use crate::link::{self, Dialed, Link};
-use crate::protocol::{Connection, EntryKind, FrameReader, FrameWriter, Mode, Transport};
+use crate::protocol::{
+    Connection, EntryKind, FrameReader, FrameWriter, Message, Mode, Transport, CAP_TOTALS,
+};
 use digest_cache::DigestCache;
 use ledger::Ledger;
 pub use serve::ServeConfig;
@@ -82,7 +84,7 @@ pub async fn send(
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Summary> {
-    let open = connect::connect(&config.destination, "xfer recv");
+    let open = connect::connect(&config.destination, Mode::Send);
     send_over(config, open, observer, cancel).await
 }
 
@@ -156,10 +158,8 @@ impl Offering<'_> {
         let ledger = Arc::new(Mutex::new(
             Ledger::new(Arc::clone(&observer), peer.clone()).in_session(session),
         ));
-        observer.event(Event::SessionStarted {
-            session,
-            peer: peer.clone(),
-        });
+        // A send is re-run by its user; a server's getter re-runs instead.
+        let rerun_resumes = self.walk_first;
         let result = self.offer(link, &ledger).await;
         let mut summary = match ledger.lock() {
             Ok(ledger) => ledger.summary(),
@@ -178,6 +178,19 @@ impl Offering<'_> {
                 .into()),
             }
         });
+        // Cut short with files still to go: a re-run skips what arrived and
+        // resumes what was kept.
+        let result = result.map_err(|e| match e.downcast::<Error>() {
+            Ok(
+                cause @ (Error::ConnectionLost { .. }
+                | Error::PeerAborted { .. }
+                | Error::Interrupted),
+            ) if rerun_resumes && summary.offered > 0 && summary.undelivered() > 0 => {
+                Error::Resumable(Box::new(cause)).into()
+            }
+            Ok(other) => other.into(),
+            Err(e) => e,
+        });
         observer.event(Event::SessionEnded {
             session,
             peer,
@@ -189,21 +202,12 @@ impl Offering<'_> {
     }
 
     async fn offer<L: Link>(self, link: L, ledger: &Arc<Mutex<Ledger>>) -> anyhow::Result<()> {
-        let batches = match self.walk_first {
-            true => Some(
-                start_walk(
-                    self.paths,
-                    self.cache.clone(),
-                    &self.observer,
-                    ledger,
-                    self.session,
-                )
-                .await?,
-            ),
+        let walked = match self.walk_first {
+            true => Some(start_walk(self.paths, self.cache.clone(), ledger).await?),
             false => None,
         };
         let talk = Talk {
-            batches,
+            walked,
             paths: self.paths,
             cache: self.cache,
             observer: &self.observer,
@@ -216,15 +220,22 @@ impl Offering<'_> {
     }
 }
 
-/// Walks `paths`, records what cannot be read, announces the totals, and
-/// starts reading and hashing the first batches in the background.
+/// A walk of the paths to send, its batches being prepared.
+struct Walked {
+    batches: mpsc::Receiver<source::Batch>,
+    /// Files and bytes it found, for the receiver's totals.
+    files: u64,
+    bytes: u64,
+}
+
+/// Walks `paths`, records what cannot be read, gives the ledger the
+/// totals, and starts reading and hashing the first batches in the
+/// background.
 async fn start_walk(
     paths: &[std::path::PathBuf],
     cache: Option<Arc<DigestCache>>,
-    observer: &Arc<dyn Observer>,
     ledger: &Arc<Mutex<Ledger>>,
-    session: u64,
-) -> anyhow::Result<mpsc::Receiver<source::Batch>> {
+) -> anyhow::Result<Walked> {
     let paths = paths.to_vec();
     let collected = tokio::task::spawn_blocking(move || source::collect(&paths))
         .await
@@ -255,25 +266,28 @@ async fn start_walk(
     let entries = collected.entries;
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
     let bytes = entries.iter().map(|e| e.size).sum();
-    observer.event(Event::Totals {
-        session,
-        files,
-        bytes,
-    });
+    ledger
+        .lock()
+        .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
+        .expect(files, bytes);
     // The first batches are read and hashed while the connection and the
     // hellos take their round trips.
     let (batch_tx, batch_rx) = mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
         source::prepare_batches(entries, cache.as_deref(), batch_tx)
     });
-    Ok(batch_rx)
+    Ok(Walked {
+        batches: batch_rx,
+        files,
+        bytes,
+    })
 }
 
 /// What the rest of a session needs once the connection (plain or
 /// sealed) is up.
 struct Talk<'a> {
-    /// Batches already being prepared, or `None` to walk `paths` first.
-    batches: Option<mpsc::Receiver<source::Batch>>,
+    /// The walk, already under way, or `None` to walk `paths` first.
+    walked: Option<Walked>,
     paths: &'a [std::path::PathBuf],
     cache: Option<Arc<DigestCache>>,
     observer: &'a Arc<dyn Observer>,
@@ -290,24 +304,30 @@ impl link::Session for Talk<'_> {
         self,
         reader: FrameReader<R>,
         writer: FrameWriter<W>,
+        peer_caps: u32,
     ) -> impl Future<Output = Self::Output> + Send
     where
         R: AsyncRead + Unpin + Send + Sync + 'static,
         W: Transport + Sync + 'static,
     {
-        self.talk(reader, writer)
+        self.talk(reader, writer, peer_caps)
     }
 }
 
 impl Talk<'_> {
     /// Offers, bodies and verdicts over `reader` and `writer` until `Bye`.
-    async fn talk<R, W>(self, reader: FrameReader<R>, writer: FrameWriter<W>) -> anyhow::Result<()>
+    async fn talk<R, W>(
+        self,
+        reader: FrameReader<R>,
+        writer: FrameWriter<W>,
+        peer_caps: u32,
+    ) -> anyhow::Result<()>
     where
         R: AsyncRead + Unpin + Send + Sync + 'static,
         W: Transport + Sync + 'static,
     {
         let Talk {
-            batches,
+            walked,
             paths,
             cache,
             observer,
@@ -316,10 +336,18 @@ impl Talk<'_> {
             peer,
             session: session_id,
         } = self;
-        let batch_rx = match batches {
-            Some(batches) => batches,
-            None => start_walk(paths, cache.clone(), observer, ledger, session_id).await?,
+        let walked = match walked {
+            Some(walked) => walked,
+            None => start_walk(paths, cache.clone(), ledger).await?,
         };
+        // The link is up and the totals are known: a progress line can start.
+        observer.event(Event::SessionStarted {
+            session: session_id,
+            peer: peer.to_string(),
+        });
+        // Announced before the first offer, when the receiver takes them.
+        let totals = (peer_caps & CAP_TOTALS != 0).then_some((walked.files, walked.bytes));
+        let batch_rx = walked.batches;
         let settled = Arc::new(Notify::new());
         let closed = Arc::new(AtomicBool::new(false));
         // At most OFFERS_AHEAD plans can be outstanding, so this channel never
@@ -348,7 +376,12 @@ impl Talk<'_> {
             next_id: 0,
         };
         let written = tokio::select! {
-            r = session.run(batch_rx) => r,
+            r = async {
+                if let Some((files, bytes)) = totals {
+                    session.writer.send(&Message::Totals { files, bytes }).await?;
+                }
+                session.run(batch_rx).await
+            } => r,
             _ = async { cancel.cancelled().await; tokio::time::sleep(INTERRUPT_GRACE).await } => {
                 Err(Error::Interrupted)
             }

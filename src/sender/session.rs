@@ -303,10 +303,6 @@ impl<W: Transport> Session<W> {
                 })
                 .await?;
             self.ledger()?.sent(id, size - offset);
-            self.observer.event(Event::Progress {
-                session: self.session,
-                bytes: size - offset,
-            });
             return Ok(());
         }
         let cannot_read = |e: std::io::Error| format!("cannot read: {}", describe_io(&e));
@@ -355,10 +351,6 @@ impl<W: Transport> Session<W> {
                 pace.advance(position);
             }
             self.ledger()?.sent(id, sent);
-            self.observer.event(Event::Progress {
-                session: self.session,
-                bytes: sent,
-            });
             if sent < step {
                 break;
             }

@@ -264,91 +264,11 @@ fn once_exits_non_zero_when_the_session_fails() {
     assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
 }
 
-/// Runs `xfer ARGS` with a pseudo-terminal as stdin/stdout/stderr (via
-/// util-linux `script`) and returns everything it drew.
-fn run_on_terminal(args: &[String]) -> Option<(i32, String)> {
-    let binary = env!("CARGO_BIN_EXE_xfer");
-    let line = std::iter::once(binary.to_owned())
-        .chain(args.iter().map(|a| format!("'{a}'")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = std::process::Command::new("script")
-        .args(["-qefc", &line, "/dev/null"])
-        .env("XFER_CACHE_DIR", test_cache_dir())
-        .output()
-        .ok()?;
-    Some((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
-}
-
 #[test]
-fn progress_bars_draw_on_a_terminal_only() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let file = src.path().join("bar.bin");
-    write_random(&file, 20_000_000, 8);
-    let (recv, addr) = XferProcess::recv(&["--dir", dst.path().to_str().unwrap()]);
-    let args = vec![
-        "send".to_owned(),
-        file.to_str().unwrap().to_owned(),
-        addr.to_string(),
-    ];
-    let Some((code, screen)) = run_on_terminal(&args) else {
-        panic!("util-linux 'script' is needed for this test");
-    };
-    assert_eq!(code, 0, "{screen}");
-    // The bar template: prefix, byte counts against the total, rate and ETA.
-    assert!(
-        screen.contains("sending") && screen.contains("ETA"),
-        "no bar drawn: {screen:?}"
-    );
-    assert!(
-        screen.contains("19.07 MiB"),
-        "no total in the bar: {screen:?}"
-    );
-    assert!(screen.contains("sent 1 file,"), "{screen:?}");
-
-    // Not a terminal: no bar, just the summary.
-    fs::remove_file(dst.path().join("bar.bin")).unwrap();
-    let (code, _, err) = run(&["send", file.to_str().unwrap(), &addr.to_string()]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        !err.contains("ETA"),
-        "bar drawn without a terminal: {err:?}"
-    );
-    assert_eq!(err.lines().count(), 1, "{err:?}");
-
-    // --quiet on a terminal: nothing at all.
-    fs::remove_file(dst.path().join("bar.bin")).unwrap();
-    let quiet = vec![
-        "send".to_owned(),
-        "--quiet".to_owned(),
-        file.to_str().unwrap().to_owned(),
-        addr.to_string(),
-    ];
-    let (code, screen) = run_on_terminal(&quiet).unwrap();
-    assert_eq!(code, 0);
-    assert!(screen.trim().is_empty(), "--quiet drew {screen:?}");
-    recv.signal(libc::SIGTERM);
-    let (status, recv_err) = recv.wait(Duration::from_secs(5));
-    assert!(status.success());
-    // The receiver's per-file lines and per-sender summary.
-    assert!(
-        recv_err.contains("received bar.bin (20000000 bytes)"),
-        "{recv_err}"
-    );
-    assert!(
-        recv_err.contains("received 1 file,") && recv_err.contains("all verified"),
-        "{recv_err}"
-    );
-}
-
-#[test]
-fn verbose_flag_adds_debug_lines() {
+fn double_verbose_flag_adds_debug_lines() {
     let dst = tempfile::tempdir().unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
-    let (recv, addr) = XferProcess::recv(&["-v", "--dir", dst.path().to_str().unwrap(), "--once"]);
+    let (recv, addr) = XferProcess::recv(&["-vv", "--dir", dst.path().to_str().unwrap(), "--once"]);
     let (code, _, _) = run(&[
         "send",
         "-q",
@@ -358,59 +278,6 @@ fn verbose_flag_adds_debug_lines() {
     assert_eq!(code, 0);
     let (_, err) = recv.wait(Duration::from_secs(10));
     assert!(err.contains("debug: session with 127.0.0.1:"), "{err}");
-}
-
-#[test]
-fn receiver_draws_a_bar_per_sender_on_a_terminal() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let file = src.path().join("seen.bin");
-    write_random(&file, 30_000_000, 9);
-    let recv_line = format!(
-        "{} recv --once --listen 127.0.0.1:0 --dir '{}'",
-        env!("CARGO_BIN_EXE_xfer"),
-        dst.path().display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qefc", &recv_line, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .to_owned();
-    let (code, _, err) = run(&["send", "-q", file.to_str().unwrap(), &addr]);
-    assert_eq!(code, 0, "{err}");
-    let reader = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
-        rest
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "receiver did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let screen = reader.join().unwrap();
-    // A spinner line prefixed with the sender's address, with a byte rate.
-    assert!(
-        screen
-            .lines()
-            .any(|l| l.contains("127.0.0.1:") && l.contains("/s") && !l.starts_with("from")),
-        "no per-sender bar: {screen:?}"
-    );
-    assert!(
-        screen.contains("received seen.bin (30000000 bytes)"),
-        "{screen:?}"
-    );
 }
 
 #[test]
@@ -479,7 +346,7 @@ fn a_peer_cannot_inject_terminal_escapes_into_the_error_line() {
         file.path().to_str().unwrap().to_owned(),
         addr.to_string(),
     ];
-    let (code, screen) = run_on_terminal(&args).expect("util-linux 'script' is needed");
+    let (code, screen) = run_on_terminal(80, &args);
     hostile.join().unwrap();
     assert_eq!(code, 3, "{screen}");
     // On a terminal a bidi override could reorder what is shown: escaped.
@@ -581,4 +448,32 @@ fn a_peer_that_is_not_xfer_or_another_version_is_exit_4() {
         assert_eq!(code, 4, "{err}");
         assert_one_error_line(&err, expected);
     }
+}
+
+#[test]
+fn a_host_name_that_does_not_resolve_gets_its_own_hint() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(&[
+        "send",
+        file.path().to_str().unwrap(),
+        "no-such-host.invalid:7171",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert_one_error_line(&err, "cannot resolve host name");
+    assert!(
+        err.contains("check the name, or use the IP address"),
+        "{err}"
+    );
+    assert!(!err.contains("is 'xfer recv' running"), "{err}");
+}
+
+#[test]
+fn an_address_given_first_is_told_to_go_last() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(&["send", "127.0.0.1:7171", file.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert_one_error_line(
+        &err,
+        "the address goes last (xfer send PATH... 127.0.0.1:7171)",
+    );
 }

@@ -244,7 +244,10 @@ fn ctrl_c_stops_either_side_promptly_and_leaves_a_resumable_partial() {
     sender.signal(libc::SIGINT);
     let (status, err) = sender.wait(Duration::from_secs(5));
     assert_eq!(status.code(), Some(130), "{err}");
-    assert_eq!(err.lines().last(), Some("error: interrupted"));
+    assert_eq!(
+        err.lines().last(),
+        Some("error: interrupted; run the same command again to resume")
+    );
     wait_until("the receiver to keep the partial", || {
         partial_settled(dst.path(), "big.bin")
     });
@@ -260,7 +263,10 @@ fn ctrl_c_stops_either_side_promptly_and_leaves_a_resumable_partial() {
     assert_eq!(status.code(), Some(0), "{err}");
     let (status, err) = sender.wait(Duration::from_secs(5));
     assert_ne!(status.code(), Some(0));
-    assert!(err.contains("the receiver is shutting down"), "{err}");
+    assert!(
+        err.contains("the receiver is shutting down; run the same command again to resume"),
+        "{err}"
+    );
     assert!(visible(dst.path()).is_empty());
     let meta = fs::read_to_string(dst.path().join(".big.bin.xfer-meta")).unwrap();
     assert!(

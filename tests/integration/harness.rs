@@ -666,3 +666,32 @@ impl XferProcess {
         (process, addr.parse().unwrap())
     }
 }
+
+/// A `script` command (util-linux) that runs `xfer ARGS` on a pseudo-terminal
+/// of `cols` columns, its stdin, stdout and stderr all that terminal; what
+/// it drew comes out on `script`'s stdout.
+pub fn terminal_command(cols: u16, args: &[String]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_xfer");
+    let line = std::iter::once(format!("stty rows 40 cols {cols}; exec '{binary}'"))
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = Command::new("script");
+    command
+        .args(["-qefc", &line, "/dev/null"])
+        .env("XFER_CACHE_DIR", test_cache_dir());
+    command
+}
+
+/// Runs `xfer ARGS` on a terminal of `cols` columns (see
+/// [`terminal_command`]) and returns its exit code and everything it drew.
+pub fn run_on_terminal(cols: u16, args: &[String]) -> (i32, String) {
+    let out = terminal_command(cols, args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux 'script' is needed for terminal tests");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

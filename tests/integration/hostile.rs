@@ -455,7 +455,7 @@ async fn size_and_count_limits_are_enforced_with_clear_reasons() {
     let err = format!("{:#}", send(&[&big], rx.addr).await.0.unwrap_err());
     assert!(
         err.contains(
-            "big.bin: 2000 bytes is over the receiver's limit of 1000 bytes per file (--max-size)"
+            "big.bin: 1.95 KiB is over the receiver's limit of 1000 B per file (--max-size)"
         ),
         "{err}"
     );
@@ -609,4 +609,57 @@ async fn a_path_offered_twice_in_one_session_is_stored_once_and_the_repeat_refus
         (summary.offered, summary.stored, summary.refused),
         (2, 1, 1)
     );
+}
+
+#[tokio::test]
+async fn totals_are_taken_once_before_the_first_offer_and_only_when_announced() {
+    let dst = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(dst.path()).await;
+    let expect_abort = |got: Option<Message>, says: &str| match got {
+        Some(Message::Abort { reason }) => assert!(reason.contains(says), "{reason}"),
+        other => panic!("expected Abort, got {other:?}"),
+    };
+
+    // A hello without CAP_TOTALS: no Totals may follow.
+    let (mut reader, mut writer) = raw_connect(rx.addr).await;
+    let totals = Message::Totals { files: 1, bytes: 1 };
+    writer.send(&totals).await.unwrap();
+    writer.flush().await.unwrap();
+    let got = within(reader.read_message()).await.unwrap();
+    expect_abort(got, "did not announce them");
+
+    // With it: one Totals before the first offer is taken, a second is not.
+    let stream = within(tokio::net::TcpStream::connect(rx.addr))
+        .await
+        .unwrap();
+    let (r, w) = stream.into_split();
+    let mut reader = xfer::protocol::FrameReader::new(r, "peer".into(), TIMEOUT);
+    let mut writer = xfer::protocol::FrameWriter::new(w, "peer".into(), TIMEOUT);
+    let theirs = within(xfer::protocol::handshake_with(
+        &mut reader,
+        &mut writer,
+        xfer::protocol::CAP_TOTALS,
+    ))
+    .await
+    .unwrap();
+    assert_ne!(
+        theirs & xfer::protocol::CAP_TOTALS,
+        0,
+        "receivers take totals"
+    );
+    writer.send(&totals).await.unwrap();
+    let offer = Offer {
+        first_id: 0,
+        entries: vec![file_entry("a.txt")],
+    };
+    writer.send(&Message::Offer(offer)).await.unwrap();
+    writer.flush().await.unwrap();
+    match within(reader.read_message()).await.unwrap() {
+        Some(Message::Plan(plan)) => assert_eq!(plan.actions.len(), 1),
+        other => panic!("expected Plan, got {other:?}"),
+    }
+    writer.send(&totals).await.unwrap();
+    writer.flush().await.unwrap();
+    let got = within(reader.read_message()).await.unwrap();
+    expect_abort(got, "after the first offer or twice");
 }

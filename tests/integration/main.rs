@@ -12,4 +12,5 @@ mod faults;
 mod hostile;
 mod pull;
 mod storage;
+mod terminal;
 mod transfer;

@@ -11,7 +11,7 @@ use crate::harness::*;
 use xfer::error::{exit_code_of, EXIT_AUTH, EXIT_PROTOCOL};
 use xfer::protocol::{
     handshake_with, Action, Entry, EntryKind, FrameReader, FrameWriter, Message, Offer, Plan,
-    CAP_CODE, CAP_FETCHES, HELLO_LEN, MAGIC,
+    CAP_CODE, CAP_FETCHES, CAP_TOTALS, HELLO_LEN, MAGIC,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -624,7 +624,7 @@ async fn peers_of_the_previous_release_cannot_misuse_a_server_or_a_getter() {
     assert_eq!(got[..8], MAGIC);
     assert_eq!(
         u32::from_be_bytes([got[12], got[13], got[14], got[15]]),
-        CAP_FETCHES
+        CAP_FETCHES | CAP_TOTALS
     );
     assert!(tree_listing(dst.path()).is_empty());
     assert_eq!(tree_listing(src.path()), before, "the server wrote nothing");
@@ -828,7 +828,11 @@ fn ctrl_c_stops_a_getter_or_a_server_promptly_and_the_partial_resumes() {
     getter.signal(libc::SIGINT);
     let (status, err) = getter.wait(Duration::from_secs(5));
     assert_eq!(status.code(), Some(130), "{err}");
-    assert_eq!(err.lines().last(), Some("error: interrupted"), "{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some("error: interrupted; run the same command again to resume"),
+        "{err}"
+    );
     assert_eq!(error_lines(&err).len(), 1, "{err}");
     assert!(partial_settled(dst.path(), "big.bin"));
 

@@ -1,7 +1,8 @@
 //! The receiver's DIR under contention and misuse: two senders after the
 //! same path at once, and a DIR that cannot be written.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -64,17 +65,27 @@ async fn a_path_being_received_is_refused_to_a_second_sender_at_plan_time() {
 
 /// A read-only tmpfs mounted on a fresh temporary directory, unmounted when
 /// dropped; `None` (with the reason printed) where mounting is not allowed.
-struct ReadOnlyMount(tempfile::TempDir);
+struct ReadOnlyMount {
+    /// Removed after the unmount.
+    _dir: tempfile::TempDir,
+    at: PathBuf,
+}
 
 impl ReadOnlyMount {
     fn new() -> Option<ReadOnlyMount> {
         let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().to_path_buf();
+        ReadOnlyMount::at(dir, at)
+    }
+
+    /// Mounted on `at` (an existing directory), which `dir` keeps alive.
+    fn at(dir: tempfile::TempDir, at: PathBuf) -> Option<ReadOnlyMount> {
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "ro", "tmpfs"])
-            .arg(dir.path())
+            .arg(&at)
             .output();
         match mounted {
-            Ok(out) if out.status.success() => Some(ReadOnlyMount(dir)),
+            Ok(out) if out.status.success() => Some(ReadOnlyMount { _dir: dir, at }),
             Ok(out) => {
                 let why = String::from_utf8_lossy(&out.stderr);
                 eprintln!("skipped: cannot mount a read-only tmpfs: {}", why.trim());
@@ -88,14 +99,46 @@ impl ReadOnlyMount {
     }
 
     fn path(&self) -> &Path {
-        self.0.path()
+        &self.at
     }
 }
 
 impl Drop for ReadOnlyMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
+        let _ = Command::new("umount").arg(&self.at).status();
     }
+}
+
+#[test]
+fn a_file_the_receiver_cannot_write_is_said_to_fail_on_the_receiver() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_random(&src.path().join("ro/a.txt"), 100, 1);
+    fs::create_dir(dst.path().join("ro")).unwrap();
+    let inbox = dst.path().to_path_buf();
+    let Some(_mount) = ReadOnlyMount::at(dst, inbox.join("ro")) else {
+        return;
+    };
+    let (recv, addr) = XferProcess::recv(&["--dir", inbox.to_str().unwrap(), "--once"]);
+    let out = xfer_command()
+        .args([
+            "send",
+            src.path().join("ro").to_str().unwrap(),
+            &addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().any(|l| l.starts_with("error: ")
+            && l.contains("ro/a.txt: cannot create it on the receiver: Read-only file system")),
+        "{err}"
+    );
+    let (_, recv_err) = recv.wait(Duration::from_secs(10));
+    assert!(
+        recv_err.contains("failed: ro/a.txt: cannot create it on the receiver"),
+        "{recv_err}"
+    );
 }
 
 #[test]
