@@ -2,13 +2,18 @@
 //! signals and output wired up. The one place that knows both the CLI and
 //! the protocol side.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CodeSource, Command, GetArgs, RecvArgs, SendArgs, ServeArgs};
-use crate::error::{describe_io, Error};
+use crate::cli::{CodeSource, Command, GetArgs, PeersArgs, RecvArgs, SendArgs, ServeArgs, Target};
+use crate::discovery::present::FindOptions;
+use crate::discovery::{Advert, Announcement, PeerRole};
+use crate::error::{describe_io, exit_code_of, Error};
+use crate::events::{Event, Observer, Summary};
+use crate::manifest::{Manifest, Paths};
 use crate::progress::{Reporter, Role};
 use crate::receiver::Server;
 
@@ -20,12 +25,20 @@ pub async fn run(command: Command, verbose: bool) -> anyhow::Result<()> {
         Command::Recv(args) => recv(&args, verbose).await,
         Command::Serve(args) => serve(&args, verbose).await,
         Command::Get(args) => get(&args, verbose).await,
+        Command::Completions(args) => Ok(crate::shell::completions(
+            args.shell,
+            &mut std::io::stdout(),
+        )?),
+        Command::Man => Ok(crate::shell::man_page(&mut std::io::stdout())?),
+        Command::Peers(args) => peers(&args).await,
     }
 }
 
 async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
-    let config = args.to_config()?;
+    let request = args.to_request()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send));
+    let base = std::env::current_dir().unwrap_or_default();
+    let manifest = open_manifest(args.manifest.as_deref(), Paths::ReadFrom { base })?;
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;
@@ -33,9 +46,41 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
         signalled.await;
         on_signal.cancel();
     });
-    let result = crate::sender::send(&config, reporter.clone(), cancel).await;
+    let destination = match &request.target {
+        Target::Address(destination) => destination.clone(),
+        Target::Find { name } => {
+            let options = FindOptions {
+                name: name.clone(),
+                code_number: request.code.as_ref().map(|c| c.number()),
+                quiet: args.output.quiet,
+            };
+            match find_receiver(options, &cancel).await {
+                Ok(destination) => destination,
+                Err(e) => {
+                    // Even then a `--json` stream ends with its one summary.
+                    reporter.event(Event::SessionEnded {
+                        session: 0,
+                        peer: String::new(),
+                        summary: Summary::default(),
+                        error: Some(format!("{e:#}")),
+                        exit_code: exit_code_of(&e),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let config = request.into_config(destination);
+    let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter.clone());
+    let result = crate::sender::send(&config, observer, cancel).await;
     reporter.clear_bars();
-    result.map(drop)
+    let listed = manifest.map_or(Ok(()), |m| m.finish());
+    result.map(drop).and(listed)
+}
+
+/// The `--manifest` list, created (or truncated) before anything moves.
+fn open_manifest(path: Option<&Path>, paths: Paths) -> anyhow::Result<Option<Arc<Manifest>>> {
+    path.map(|path| Manifest::create(path, paths)).transpose()
 }
 
 async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
@@ -47,6 +92,7 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         .as_ref()
         .map(|code| (code.clone(), code_source == Some(CodeSource::Generated)));
     let server = Server::new(config)?;
+    let manifest = open_manifest(args.manifest.as_deref(), Paths::StoredAs)?;
     let listener = TcpListener::bind(listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another 'xfer recv' running? pick another port with --listen)"
@@ -82,7 +128,16 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         log::debug!("stop requested; finishing");
         on_signal.cancel();
     });
-    let report = server.serve(listener, reporter, shutdown).await?;
+    let announcement = announce(args, &local, code.as_ref().map(|(c, _)| c.number()));
+    let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter);
+    let report = server.serve(listener, observer, shutdown).await;
+    if let Some(announcement) = announcement {
+        let _ = tokio::task::spawn_blocking(move || announcement.withdraw()).await;
+    }
+    let report = report?;
+    if let Some(manifest) = manifest {
+        manifest.finish()?;
+    }
     // A stop request is a clean stop, whether or not a sender ever came;
     // only a session that ended by itself without storing everything fails.
     if once && report.failed_sessions > 0 {
@@ -162,6 +217,79 @@ async fn bind(listen: std::net::SocketAddr, command: &str) -> anyhow::Result<Tcp
         }
         .into()
     })
+}
+
+/// Finds the receiver on the LAN, unless interrupted. The search runs on
+/// a thread of its own, not the runtime's blocking pool: a person asked to
+/// choose may never answer, and Ctrl-C must not then wait for them.
+async fn find_receiver(
+    options: FindOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<crate::sender::Destination> {
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("find-receiver".into())
+        .spawn(move || {
+            let _ = found_tx.send(crate::discovery::present::find_receiver(&options));
+        })
+        .map_err(|e| Error::Internal(format!("cannot start the search: {e}")))?;
+    tokio::select! {
+        found = found_rx => {
+            let found = found.map_err(|_| Error::Internal("the search stopped without an answer".into()))?;
+            Ok(found?)
+        }
+        _ = cancel.cancelled() => Err(Error::Interrupted.into()),
+    }
+}
+
+/// Announces the receiver on the LAN unless asked not to or bound to
+/// loopback only. Failing to announce does not stop the receiver.
+fn announce(
+    args: &RecvArgs,
+    local: &std::net::SocketAddr,
+    code_number: Option<u16>,
+) -> Option<Announcement> {
+    if args.no_announce {
+        return None;
+    }
+    let advert = Advert {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(crate::discovery::default_name),
+        role: PeerRole::Recv,
+        listen: *local,
+        code_number,
+    };
+    match crate::discovery::announce(&advert) {
+        Ok(Some(announcement)) => {
+            if !args.output.quiet {
+                eprintln!(
+                    "announced on the LAN as '{}' (xfer send finds it without an address; \
+                     --no-announce to stop)",
+                    crate::term::for_stderr(announcement.name())
+                );
+            }
+            Some(announcement)
+        }
+        Ok(None) => {
+            log::debug!("listening on loopback only: not announced on the LAN");
+            None
+        }
+        Err(e) => {
+            log::warn!("not announced on the LAN: {e}");
+            None
+        }
+    }
+}
+
+/// `xfer peers`.
+async fn peers(args: &PeersArgs) -> anyhow::Result<()> {
+    let (wait, json) = (args.wait, args.json);
+    tokio::task::spawn_blocking(move || crate::discovery::present::list_peers(wait, json))
+        .await
+        .map_err(|e| Error::Internal(format!("the search failed: {e}")))??;
+    Ok(())
 }
 
 /// How the other machine can reach `local`: its IP, or for a wildcard

@@ -81,6 +81,10 @@ pub enum Error {
         total: u64,
         first: String,
     },
+    /// Finding peers on the LAN failed: mDNS could not run, or no
+    /// receiver fit. The text says what to do.
+    #[error("{0}")]
+    Discovery(String),
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Interrupted,
@@ -102,7 +106,8 @@ impl Error {
             Error::Connect { .. }
             | Error::Listen { .. }
             | Error::ConnectionLost { .. }
-            | Error::PeerAborted { .. } => EXIT_NETWORK,
+            | Error::PeerAborted { .. }
+            | Error::Discovery(_) => EXIT_NETWORK,
             Error::Protocol { .. } | Error::Version { .. } | Error::WrongRole(_) => EXIT_PROTOCOL,
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
             Error::CodeMismatch | Error::Auth(_) => EXIT_AUTH,

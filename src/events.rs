@@ -58,6 +58,9 @@ pub struct FileReport {
     pub attempts: u32,
     /// Why the first body was sent again, when it was (damaged on the way).
     pub retried_after: Option<String>,
+    /// Where this side read the file from (the sender; absolute), for a
+    /// manifest of what was sent; `None` on the receiver.
+    pub local: Option<std::path::PathBuf>,
 }
 
 impl FileReport {

@@ -28,29 +28,36 @@
 //!   nameless files, publishing, cleanup.
 //! - [`code`]: short codes (`4821-orbit-lemon-tiger-brick`): generating,
 //!   writing and typing them back, and reading one from a terminal or file.
+//! - [`discovery`]: DNS-SD over mDNS: announcing a peer, browsing for
+//!   peers of one role, and choosing the receiver `xfer send` goes to.
 //! - [`paths`]: the only way from a wire path to a path under DIR.
 //! - [`hashing`]: SHA-256 helpers.
 //! - [`events`] and [`progress`]: what sessions report, and how it is shown
 //!   (progress lines fitted to the screen, summaries, JSON Lines).
 //! - [`reach`]: the addresses a listener can be reached at.
+//! - [`shell`]: completion scripts and the man page, from the clap definition.
 //! - [`term`]: untrusted text made safe for a terminal, or kept to one line.
 //! - [`error`]: error kinds that decide exit codes.
+//! - [`manifest`]: `--manifest FILE`, a `sha256sum -c` list of the files verified.
 
 #![deny(unsafe_code)]
 
 pub mod app;
 pub mod cli;
 pub mod code;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod hashing;
 pub mod link;
 pub mod logging;
+pub mod manifest;
 pub mod paths;
 pub mod progress;
 pub mod protocol;
 pub mod reach;
 pub mod receiver;
 pub mod sender;
+pub mod shell;
 pub mod storage;
 pub mod term;

@@ -13,7 +13,7 @@
 //! - [`accept`]: the bounded accept loop both listeners run.
 //!
 //! In the PAKE the connecting end always plays the first role and the
-//! listening end the second (docs/PROTOCOL.md §10.3): the listener checks
+//! listening end the second (docs/PROTOCOL.md §11.3): the listener checks
 //! the peer's key confirmation before it sends its own, whichever way the
 //! files go.
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::codec::{self, CodecError};
 use super::message::Message;
+use super::rate::RateLimit;
 use super::secure::recover_error;
 use super::{HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 use crate::error::Error;
@@ -64,6 +65,8 @@ pub struct FrameReader<R> {
     pub(super) idle: Duration,
     /// The watched writer's progress.
     writer_activity: Option<Arc<Activity>>,
+    /// `--limit-rate`: body bytes are handed out no faster than this.
+    pace: Option<Arc<RateLimit>>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -75,7 +78,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             peer,
             idle,
             writer_activity: None,
+            pace: None,
         }
+    }
+
+    /// Hands out body bytes no faster than `limit` (shared with whoever
+    /// else holds it); `None` lifts the limit.
+    pub fn limit_rate(&mut self, limit: Option<Arc<RateLimit>>) {
+        self.pace = limit;
     }
 
     /// Counts `writer`'s progress as activity when deciding that the
@@ -191,7 +201,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(self.lost("connection closed in the middle of a file body".into()));
             }
         }
-        let n = self.buf.len().min(max);
+        let mut n = self.buf.len().min(max);
+        if let Some(pace) = &self.pace {
+            // The socket is read only as fast as bytes are handed out, so
+            // the sender's window closes and it slows to the same rate.
+            n = n.min(pace.piece());
+            pace.take(n).await;
+        }
         Ok(self.buf.split_to(n).freeze())
     }
 
@@ -216,6 +232,8 @@ pub struct FrameWriter<W> {
     pub(super) idle: Duration,
     /// Progress, watched by this connection's reader.
     pub(super) activity: Arc<Activity>,
+    /// `--limit-rate`: body bytes are written no faster than this.
+    pub(super) pace: Option<Arc<RateLimit>>,
 }
 
 /// Above this many buffered bytes, writes go straight to the socket.
@@ -230,7 +248,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             peer,
             idle,
             activity: Arc::new(Activity::new()),
+            pace: None,
         }
+    }
+
+    /// Writes body bytes no faster than `limit` (shared with whoever else
+    /// holds it); `None` lifts the limit.
+    pub fn limit_rate(&mut self, limit: Option<Arc<RateLimit>>) {
+        self.pace = limit;
+    }
+
+    /// The limit on body bytes, in bytes per second, if there is one.
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.pace.as_ref().map(|pace| pace.rate())
     }
 
     pub(super) fn stopped_reading(&self) -> Error {
@@ -284,8 +314,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Queues raw body bytes; large slices bypass the buffer.
+    /// Queues raw body bytes; large slices bypass the buffer. Under a rate
+    /// limit they are written at once, piece by piece, each when its time
+    /// comes.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if let Some(pace) = self.pace.clone() {
+            for piece in bytes.chunks(pace.piece()) {
+                pace.take(piece.len()).await;
+                self.buf.extend_from_slice(piece);
+                self.write_buffered().await?;
+            }
+            return Ok(());
+        }
         if self.buf.len() + bytes.len() <= WRITE_BUFFER {
             self.buf.extend_from_slice(bytes);
             return Ok(());

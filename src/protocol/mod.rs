@@ -6,6 +6,7 @@ pub mod codec;
 pub mod connection;
 mod handshake;
 pub mod message;
+pub mod rate;
 pub mod roles;
 pub mod secure;
 pub mod transport;

@@ -1,6 +1,6 @@
 //! Who plays which part: the four commands, the capability bits that
 //! announce a reversed session in the hello, and the check each side makes
-//! of its peer's hello before anything else moves (docs/PROTOCOL.md §10).
+//! of its peer's hello before anything else moves (docs/PROTOCOL.md §11).
 //!
 //! The hello's layout never changes; pull mode only sets two more bits.
 //! A push session (`send` to `recv`) sets neither, so its bytes are exactly
@@ -186,7 +186,7 @@ mod tests {
         matches!(mode, Mode::Send | Mode::Get)
     }
 
-    /// docs/PROTOCOL.md §10.2, every pairing of a connecting and a
+    /// docs/PROTOCOL.md §11.2, every pairing of a connecting and a
     /// listening mode, both sides' verdicts.
     #[test]
     fn only_send_with_recv_and_get_with_serve_pair_up() {
@@ -214,7 +214,7 @@ mod tests {
         }
     }
 
-    /// docs/PROTOCOL.md §10.1: the bits, and the hellos they make.
+    /// docs/PROTOCOL.md §11.1: the bits, and the hellos they make.
     #[test]
     fn role_bits_and_their_hellos() {
         assert_eq!((CAP_SERVES, CAP_FETCHES), (0x4, 0x8));

@@ -19,6 +19,7 @@ use crate::code::Code;
 use crate::error::Error;
 use crate::events::{Event, Observer, Summary};
 use crate::link::{Dialed, Ended, Link, Session};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::{FrameReader, FrameWriter, Mode, Transport};
 use crate::sender::Destination;
 use crate::storage::Storage;
@@ -38,6 +39,8 @@ pub(super) struct Context {
     pub fetching: bool,
     /// The peer's hello's capability bits, once it said hello.
     pub peer_caps: u32,
+    /// `--limit-rate`: one limit for the bodies of all senders together.
+    pub rate: Option<Arc<RateLimit>>,
 }
 
 /// How one connection ended.
@@ -168,6 +171,8 @@ pub struct GetConfig {
     pub keep_partials: Duration,
     /// The code the server requires.
     pub code: Option<Code>,
+    /// Bytes per second of file bodies; `None`: no limit.
+    pub limit_rate: Option<u64>,
 }
 
 /// What [`fetch`] stored.
@@ -225,6 +230,7 @@ pub(super) async fn fetch_over<L: Link>(
         session: 1,
         fetching: true,
         peer_caps: 0,
+        rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
     };
     let finished = serve_one(config.source.to_string(), context, link).await;
     Ok(finished.result?)

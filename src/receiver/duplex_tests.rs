@@ -80,6 +80,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         session: 1,
         fetching: false,
         peer_caps: 0,
+        rate: None,
     };
     let hellos = Arc::new(Semaphore::new(1));
     let link = Accepted {
@@ -101,6 +102,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
         code,
+        limit_rate: None,
     };
     let sent = Arc::new(Recorder::default());
     let summary = tokio::time::timeout(
@@ -182,6 +184,7 @@ async fn a_tree_is_fetched_over_a_pipe_with_the_roles_reversed() {
                     peer: "getter".into(),
                     cancel: &cancel,
                     walk_first: false,
+                    rate: None,
                 };
                 offering.run(link).await.map_err(|e| e.to_string())
             })
@@ -197,6 +200,7 @@ async fn a_tree_is_fetched_over_a_pipe_with_the_roles_reversed() {
             limits: Limits::default(),
             keep_partials: Duration::ZERO,
             code: code.clone(),
+            limit_rate: None,
         };
         let cancel = CancellationToken::new();
         let link = crate::link::Dialed {

@@ -331,6 +331,7 @@ impl Ledger {
                 resumed_from: record.resumed_from,
                 attempts: record.attempts,
                 retried_after: record.retried_after,
+                local: None,
             },
         });
     }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Observer;
 use crate::link::{accept, Accepted, Gate};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::Mode;
 use crate::storage::Storage;
 
@@ -53,6 +54,8 @@ pub struct RecvConfig {
     pub keep_partials: Duration,
     /// The code senders must hold; with it every session is encrypted.
     pub code: Option<crate::code::Code>,
+    /// Bytes per second of file bodies, all senders together; `None`: no limit.
+    pub limit_rate: Option<u64>,
 }
 
 /// The receiving side: DIR opened, ready to serve a bound listener.
@@ -60,6 +63,8 @@ pub struct Server {
     storage: Arc<Storage>,
     config: RecvConfig,
     gate: Arc<Gate>,
+    /// Shared by every session's body reads.
+    rate: Option<Arc<RateLimit>>,
 }
 
 /// Opens (creating if needed) `dir` for storing, and removes its partial
@@ -98,6 +103,7 @@ impl Server {
         Ok(Server {
             storage: Arc::new(storage),
             gate: Arc::new(gate),
+            rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
             config,
         })
     }
@@ -122,6 +128,7 @@ impl Server {
                 session: incoming.session,
                 fetching: false,
                 peer_caps: 0,
+                rate: self.rate.clone(),
             };
             let peer: Arc<str> = incoming.peer.to_string().into();
             let link = Accepted {

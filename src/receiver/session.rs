@@ -53,7 +53,7 @@ fn body_read_size(active: usize) -> usize {
 /// The session proper, once the connection (plain or sealed) is up: plans,
 /// bodies, verdicts, `Bye`.
 pub(super) async fn converse<R, W>(
-    reader: FrameReader<R>,
+    mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
     context: Context,
     ledger: &Arc<Mutex<Ledger>>,
@@ -62,6 +62,7 @@ where
     R: AsyncRead + Unpin + Send,
     W: Transport + 'static,
 {
+    reader.limit_rate(context.rate.clone());
     let (out_tx, out_rx) = mpsc::channel(256);
     let replies = tokio::spawn(write_replies(writer, out_rx));
     let (sink_tx, sink_rx) = mpsc::channel(4);

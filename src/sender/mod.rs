@@ -34,6 +34,7 @@ use crate::code::Code;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
 use crate::link::{self, Dialed, Link};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::{
     Connection, EntryKind, FrameReader, FrameWriter, Message, Mode, Transport, CAP_TOTALS,
 };
@@ -73,6 +74,8 @@ pub struct SendConfig {
     pub digest_cache: Option<std::path::PathBuf>,
     /// The code the receiver requires, for a coded (encrypted) session.
     pub code: Option<Code>,
+    /// Bytes per second of file bodies; `None`: no limit.
+    pub limit_rate: Option<u64>,
 }
 
 /// Sends every path to the receiver. `Ok` only if each file was verified
@@ -113,6 +116,7 @@ pub async fn send_over<C: Connection>(
         peer,
         cancel: &cancel,
         walk_first: true,
+        rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
     };
     offering.run(link).await
 }
@@ -146,6 +150,8 @@ pub(crate) struct Offering<'a> {
     /// Walk (and start hashing) before the link is up, to overlap it with
     /// the connect; a server walks only for a peer it let in.
     pub walk_first: bool,
+    /// `--limit-rate` for the bodies.
+    pub rate: Option<Arc<RateLimit>>,
 }
 
 impl Offering<'_> {
@@ -215,6 +221,7 @@ impl Offering<'_> {
             cancel: self.cancel,
             peer: &self.peer,
             session: self.session,
+            rate: self.rate,
         };
         link.establish(talk).await?
     }
@@ -295,6 +302,8 @@ struct Talk<'a> {
     cancel: &'a CancellationToken,
     peer: &'a Arc<str>,
     session: u64,
+    /// `--limit-rate` for its bodies (a server's is one for all getters).
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl link::Session for Talk<'_> {
@@ -319,7 +328,7 @@ impl Talk<'_> {
     async fn talk<R, W>(
         self,
         reader: FrameReader<R>,
-        writer: FrameWriter<W>,
+        mut writer: FrameWriter<W>,
         peer_caps: u32,
     ) -> anyhow::Result<()>
     where
@@ -335,7 +344,9 @@ impl Talk<'_> {
             cancel,
             peer,
             session: session_id,
+            rate,
         } = self;
+        writer.limit_rate(rate);
         let walked = match walked {
             Some(walked) => walked,
             None => start_walk(paths, cache.clone(), ledger).await?,

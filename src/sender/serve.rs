@@ -6,7 +6,7 @@
 //! Serving is read-only by construction: the sending session reads only
 //! the entries the walk of the served paths found, and answers a getter's
 //! plans by their ids into that list; nothing a getter sends names a path,
-//! and nothing here writes (docs/PROTOCOL.md §10.4).
+//! and nothing here writes (docs/PROTOCOL.md §11.4).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::events::Observer;
 use crate::link::accept::{self, ServeReport};
 use crate::link::{Accepted, Ended, Gate};
+use crate::protocol::rate::RateLimit;
 use crate::protocol::Mode;
 
 /// A validated `xfer serve` invocation.
@@ -42,6 +43,8 @@ pub struct ServeConfig {
     pub digest_cache: Option<PathBuf>,
     /// The code getters must hold; with it every session is encrypted.
     pub code: Option<Code>,
+    /// Bytes per second of file bodies, all getters together; `None`: no limit.
+    pub limit_rate: Option<u64>,
 }
 
 /// The offering side: paths checked, ready to serve a bound listener.
@@ -50,6 +53,8 @@ pub struct Server {
     once: bool,
     cache: Option<Arc<DigestCache>>,
     gate: Arc<Gate>,
+    /// Shared by every session's bodies.
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl Server {
@@ -78,6 +83,7 @@ impl Server {
             once: config.once,
             cache: open_cache(config.digest_cache.as_deref()),
             gate: Arc::new(gate),
+            rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
         })
     }
 
@@ -101,6 +107,7 @@ impl Server {
             };
             let paths = Arc::clone(&self.paths);
             let cache = self.cache.clone();
+            let rate = self.rate.clone();
             let observer = Arc::clone(&observer);
             let cancel = incoming.shutdown;
             let session = incoming.session;
@@ -113,6 +120,7 @@ impl Server {
                     peer: Arc::clone(&peer),
                     cancel: &cancel,
                     walk_first: false,
+                    rate,
                 };
                 match offering.run(link).await {
                     Ok(_) => Ended::Complete,

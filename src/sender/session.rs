@@ -19,6 +19,7 @@ use super::ledger::Ledger;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, Observer};
 use crate::hashing;
+use crate::hashing::Hasher;
 use crate::protocol::{
     Action, Digest, Entry, EntryKind, FrameWriter, Message, Offer, Plan, Transport,
 };
@@ -313,12 +314,17 @@ impl<W: Transport> Session<W> {
                 return Ok(());
             }
         };
-        // The bytes go out with sendfile, straight from the page cache; a
-        // second handle of our own hashes the file meanwhile (unless the
-        // cache knows its digest), so no byte is copied through this process
-        // on its way to the socket.
-        let digest = match item.sha256 {
+        // On plain TCP the bytes go out with sendfile, straight from the page
+        // cache, and a second handle of our own hashes the file meanwhile
+        // (unless the cache knows its digest), so no byte is copied through
+        // this process on its way to the socket.
+        let mut digest = match item.sha256 {
             Some(known) => BodyDigest::Known(known),
+            // Without sendfile the bytes pass through here anyway: hashed
+            // as they are read, the file is read once, not twice.
+            None if offset == 0 && !self.writer.sends_files_directly() => {
+                BodyDigest::Inline(Hasher::new())
+            }
             None => match open_same(&item.entry.local, &file) {
                 Ok(reader) => {
                     let pace = Arc::new(HashPace::default());
@@ -340,12 +346,24 @@ impl<W: Transport> Session<W> {
         self.writer.send(&Message::FileBegin { id, offset }).await?;
         self.mid_body = true;
         let mut position = offset;
+        // Under a rate limit, steps of a quarter of a second's worth, so
+        // progress reports and cancel checks keep their pace.
+        let max_step = self.writer.rate_limit().map_or(SENDFILE_STEP, |rate| {
+            (rate / 4).clamp(64 * 1024, SENDFILE_STEP)
+        });
         while position < size {
             if self.cancel.is_cancelled() {
                 return Err(Error::Interrupted);
             }
-            let step = (size - position).min(SENDFILE_STEP);
-            let sent = self.writer.send_file(&file, position, step).await?;
+            let step = (size - position).min(max_step);
+            let sent = match &mut digest {
+                BodyDigest::Inline(hasher) => {
+                    self.writer
+                        .send_file_hashing(&file, position, step, hasher)
+                        .await?
+                }
+                _ => self.writer.send_file(&file, position, step).await?,
+            };
             position += sent;
             if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
                 pace.advance(position);
@@ -357,6 +375,7 @@ impl<W: Transport> Session<W> {
         }
         let (digest, hashed_here) = match digest {
             BodyDigest::Known(known) => (Ok(known), false),
+            BodyDigest::Inline(hasher) => (Ok(hasher.finish()), true),
             BodyDigest::Hashing(task, _stop) => (
                 task.await
                     .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?,

@@ -28,7 +28,7 @@ fn help_for_each_subcommand() {
     let (code, out, _) = run(&["send", "--help"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("Usage: xfer send [OPTIONS] <PATH>... <ADDR>"),
+        out.contains("Usage: xfer send [OPTIONS] <PATH>... [ADDR]"),
         "{out}"
     );
     let (code, out, _) = run(&["recv", "--help"]);

@@ -11,9 +11,9 @@ use serde_json::Value;
 use crate::harness::*;
 
 /// event name -> field -> (type, required)
-type Schema = BTreeMap<String, BTreeMap<String, (String, bool)>>;
+pub(crate) type Schema = BTreeMap<String, BTreeMap<String, (String, bool)>>;
 
-fn schema() -> Schema {
+pub(crate) fn schema() -> Schema {
     let doc = include_str!("../../docs/EVENTS.md");
     let mut schema = Schema::new();
     let mut current: Vec<String> = Vec::new();
@@ -41,7 +41,7 @@ fn schema() -> Schema {
 }
 
 /// Checks one line of output against the schema; returns the object.
-fn check(schema: &Schema, line: &str) -> Value {
+pub(crate) fn check(schema: &Schema, line: &str) -> Value {
     let value: Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     let object = value.as_object().expect("an object per line");
@@ -59,6 +59,9 @@ fn check(schema: &Schema, line: &str) -> Value {
             "integer" => value.is_u64(),
             "number" => value.is_number(),
             "boolean" => value.is_boolean(),
+            "array" => value
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string)),
             other => panic!("unknown type '{other}' in docs/EVENTS.md"),
         };
         assert!(fits, "'{key}' of '{event}' is not a {kind}: {line}");

@@ -193,6 +193,7 @@ async fn a_cut_session_says_how_much_was_kept_for_resume() {
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
         code: None,
+        limit_rate: None,
     };
     let events = std::sync::Arc::new(Events::default());
     let sending = tokio::spawn({

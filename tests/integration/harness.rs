@@ -74,6 +74,24 @@ impl Events {
             .collect()
     }
 
+    /// The bytes each progress report says moved since the one before (the
+    /// steps bodies went out in), in order.
+    pub fn progress(&self) -> Vec<u64> {
+        let events = self.0.lock().unwrap();
+        let mut moved = 0;
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Progress { meter, .. } => {
+                    let step = meter.moved - moved;
+                    moved = meter.moved;
+                    (step > 0).then_some(step)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// (path, reason) of files that were refused or failed.
     pub fn failed(&self) -> Vec<(String, String)> {
         self.finals()
@@ -158,6 +176,8 @@ pub struct RecvOptions {
     pub limits: xfer::receiver::Limits,
     /// The code senders must hold (a coded receiver).
     pub code: Option<xfer::code::Code>,
+    /// `--limit-rate`, bytes per second.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for RecvOptions {
@@ -170,6 +190,7 @@ impl Default for RecvOptions {
             max_connections: 16,
             limits: xfer::receiver::Limits::default(),
             code: None,
+            limit_rate: None,
         }
     }
 }
@@ -191,6 +212,7 @@ impl Receiver {
             handshake_timeout: options.idle_timeout,
             limits: options.limits,
             code: options.code.clone(),
+            limit_rate: options.limit_rate,
         };
         let listener = TcpListener::bind(options.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -241,6 +263,7 @@ pub async fn send_with(
         idle_timeout,
         digest_cache,
         code: None,
+        limit_rate: None,
     };
     let events = Arc::new(Events::default());
     let result = within(xfer::sender::send(
@@ -477,6 +500,7 @@ pub fn coded_config(paths: &[&Path], addr: SocketAddr, code: &xfer::code::Code) 
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
         code: Some(code.clone()),
+        limit_rate: None,
     }
 }
 
@@ -569,6 +593,7 @@ impl Serving {
             handshake_timeout: options.idle_timeout,
             digest_cache: None,
             code: options.code,
+            limit_rate: None,
         };
         let listener = TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -641,6 +666,7 @@ pub async fn get_with(
         limits: options.limits,
         keep_partials: Duration::from_secs(7 * 24 * 3600),
         code: options.code,
+        limit_rate: None,
     };
     let events = Arc::new(Events::default());
     let result = within(xfer::receiver::fetch(

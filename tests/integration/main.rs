@@ -7,10 +7,14 @@ mod proxies;
 
 mod cli;
 mod codes;
+mod discovery;
 mod events;
 mod faults;
 mod hostile;
+mod manifest;
 mod pull;
+mod rate;
+mod shell;
 mod storage;
 mod terminal;
 mod transfer;

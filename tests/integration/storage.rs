@@ -157,6 +157,7 @@ fn a_read_only_dir_is_refused_before_serving() {
         limits: xfer::receiver::Limits::default(),
         keep_partials: Duration::from_secs(3600),
         code: None,
+        limit_rate: None,
     };
     let err = Server::new(config)
         .err()
