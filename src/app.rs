@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CodeSource, Command, PeersArgs, RecvArgs, SendArgs, Target};
+use crate::cli::{CodeSource, Command, GetArgs, PeersArgs, RecvArgs, SendArgs, ServeArgs, Target};
 use crate::discovery::present::FindOptions;
 use crate::discovery::{Advert, Announcement, PeerRole};
 use crate::error::{describe_io, exit_code_of, Error};
@@ -23,6 +23,8 @@ pub async fn run(command: Command, verbose: bool) -> anyhow::Result<()> {
     match command {
         Command::Send(args) => send(&args, verbose).await,
         Command::Recv(args) => recv(&args, verbose).await,
+        Command::Serve(args) => serve(&args, verbose).await,
+        Command::Get(args) => get(&args, verbose).await,
         Command::Completions(args) => Ok(crate::shell::completions(
             args.shell,
             &mut std::io::stdout(),
@@ -144,6 +146,79 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         anyhow::bail!("the sender's session did not store every file (see the messages above)");
     }
     Ok(())
+}
+
+async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
+    let (config, code_source) = args.to_config()?;
+    let listen = config.listen;
+    let once = config.once;
+    let code = config
+        .code
+        .as_ref()
+        .map(|code| (code.clone(), code_source == Some(CodeSource::Generated)));
+    let server = crate::sender::serve::Server::new(config)?;
+    let listener = bind(listen, "xfer serve").await?;
+    let local = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    let signalled = stop_signal()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send).pull_mode());
+    reporter.listening(&local);
+    let flag = if code.is_some() { "--code " } else { "" };
+    let mut commands: Vec<String> = crate::reach::addresses(local)
+        .iter()
+        .map(|addr| format!("xfer get {flag}{addr}"))
+        .collect();
+    if let Some((code, generated)) = &code {
+        if commands.is_empty() {
+            commands.push(format!("xfer get --code {}", reach(&local)));
+        }
+        reporter.code(code, *generated, &commands);
+    } else {
+        reporter.reach_by(&commands);
+    }
+    tokio::spawn(async move {
+        signalled.await;
+        log::debug!("stop requested; finishing");
+        on_signal.cancel();
+    });
+    let report = server.serve(listener, reporter, shutdown).await;
+    if once && report.failed_sessions > 0 {
+        anyhow::bail!("the getter's session did not store every file (see the messages above)");
+    }
+    Ok(())
+}
+
+async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv).pull_mode());
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signalled = stop_signal()?;
+    tokio::spawn(async move {
+        signalled.await;
+        on_signal.cancel();
+    });
+    let result = crate::receiver::fetch(&config, reporter.clone(), cancel).await;
+    reporter.clear_bars();
+    result.map(drop)
+}
+
+/// Binds the listening socket of `command`, saying what to do when the
+/// port is taken.
+async fn bind(listen: std::net::SocketAddr, command: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(" (is another '{command}' running? pick another port with --listen)")
+        } else {
+            String::new()
+        };
+        Error::Listen {
+            addr: listen.to_string(),
+            detail: format!("{}{hint}", describe_io(&e)),
+        }
+        .into()
+    })
 }
 
 /// Finds the receiver on the LAN, unless interrupted. The search runs on

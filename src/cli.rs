@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::code::Code;
 use crate::error::Error;
 use crate::progress::OutputMode;
-use crate::receiver::{Limits, RecvConfig};
-use crate::sender::{Destination, SendConfig};
+use crate::receiver::{GetConfig, Limits, RecvConfig};
+use crate::sender::{Destination, SendConfig, ServeConfig};
 
 /// The port used when an address names none.
 pub const DEFAULT_PORT: u16 = 7171;
@@ -19,20 +19,23 @@ pub const DEFAULT_PORT: u16 = 7171;
 /// The exit codes, as `--help` shows them (README, "Exit codes").
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    every file was verified and persisted by the receiver (recv: stopped cleanly)
+  0    every file was verified and persisted by the receiver (recv, serve: stopped cleanly)
   1    the session ran to its end but some file is not at the receiver, or a local error
   2    bad command line: unknown flag, malformed address, a path that does not exist
   3    the network or the peer: cannot connect or listen, connection lost or silent,
        the peer ended the session early (stopped, interrupted, busy),
        or no receiver found on the LAN
-  4    the peer is not xfer, speaks another protocol version, or broke the protocol
+  4    the peer is not xfer, speaks another protocol version, or broke the protocol,
+       or plays the wrong part (send to a serve, get from a recv)
   5    the code did not match, or one side has a code and the other none
   130  interrupted with Ctrl-C";
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
   xfer recv --dir ~/inbox                  # on the receiving machine
-  xfer send holiday.mov photos/ laptop:7171  # on the sending machine";
+  xfer send holiday.mov photos/ laptop:7171  # on the sending machine
+  xfer serve holiday.mov photos/           # or: the machine with the files listens...
+  xfer get nas:7171 --dir ~/inbox          # ...and the other one fetches them";
 
 const SEND_EXAMPLES: &str = "\
 Examples:
@@ -71,6 +74,18 @@ Examples:
   xfer man > ~/.local/share/man/man1/xfer.1 && man xfer
   xfer man | man -l -";
 
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  xfer serve photos/ notes.txt             # all interfaces, port 7171, until Ctrl-C
+  xfer serve --listen 127.0.0.1:0 --once big.iso  # a free port, one getter, then exit
+  xfer serve --code report.pdf             # getters need the printed code";
+
+const GET_EXAMPLES: &str = "\
+Examples:
+  xfer get nas.local --dir ~/inbox         # port 7171
+  xfer get 192.168.1.20:7171 --json | jq .
+  xfer get --code '[2001:db8::5]:7171'     # asks for the code";
+
 /// Move files between machines on a LAN over TCP, verified with SHA-256.
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +111,13 @@ pub enum Command {
     /// Receive files into a directory, serving senders until stopped.
     #[command(after_long_help = concat_help(RECV_EXAMPLES))]
     Recv(RecvArgs),
+    /// Offer files and directories for `xfer get` to fetch, serving getters
+    /// until stopped (pull mode: the machine with the files listens).
+    #[command(after_long_help = concat_help(SERVE_EXAMPLES))]
+    Serve(ServeArgs),
+    /// Fetch everything a running `xfer serve` offers into a directory.
+    #[command(after_long_help = concat_help(GET_EXAMPLES))]
+    Get(GetArgs),
     /// List the xfer receivers announced on the LAN (DNS-SD over mDNS).
     #[command(after_long_help = concat_help(PEERS_EXAMPLES))]
     Peers(PeersArgs),
@@ -256,6 +278,96 @@ pub struct RecvArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Files and directories to offer (directories recursively); every
+    /// getter gets all of them, and nothing else.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7171")]
+    pub listen: String,
+
+    /// Exit after the first getter's session; exit 0 only if it stored every file.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Most getters served at once; further ones are told the server is busy.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections: usize,
+
+    /// Drop a getter that makes no progress for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub idle_timeout: u64,
+
+    /// Drop a connection that has not said hello within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub handshake_timeout: u64,
+
+    /// Neither read nor update the digest cache (~/.cache/xfer/digests.jsonl).
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Send file bodies at most RATE bytes per second, all getters
+    /// together: a size as for recv --max-size; 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
+
+    #[command(flatten)]
+    pub code: CodeArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Server as HOST:PORT, [IPv6]:PORT, or HOST alone for port 7171.
+    #[arg(value_name = "ADDR")]
+    pub addr: String,
+
+    /// Directory to store the files in (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+
+    /// Replace an existing file with different content instead of keeping
+    /// both (the new one is otherwise saved as "name (1).ext").
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Give up when the server sends nothing for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub idle_timeout: u64,
+
+    /// Refuse files larger than this (bytes; K, M, G, T suffixes allowed).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+
+    /// Refuse what would take this session over this many bytes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_session_size: Option<u64>,
+
+    /// End the session if the server offers more than this many files and directories.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub max_files: u64,
+
+    /// Remove partial files of interrupted transfers older than this at start.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub keep_partials_days: u64,
+
+    /// Take file bodies at most RATE bytes per second: a size as for
+    /// --max-size; 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
+
+    #[command(flatten)]
+    pub code: CodeArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct PeersArgs {
     /// How long to listen for answers, in seconds (decimals allowed).
     #[arg(long, value_name = "SECS", default_value = "1.5", value_parser = parse_wait)]
@@ -269,9 +381,10 @@ pub struct PeersArgs {
 /// The code flags shared by both subcommands.
 #[derive(Debug, Args)]
 pub struct CodeArgs {
-    /// Only holders of a short code may send; the session is encrypted.
-    /// The code comes from XFER_CODE or --code-file (recv: else a fresh
-    /// one is generated; send: else it is asked for without echo).
+    /// Only holders of a short code may send (or get); the session is
+    /// encrypted. The code comes from XFER_CODE or --code-file (recv,
+    /// serve: else a fresh one is generated; send, get: else it is asked
+    /// for without echo).
     /// `--code=CODE` works too, but other users can read it in `ps`.
     #[arg(
         long,
@@ -538,6 +651,64 @@ impl RecvArgs {
             },
         };
         Ok((config, source))
+    }
+}
+
+impl ServeArgs {
+    /// Checks the values clap cannot; with `--code` and no code given, a
+    /// fresh one is generated. Says where the code came from.
+    pub fn to_config(&self) -> Result<(ServeConfig, Option<CodeSource>), Error> {
+        if self.max_connections == 0 {
+            return Err(Error::Usage("--max-connections must be at least 1".into()));
+        }
+        let code = self
+            .code
+            .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
+        let source = code.as_ref().map(|(_, source)| *source);
+        let config = ServeConfig {
+            code: code.map(|(code, _)| code),
+            paths: self.paths.clone(),
+            listen: parse_listen(&self.listen)?,
+            once: self.once,
+            max_connections: self.max_connections,
+            idle_timeout: idle(self.idle_timeout)?,
+            handshake_timeout: idle(self.handshake_timeout)?,
+            limit_rate: rate(self.limit_rate),
+            digest_cache: if self.no_cache {
+                None
+            } else {
+                crate::sender::digest_cache::default_location()
+            },
+        };
+        Ok((config, source))
+    }
+}
+
+impl GetArgs {
+    /// Checks the values clap cannot; a code not given otherwise is asked
+    /// for on the terminal, without echo.
+    pub fn to_config(&self) -> Result<GetConfig, Error> {
+        let code = self.code.resolve(|| {
+            let typed = crate::code::prompt("code (from the serving machine): ")
+                .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
+            let code =
+                Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
+            Ok((code, CodeSource::Given))
+        })?;
+        Ok(GetConfig {
+            code: code.map(|(code, _)| code),
+            source: parse_destination(&self.addr)?,
+            dir: self.dir.clone(),
+            overwrite: self.overwrite,
+            idle_timeout: idle(self.idle_timeout)?,
+            limits: Limits {
+                max_file_size: self.max_size,
+                max_session_bytes: self.max_session_size,
+                max_entries: self.max_files,
+            },
+            keep_partials: Duration::from_secs(self.keep_partials_days.saturating_mul(24 * 3600)),
+            limit_rate: rate(self.limit_rate),
+        })
     }
 }
 

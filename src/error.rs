@@ -67,6 +67,10 @@ pub enum Error {
     /// down after wrong codes. The text says what to do.
     #[error("{0}")]
     Auth(String),
+    /// The peer plays a part this side cannot work with: a send to an
+    /// `xfer serve`, a get from an `xfer recv`. The text says what to run.
+    #[error("{0}")]
+    WrongRole(String),
     /// The peer ended the session on purpose.
     #[error("{peer} aborted the session: {reason}")]
     PeerAborted { peer: String, reason: String },
@@ -104,11 +108,26 @@ impl Error {
             | Error::ConnectionLost { .. }
             | Error::PeerAborted { .. }
             | Error::Discovery(_) => EXIT_NETWORK,
-            Error::Protocol { .. } | Error::Version { .. } => EXIT_PROTOCOL,
+            Error::Protocol { .. } | Error::Version { .. } | Error::WrongRole(_) => EXIT_PROTOCOL,
             Error::Incomplete { .. } | Error::Internal(_) => EXIT_FAILED,
             Error::CodeMismatch | Error::Auth(_) => EXIT_AUTH,
             Error::Interrupted => EXIT_INTERRUPTED,
             Error::Resumable(cause) => cause.exit_code(),
+        }
+    }
+}
+
+impl Error {
+    /// Whether the session ended for a reason that passes, so running it
+    /// again continues it: the connection broke, this side was interrupted,
+    /// or the peer stopped (not a refusal that would only come again).
+    pub fn passes(&self) -> bool {
+        match self {
+            Error::ConnectionLost { .. } | Error::Interrupted => true,
+            Error::PeerAborted { reason, .. } => {
+                reason.contains("shutting down") || reason.contains("interrupted")
+            }
+            _ => false,
         }
     }
 }

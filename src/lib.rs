@@ -20,6 +20,9 @@
 //! - [`receiver`]: the accept loop and admission; per session the wiring,
 //!   [`receiver::plan`] (a pure decision per entry), the sink that writes
 //!   and verifies, the committer, and the ledger.
+//! - [`link`]: from a connection to a running session, for every command:
+//!   hellos, roles (push or pull), codes and the PAKE, the listener's gate
+//!   (slots, the guessing guard) and its accept loop.
 //! - [`storage`]: everything that touches the receiving directory, through
 //!   directory handles: the confined walk, partials, resume records,
 //!   nameless files, publishing, cleanup.
@@ -46,6 +49,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod hashing;
+pub mod link;
 pub mod logging;
 pub mod manifest;
 pub mod paths;

@@ -119,6 +119,9 @@ pub struct Reporter {
     drawing: bool,
     multi: MultiProgress,
     sessions: Mutex<HashMap<u64, Tracked>>,
+    /// Pull mode (`serve`, `get`): the sender serves many peers, the
+    /// receiver is a process of one session.
+    pull: bool,
 }
 
 impl Reporter {
@@ -139,7 +142,16 @@ impl Reporter {
             drawing,
             multi,
             sessions: Mutex::default(),
+            pull: false,
         }
+    }
+
+    /// The same reporter for pull mode: `serve` names the getter in each
+    /// closing line; `get` leaves a session that never started to the
+    /// error line.
+    pub fn pull_mode(mut self) -> Reporter {
+        self.pull = true;
+        self
     }
 
     /// The `listening on` line (or its JSON form): always printed, since
@@ -410,12 +422,19 @@ impl Reporter {
         }
         let prefix = match self.role {
             Role::Send => {
+                let to = if self.pull {
+                    format!("to {peer}: ")
+                } else {
+                    String::new()
+                };
                 // Before anything was offered the error line says it all.
                 if summary.offered > 0 {
-                    self.line(format!("sent {}", describe(summary, error.is_none())));
+                    let sent = describe(summary, error.is_none());
+                    self.line(format!("{to}sent {sent}"));
                 }
-                String::new()
+                to
             }
+            Role::Recv if self.pull && summary.offered == 0 && error.is_some() => String::new(),
             Role::Recv => {
                 self.line(session_line(peer, summary, error));
                 format!("from {peer}: ")

@@ -7,12 +7,14 @@ pub mod connection;
 mod handshake;
 pub mod message;
 pub mod rate;
+pub mod roles;
 pub mod secure;
 pub mod transport;
 
 pub use connection::{hello_bytes, FrameReader, FrameWriter};
 pub use handshake::{handshake, handshake_with};
 pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
+pub use roles::{Mode, CAP_FETCHES, CAP_SERVES};
 pub use transport::{Connection, Transport};
 
 /// The first bytes either side writes. Chosen so that a stray HTTP client, a

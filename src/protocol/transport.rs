@@ -36,8 +36,8 @@ impl<T: AsyncRead + AsyncWrite + Send> Transport for WriteHalf<T> {}
 /// A whole connection, cut into the halves a session's reader and writer
 /// own (plain TCP keeps sendfile on its writing half).
 pub trait Connection: Send + 'static {
-    type Read: AsyncRead + Unpin + Send + 'static;
-    type Write: Transport + 'static;
+    type Read: AsyncRead + Unpin + Send + Sync + 'static;
+    type Write: Transport + Sync + 'static;
     fn into_halves(self) -> (Self::Read, Self::Write);
 }
 

@@ -1,75 +1,62 @@
-//! Admission: one connection from its hello to a running session. The
-//! hellos say whether the session is coded; a mismatch ends it at once; a
-//! sender needs a session slot; a coded one needs a token from the
-//! guessing [`Guard`] and the code, proved by the PAKE; then the session
-//! ([`super::session::converse`]) runs over the plain or the sealed halves.
+//! One connection on the storing side, from its link to its last event:
+//! the ledger, `session` events, and the session proper
+//! ([`super::session::converse`]) over whatever [`Link`] let it in — a
+//! connection `xfer recv` accepted through its gate, or the one `xfer get`
+//! dialled ([`fetch`]). The link (hello, roles, code, slot, guard, PAKE)
+//! is [`crate::link`]'s; nothing here depends on which end listens.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::io::AsyncRead;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::guard::{Guard, Refused, COOL_DOWN, PEER_FAILURES};
 use super::ledger::Ledger;
 use super::plan::Limits;
 use super::session::converse;
 use crate::code::Code;
 use crate::error::Error;
-use crate::events::{Event, Observer};
+use crate::events::{Event, Observer, Summary};
+use crate::link::{Dialed, Ended, Link, Session};
 use crate::protocol::rate::RateLimit;
-use crate::protocol::secure::{upgrade, Role};
-use crate::protocol::{
-    handshake_with, Connection, FrameReader, FrameWriter, Message, CAP_CODE, CAP_TOTALS,
-};
+use crate::protocol::{FrameReader, FrameWriter, Mode, Transport};
+use crate::sender::Destination;
 use crate::storage::Storage;
 
-/// What a session needs from the server.
+/// What a session needs from the side that runs it.
 pub(super) struct Context {
     pub storage: Arc<Storage>,
     pub observer: Arc<dyn Observer>,
-    pub idle_timeout: Duration,
-    pub handshake_timeout: Duration,
     pub limits: Limits,
-    /// Session slots; a sender past its hello needs one.
+    /// The listener's session slots (for sharing out read sizes).
     pub sessions: Arc<Semaphore>,
     pub max_sessions: usize,
     pub shutdown: CancellationToken,
     pub session: u64,
-    /// The sender's address, for the guessing guard.
-    pub peer_ip: std::net::IpAddr,
-    /// The code senders must hold, if this receiver has one.
-    pub code: Option<Arc<Code>>,
-    pub guard: Arc<Guard>,
-    /// The sender's hello's capability bits, once it said hello.
+    /// `xfer get`: this process exists for this one session, so a file
+    /// that did not arrive makes it an error, and a stop an interruption.
+    pub fetching: bool,
+    /// The peer's hello's capability bits, once it said hello.
     pub peer_caps: u32,
     /// `--limit-rate`: one limit for the bodies of all senders together.
     pub rate: Option<Arc<RateLimit>>,
 }
 
-/// How one connection ended, for the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ended {
-    /// Every file offered is now in DIR.
-    Complete,
-    /// The session ran but did not store everything, or broke.
-    Incomplete,
-    /// The peer never got in: no code, a wrong code, or cooling down. It
-    /// is not "the first sender" that `--once` waits for.
-    NotAdmitted,
+/// How one connection ended.
+pub(super) struct Finished {
+    pub ended: Ended,
+    pub result: Result<Summary, Error>,
 }
 
-/// Runs one session over `stream` (a TCP connection, or in tests one end of
-/// an in-memory pipe) to its end, reports how it ended, and says how.
-pub(super) async fn serve_one<C: Connection>(
-    stream: C,
-    peer: String,
-    context: Context,
-    hello_permit: OwnedSemaphorePermit,
-) -> Ended {
+/// Runs one session over `link` to its end, emits its closing event, and
+/// says how it ended.
+pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) -> Finished {
     let started = Instant::now();
     let observer = Arc::clone(&context.observer);
     let session = context.session;
+    let fetching = context.fetching;
+    let shutdown = context.shutdown.clone();
     observer.event(Event::SessionStarted {
         session,
         peer: peer.clone(),
@@ -79,11 +66,19 @@ pub(super) async fn serve_one<C: Connection>(
         session,
         peer.clone(),
     )));
-    let result = run(stream, &peer, context, hello_permit, &ledger).await;
-    if let Err(e) = &result {
+    let receiving = Receiving {
+        context,
+        ledger: Arc::clone(&ledger),
+    };
+    let mut result = link.establish(receiving).await.and_then(|r| r);
+    // A getter's failure is its process's one error line.
+    if let (Err(e), false) = (&result, fetching) {
         match e {
-            // Logged even when quiet: someone tried a wrong code.
-            Error::Auth(_) | Error::CodeMismatch => log::warn!("session with {peer} ended: {e}"),
+            // Logged even when quiet: someone tried a wrong code, or came
+            // to the wrong place.
+            Error::Auth(_) | Error::CodeMismatch | Error::WrongRole(_) => {
+                log::warn!("session with {peer} ended: {e}")
+            }
             // The session's summary line says so; this is for -vv.
             _ => log::debug!("session with {peer} ended: {e}"),
         }
@@ -97,133 +92,143 @@ pub(super) async fn serve_one<C: Connection>(
     };
     summary.secs = started.elapsed().as_secs_f64();
     let ended = match &result {
-        Err(Error::Auth(_) | Error::CodeMismatch) => Ended::NotAdmitted,
+        Err(e) if Ended::not_admitted(e) => Ended::NotAdmitted,
         Ok(()) if summary.undelivered() == 0 => Ended::Complete,
         _ => Ended::Incomplete,
     };
+    if fetching {
+        if result.is_err() && shutdown.is_cancelled() {
+            result = Err(Error::Interrupted);
+        }
+        let cut = result.as_ref().err().is_some_and(Error::passes);
+        if cut && summary.offered > 0 && summary.undelivered() > 0 {
+            // A re-run skips what arrived and resumes what was kept.
+            if let Err(cause) = result {
+                result = Err(Error::Resumable(Box::new(cause)));
+            }
+        } else if result.is_ok() && summary.undelivered() > 0 {
+            let first = ledger.lock().ok().and_then(|l| l.first_failure());
+            result = Err(Error::Incomplete {
+                failed: summary.undelivered(),
+                total: summary.offered,
+                first: first.unwrap_or_default(),
+            });
+        }
+    }
     observer.event(Event::SessionEnded {
         session,
         peer,
         summary,
         exit_code: result.as_ref().err().map_or(0, Error::exit_code),
-        error: result.err().map(|e| e.to_string()),
+        error: result.as_ref().err().map(|e| e.to_string()),
     });
-    ended
+    Finished {
+        ended,
+        result: result.map(|()| summary),
+    }
 }
 
-async fn run<C: Connection>(
-    stream: C,
-    peer: &str,
-    mut context: Context,
-    hello_permit: OwnedSemaphorePermit,
-    ledger: &Arc<Mutex<Ledger>>,
-) -> Result<(), Error> {
-    let name: Arc<str> = peer.into();
-    let (read_half, write_half) = stream.into_halves();
-    let mut reader = FrameReader::new(read_half, Arc::clone(&name), context.idle_timeout);
-    let mut writer = FrameWriter::new(write_half, Arc::clone(&name), context.idle_timeout);
-    reader.watch(&writer);
-    let lost = |detail: String| Error::ConnectionLost {
-        peer: peer.to_owned(),
-        detail,
-    };
-    let secs = context.handshake_timeout.as_secs();
-    let ours = CAP_TOTALS | if context.code.is_some() { CAP_CODE } else { 0 };
-    let hello = tokio::time::timeout(
-        context.handshake_timeout,
-        handshake_with(&mut reader, &mut writer, ours),
-    );
-    let theirs = tokio::select! {
-        said = hello => match said {
-            Ok(result) => result?,
-            Err(_) => return Err(lost(format!("no hello within {secs} s"))),
-        },
-        _ = context.shutdown.cancelled() => {
-            return Err(lost("the receiver is shutting down".into()))
-        }
-    };
-    drop(hello_permit);
-    context.peer_caps = theirs;
-    let code = match (&context.code, theirs & CAP_CODE != 0) {
-        (None, false) => None,
-        (None, true) => {
-            return Err(Error::Auth(format!(
-                "{peer} sends with a code, but this receiver has none \
-                 (start it with 'xfer recv --code' to take coded sends)"
-            )))
-        }
-        (Some(_), false) => {
-            return Err(Error::Auth(format!(
-                "{peer} sent no code, and this receiver requires one \
-                 (it must run 'xfer send --code ...')"
-            )))
-        }
-        (Some(code), true) => Some(Arc::clone(code)),
-    };
-    // Past the hello, a sender needs a session slot; when all are taken it
-    // is told so at once rather than left waiting in a queue (a coded one
-    // by the connection closing: it cannot read frames yet).
-    let Ok(_slot) = Arc::clone(&context.sessions).try_acquire_owned() else {
-        let reason = format!(
-            "the receiver is busy with {} senders already; try again shortly",
-            context.max_sessions
-        );
-        if code.is_none() {
-            let _ = writer
-                .send(&Message::Abort {
-                    reason: reason.clone(),
-                })
-                .await;
-        }
-        let _ = writer.shutdown().await;
-        return Err(lost(format!("turned away: {reason}")));
-    };
-    let idle = context.idle_timeout;
-    let Some(code) = code else {
-        log::debug!("session with {peer} started");
-        return converse(reader, writer, context, ledger).await;
-    };
-    let attempt =
-        context
-            .guard
-            .attempt(context.peer_ip)
-            .await
-            .map_err(|Refused::CoolingDown(left)| {
-                Error::Auth(format!(
-                    "refused {peer}: too many wrong codes from {}; it may try again in {} min",
-                    context.peer_ip,
-                    left.as_secs().div_ceil(60)
-                ))
-            })?;
-    let secret = code.secret();
-    let sealed = upgrade(
-        reader,
-        writer,
-        Role::Receiver,
-        &secret,
-        (ours, theirs),
-        context.handshake_timeout,
-        idle,
-    );
-    let (reader, writer) = match sealed.await {
-        Ok(halves) => {
-            attempt.right();
-            halves
-        }
+/// The receiver's session, ready to run over a link.
+struct Receiving {
+    context: Context,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl Session for Receiving {
+    type Output = Result<(), Error>;
+
+    async fn run<R, W>(
+        mut self,
+        reader: FrameReader<R>,
+        writer: FrameWriter<W>,
+        peer_caps: u32,
+    ) -> Self::Output
+    where
+        R: AsyncRead + Unpin + Send + Sync + 'static,
+        W: Transport + Sync + 'static,
+    {
+        self.context.peer_caps = peer_caps;
+        converse(reader, writer, self.context, &self.ledger).await
+    }
+}
+
+/// A validated `xfer get` invocation.
+#[derive(Debug, Clone)]
+pub struct GetConfig {
+    /// The `xfer serve` to fetch from.
+    pub source: Destination,
+    pub dir: std::path::PathBuf,
+    /// Replace an existing different file instead of keeping both.
+    pub overwrite: bool,
+    /// Longest wait for any byte from the server.
+    pub idle_timeout: Duration,
+    /// What the server may make this side store.
+    pub limits: Limits,
+    /// Partial files untouched for longer are removed at start (zero: all).
+    pub keep_partials: Duration,
+    /// The code the server requires.
+    pub code: Option<Code>,
+    /// Bytes per second of file bodies; `None`: no limit.
+    pub limit_rate: Option<u64>,
+}
+
+/// What [`fetch`] stored.
+pub type Fetched = Summary;
+
+/// `xfer get`: connects to the server and runs the receiver's session over
+/// that connection, storing into DIR exactly as `xfer recv` does. `Ok`
+/// only when every offered file is verified and in DIR. Whatever happens,
+/// the last event is one [`Event::SessionEnded`].
+pub async fn fetch(
+    config: &GetConfig,
+    observer: Arc<dyn Observer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Fetched> {
+    let peer = config.source.to_string();
+    let storage = match super::open_storage(&config.dir, config.overwrite, config.keep_partials) {
+        Ok(storage) => storage,
         Err(e) => {
-            // Counted whatever broke it: a guesser learns nothing by
-            // hanging up before the codes are compared.
-            if attempt.wrong() {
-                log::warn!(
-                    "{} sent {} wrong codes within a minute; refusing it for {} min",
-                    context.peer_ip,
-                    PEER_FAILURES,
-                    COOL_DOWN.as_secs() / 60
-                );
-            }
+            observer.event(Event::SessionEnded {
+                session: 1,
+                peer,
+                summary: Summary::default(),
+                exit_code: crate::error::EXIT_FAILED,
+                error: Some(format!("{e:#}")),
+            });
             return Err(e);
         }
     };
-    log::debug!("coded session with {peer} started");
-    converse(reader, writer, context, ledger).await
+    let link = Dialed {
+        open: crate::sender::connect::connect(&config.source, Mode::Get),
+        peer: peer.as_str().into(),
+        mode: Mode::Get,
+        code: config.code.as_ref(),
+        idle: config.idle_timeout,
+        cancel: &shutdown,
+    };
+    fetch_over(config, storage, link, observer, shutdown.clone()).await
+}
+
+/// [`fetch`] over `link` (in tests, a pipe).
+pub(super) async fn fetch_over<L: Link>(
+    config: &GetConfig,
+    storage: Storage,
+    link: L,
+    observer: Arc<dyn Observer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Fetched> {
+    let context = Context {
+        storage: Arc::new(storage),
+        observer,
+        limits: config.limits,
+        sessions: Arc::new(Semaphore::new(1)),
+        max_sessions: 1,
+        shutdown,
+        session: 1,
+        fetching: true,
+        peer_caps: 0,
+        rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
+    };
+    let finished = serve_one(config.source.to_string(), context, link).await;
+    Ok(finished.result?)
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::admit::{serve_one, Context, Ended};
-use super::guard::Guard;
+use super::admit::{fetch_over, serve_one, Context, GetConfig};
 use super::plan::Limits;
 use crate::code::Code;
 use crate::events::{Event, FileReport, Observer, Summary};
+use crate::link::{Accepted, Ended, Gate};
+use crate::protocol::Mode;
 use crate::sender::{Destination, SendConfig};
 use crate::storage::Storage;
 
@@ -72,22 +73,26 @@ async fn cross_a_pipe(code: Option<Code>) {
     let context = Context {
         storage: Arc::new(Storage::open(dst.path(), false).unwrap()),
         observer: received.clone(),
-        idle_timeout: Duration::from_secs(10),
-        handshake_timeout: Duration::from_secs(10),
         limits: Limits::default(),
         sessions: Arc::new(Semaphore::new(1)),
         max_sessions: 1,
         shutdown: CancellationToken::new(),
         session: 1,
-        peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        code: code.clone().map(Arc::new),
-        guard: Guard::new(),
+        fetching: false,
         peer_caps: 0,
         rate: None,
     };
     let hellos = Arc::new(Semaphore::new(1));
-    let permit = hellos.try_acquire_owned().unwrap();
-    let receiving = tokio::spawn(serve_one(far, "pipe".into(), context, permit));
+    let link = Accepted {
+        stream: far,
+        peer: "pipe".into(),
+        peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        gate: Arc::new(Gate::new(Mode::Recv, code.clone(), 1)),
+        hello_permit: hellos.try_acquire_owned().unwrap(),
+        stopping: CancellationToken::new(),
+    };
+    let receiving =
+        tokio::spawn(async move { serve_one("pipe".into(), context, link).await.ended });
 
     let config = SendConfig {
         paths: vec![tree.clone()],
@@ -141,4 +146,154 @@ async fn cross_a_pipe(code: Option<Code>) {
         d
     };
     assert_eq!(digests(sent.files()), digests(received.files()));
+}
+
+/// Pull mode over a pipe: the sender's session behind the listening end
+/// (as `xfer serve` runs it), the receiver's behind the connecting end (as
+/// `xfer get` runs it), plain and coded; the same tree arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_is_fetched_over_a_pipe_with_the_roles_reversed() {
+    for code in [None, Some(Code::generate())] {
+        let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let tree = src.path().join("tree");
+        std::fs::create_dir_all(tree.join("empty")).unwrap();
+        std::fs::write(tree.join("small.txt"), b"hello").unwrap();
+        let large: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(tree.join("large.bin"), &large).unwrap();
+
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let served = Arc::new(Recorder::default());
+        let gate = Arc::new(Gate::new(Mode::Serve, code.clone(), 1));
+        let serving = {
+            let served = served.clone();
+            let hellos = Arc::new(Semaphore::new(1));
+            let link = Accepted {
+                stream: far,
+                peer: "getter".into(),
+                peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                gate,
+                hello_permit: hellos.try_acquire_owned().unwrap(),
+                stopping: CancellationToken::new(),
+            };
+            tokio::spawn(async move {
+                let cancel = CancellationToken::new();
+                let paths = [tree];
+                let offering = crate::sender::Offering {
+                    paths: &paths,
+                    cache: None,
+                    observer: served,
+                    session: 7,
+                    peer: "getter".into(),
+                    cancel: &cancel,
+                    walk_first: false,
+                    rate: None,
+                };
+                offering.run(link).await.map_err(|e| e.to_string())
+            })
+        };
+        let config = GetConfig {
+            source: Destination {
+                host: "server".into(),
+                port: 1,
+            },
+            dir: dst.path().to_owned(),
+            overwrite: false,
+            idle_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            keep_partials: Duration::ZERO,
+            code: code.clone(),
+            limit_rate: None,
+        };
+        let cancel = CancellationToken::new();
+        let link = crate::link::Dialed {
+            open: std::future::ready(Ok(near)),
+            peer: "server".into(),
+            mode: Mode::Get,
+            code: config.code.as_ref(),
+            idle: config.idle_timeout,
+            cancel: &cancel,
+        };
+        let received = Arc::new(Recorder::default());
+        let storage = Storage::open(dst.path(), false).unwrap();
+        let fetched = tokio::time::timeout(
+            Duration::from_secs(30),
+            fetch_over(&config, storage, link, received.clone(), cancel.clone()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let sent = tokio::time::timeout(Duration::from_secs(30), serving)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dst.path().join("tree/large.bin")).unwrap(),
+            large
+        );
+        assert!(dst.path().join("tree/empty").is_dir());
+        assert_eq!((fetched.offered, fetched.stored), (2, 2));
+        assert_eq!(
+            (sent.offered, sent.stored, sent.bytes),
+            (2, 2, fetched.bytes)
+        );
+        assert!(served.0.lock().unwrap().iter().all(|e| match e {
+            Event::FileDone { session, .. } | Event::SessionEnded { session, .. } => *session == 7,
+            _ => true,
+        }));
+    }
+}
+
+/// A sender dialling a server, and a getter dialling a receiver: each side
+/// stops after the hellos with the wrong-role error, and nothing moves.
+#[tokio::test]
+async fn wrong_roles_stop_both_ends_after_the_hellos() {
+    struct Nothing;
+    impl crate::link::Session for Nothing {
+        type Output = ();
+        async fn run<R, W>(
+            self,
+            _: crate::protocol::FrameReader<R>,
+            _: crate::protocol::FrameWriter<W>,
+            _: u32,
+        ) where
+            R: tokio::io::AsyncRead + Unpin + Send + Sync + 'static,
+            W: crate::protocol::Transport + Sync + 'static,
+        {
+            panic!("no session may run between the wrong roles");
+        }
+    }
+    use crate::link::Link;
+    for (dialer, listener) in [(Mode::Send, Mode::Serve), (Mode::Get, Mode::Recv)] {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let hellos = Arc::new(Semaphore::new(1));
+        let accepted = Accepted {
+            stream: far,
+            peer: "dialer".into(),
+            peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            gate: Arc::new(Gate::new(listener, None, 1)),
+            hello_permit: hellos.try_acquire_owned().unwrap(),
+            stopping: CancellationToken::new(),
+        };
+        let cancel = CancellationToken::new();
+        let dialed = crate::link::Dialed {
+            open: std::future::ready(Ok(near)),
+            peer: "listener".into(),
+            mode: dialer,
+            code: None,
+            idle: Duration::from_secs(5),
+            cancel: &cancel,
+        };
+        let (d, l) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(dialed.establish(Nothing), accepted.establish(Nothing))
+        })
+        .await
+        .unwrap();
+        for e in [d.unwrap_err(), l.unwrap_err()] {
+            assert!(
+                matches!(e, crate::error::Error::WrongRole(_)),
+                "{dialer:?}: {e}"
+            );
+        }
+    }
 }

@@ -69,6 +69,8 @@ pub struct Ledger {
     paths: HashMap<String, usize>,
     /// The final records, counted.
     done: Summary,
+    /// "path: reason" of the first file that ended refused or failed.
+    first_failure: Option<String>,
     /// What the progress line shows.
     meter: Meter,
     /// What the sender announced (files, bytes), and what it offered so far:
@@ -89,6 +91,7 @@ impl Ledger {
             ids: HashMap::new(),
             paths: HashMap::new(),
             done: Summary::default(),
+            first_failure: None,
             meter: Meter::default(),
             announced: (0, 0),
             offered_so_far: (0, 0),
@@ -311,6 +314,9 @@ impl Ledger {
             record.stored_as = None;
         }
         count(&mut self.done, &record, Some(&outcome));
+        if let (None, Some(why)) = (&self.first_failure, outcome.reason()) {
+            self.first_failure = Some(format!("{}: {why}", record.path));
+        }
         if record.kind == EntryKind::File {
             self.meter
                 .finish(record.size, record.counted, outcome == Outcome::Stored);
@@ -332,6 +338,11 @@ impl Ledger {
                 local: None,
             },
         });
+    }
+
+    /// The first file that ended refused or failed, and why.
+    pub fn first_failure(&self) -> Option<String> {
+        self.first_failure.clone()
     }
 
     /// The ledger counted: the final records, then those still in flight.

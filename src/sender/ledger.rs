@@ -73,6 +73,8 @@ pub struct Ledger {
     first_failure: Option<String>,
     observer: Arc<dyn Observer>,
     peer: String,
+    /// Tells concurrent sessions' events apart (a server runs many).
+    session: u64,
 }
 
 impl Ledger {
@@ -88,7 +90,14 @@ impl Ledger {
             first_failure: None,
             observer,
             peer,
+            session: 0,
         }
+    }
+
+    /// The same ledger, numbering its events as session `session`.
+    pub fn in_session(mut self, session: u64) -> Ledger {
+        self.session = session;
+        self
     }
 
     /// The session is to send `files` files of `bytes` bytes in all.
@@ -100,7 +109,7 @@ impl Ledger {
 
     fn report_progress(&self) {
         self.observer.event(Event::Progress {
-            session: 0,
+            session: self.session,
             meter: self.meter,
         });
     }
@@ -306,7 +315,7 @@ impl Ledger {
             self.first_failure = Some(format!("{}: {why}", record.entry.wire_path));
         }
         self.observer.event(Event::FileDone {
-            session: 0,
+            session: self.session,
             peer: self.peer.clone(),
             report: FileReport {
                 path: record.entry.wire_path,

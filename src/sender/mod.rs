@@ -1,5 +1,7 @@
 //! One sending session: walk, connect, offer batches, stream bodies, collect
-//! verdicts. No terminal code: progress leaves as [`Event`]s, and every
+//! verdicts — over the connection `xfer send` dials, or, with the roles
+//! reversed, over each one `xfer serve` accepts ([`serve`]); the link that
+//! carries it is [`crate::link`]'s. No terminal code: progress leaves as [`Event`]s, and every
 //! file's fate is kept in one [`ledger::Ledger`] that the events, the final
 //! summary and the exit code are read from.
 //!
@@ -10,10 +12,11 @@
 //! damaged on the way is sent once more, from scratch, before `Done`.
 
 mod body;
-mod connect;
+pub(crate) mod connect;
 pub mod digest_cache;
 pub mod ledger;
 mod replies;
+pub mod serve;
 mod session;
 pub mod source;
 
@@ -30,14 +33,14 @@ use tokio_util::sync::CancellationToken;
 use crate::code::Code;
 use crate::error::{describe_io, exit_code_of, Error, EXIT_OK};
 use crate::events::{Event, Observer, Summary};
+use crate::link::{self, Dialed, Link};
 use crate::protocol::rate::RateLimit;
-use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{
-    handshake_with, Connection, EntryKind, FrameReader, FrameWriter, Message, Transport, CAP_CODE,
-    CAP_TOTALS,
+    Connection, EntryKind, FrameReader, FrameWriter, Message, Mode, Transport, CAP_TOTALS,
 };
 use digest_cache::DigestCache;
 use ledger::Ledger;
+pub use serve::ServeConfig;
 use session::{Session, OFFERS_AHEAD};
 
 /// How long an interrupted sender waits for a blocked write before closing.
@@ -84,7 +87,7 @@ pub async fn send(
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Summary> {
-    let open = connect::connect(&config.destination);
+    let open = connect::connect(&config.destination, Mode::Send);
     send_over(config, open, observer, cancel).await
 }
 
@@ -92,74 +95,162 @@ pub async fn send(
 /// one end of an in-memory pipe. `config.destination` only names the peer.
 pub async fn send_over<C: Connection>(
     config: &SendConfig,
-    open: impl Future<Output = Result<C, Error>>,
+    open: impl Future<Output = Result<C, Error>> + Send,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Summary> {
-    let started = Instant::now();
-    let peer = config.destination.to_string();
-    let ledger = Arc::new(Mutex::new(Ledger::new(Arc::clone(&observer), peer.clone())));
-    let result = run(config, open, &observer, &ledger, cancel).await;
-    if result.is_ok() {
-        if let Ok(mut ledger) = ledger.lock() {
-            ledger.complete();
-        }
-    }
-    let mut summary = match ledger.lock() {
-        Ok(ledger) => ledger.summary(),
-        Err(_) => Summary::default(),
+    let peer: Arc<str> = config.destination.to_string().into();
+    let link = Dialed {
+        open,
+        peer: Arc::clone(&peer),
+        mode: Mode::Send,
+        code: config.code.as_ref(),
+        idle: config.idle_timeout,
+        cancel: &cancel,
     };
-    summary.secs = started.elapsed().as_secs_f64();
-    let result = result.and_then(|()| {
-        let first = ledger.lock().ok().and_then(|l| l.first_failure());
-        match summary.undelivered() {
-            0 => Ok(()),
-            failed => Err(Error::Incomplete {
-                failed,
-                total: summary.offered,
-                first: first.unwrap_or_default(),
-            }
-            .into()),
-        }
-    });
-    // Cut short with files still to go: a re-run skips what arrived and
-    // resumes what was kept.
-    // Not after a refusal that would only come again (a receiver's limit).
-    let result = result.map_err(|e| match e.downcast::<Error>() {
-        Ok(cause) if summary.offered > 0 && summary.undelivered() > 0 && passing(&cause) => {
-            Error::Resumable(Box::new(cause)).into()
-        }
-        Ok(other) => other.into(),
-        Err(e) => e,
-    });
-    observer.event(Event::SessionEnded {
+    let offering = Offering {
+        paths: &config.paths,
+        cache: open_cache(config.digest_cache.as_deref()),
+        observer,
         session: 0,
         peer,
-        summary,
-        error: result.as_ref().err().map(|e| format!("{e:#}")),
-        exit_code: result.as_ref().err().map_or(EXIT_OK, exit_code_of),
-    });
-    result.map(|()| summary)
+        cancel: &cancel,
+        walk_first: true,
+        rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
+    };
+    offering.run(link).await
 }
 
-/// Whether the session ended for a reason that passes: the connection
-/// broke, this side was interrupted, or the receiver stopped.
-fn passing(cause: &Error) -> bool {
-    match cause {
-        Error::ConnectionLost { .. } | Error::Interrupted => true,
-        Error::PeerAborted { reason, .. } => reason.contains("shutting down"),
-        _ => false,
+/// The digest cache at `path`, if there is one and it opens.
+pub(crate) fn open_cache(path: Option<&std::path::Path>) -> Option<Arc<DigestCache>> {
+    path.and_then(|path| match DigestCache::open(path) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            log::warn!(
+                "digest cache '{}' unusable ({}); continuing without it",
+                path.display(),
+                describe_io(&e)
+            );
+            None
+        }
+    })
+}
+
+/// One sending session, from the walk of its paths to its closing event,
+/// over whatever [`Link`] carries it: the connection `xfer send` dials, or
+/// one that `xfer serve` accepted through its gate.
+pub(crate) struct Offering<'a> {
+    pub paths: &'a [std::path::PathBuf],
+    pub cache: Option<Arc<DigestCache>>,
+    pub observer: Arc<dyn Observer>,
+    /// Tells concurrent sessions' events apart.
+    pub session: u64,
+    pub peer: Arc<str>,
+    pub cancel: &'a CancellationToken,
+    /// Walk (and start hashing) before the link is up, to overlap it with
+    /// the connect; a server walks only for a peer it let in.
+    pub walk_first: bool,
+    /// `--limit-rate` for the bodies.
+    pub rate: Option<Arc<RateLimit>>,
+}
+
+impl Offering<'_> {
+    /// Runs the session over `link`. `Ok` only if each file was verified
+    /// and persisted by the peer (or was already there, identical).
+    pub async fn run<L: Link>(self, link: L) -> anyhow::Result<Summary> {
+        let started = Instant::now();
+        let observer = Arc::clone(&self.observer);
+        let (session, peer) = (self.session, self.peer.to_string());
+        let ledger = Arc::new(Mutex::new(
+            Ledger::new(Arc::clone(&observer), peer.clone()).in_session(session),
+        ));
+        // A send is re-run by its user; a server's getter re-runs instead.
+        let rerun_resumes = self.walk_first;
+        let result = self.offer(link, &ledger).await;
+        if result.is_ok() {
+            if let Ok(mut ledger) = ledger.lock() {
+                ledger.complete();
+            }
+        }
+        let mut summary = match ledger.lock() {
+            Ok(ledger) => ledger.summary(),
+            Err(_) => Summary::default(),
+        };
+        summary.secs = started.elapsed().as_secs_f64();
+        let result = result.and_then(|()| {
+            let first = ledger.lock().ok().and_then(|l| l.first_failure());
+            match summary.undelivered() {
+                0 => Ok(()),
+                failed => Err(Error::Incomplete {
+                    failed,
+                    total: summary.offered,
+                    first: first.unwrap_or_default(),
+                }
+                .into()),
+            }
+        });
+        // Cut short with files still to go: a re-run skips what arrived and
+        // resumes what was kept. Not after a refusal that would only come
+        // again (a receiver's limit).
+        let result = result.map_err(|e| match e.downcast::<Error>() {
+            Ok(cause)
+                if rerun_resumes
+                    && summary.offered > 0
+                    && summary.undelivered() > 0
+                    && cause.passes() =>
+            {
+                Error::Resumable(Box::new(cause)).into()
+            }
+            Ok(other) => other.into(),
+            Err(e) => e,
+        });
+        observer.event(Event::SessionEnded {
+            session,
+            peer,
+            summary,
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            exit_code: result.as_ref().err().map_or(EXIT_OK, exit_code_of),
+        });
+        result.map(|()| summary)
+    }
+
+    async fn offer<L: Link>(self, link: L, ledger: &Arc<Mutex<Ledger>>) -> anyhow::Result<()> {
+        let walked = match self.walk_first {
+            true => Some(start_walk(self.paths, self.cache.clone(), ledger).await?),
+            false => None,
+        };
+        let talk = Talk {
+            walked,
+            paths: self.paths,
+            cache: self.cache,
+            observer: &self.observer,
+            ledger,
+            cancel: self.cancel,
+            peer: &self.peer,
+            session: self.session,
+            rate: self.rate,
+        };
+        link.establish(talk).await?
     }
 }
 
-async fn run<C: Connection>(
-    config: &SendConfig,
-    open: impl Future<Output = Result<C, Error>>,
-    observer: &Arc<dyn Observer>,
+/// A walk of the paths to send, its batches being prepared.
+struct Walked {
+    batches: mpsc::Receiver<source::Batch>,
+    /// Files and bytes it found, for the receiver's totals.
+    files: u64,
+    bytes: u64,
+}
+
+/// Walks `paths`, records what cannot be read, gives the ledger the
+/// totals, and starts reading and hashing the first batches in the
+/// background.
+async fn start_walk(
+    paths: &[std::path::PathBuf],
+    cache: Option<Arc<DigestCache>>,
     ledger: &Arc<Mutex<Ledger>>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let paths = config.paths.clone();
+) -> anyhow::Result<Walked> {
+    let paths = paths.to_vec();
     let collected = tokio::task::spawn_blocking(move || source::collect(&paths))
         .await
         .map_err(|e| Error::Internal(format!("walking the paths failed: {e}")))??;
@@ -193,134 +284,88 @@ async fn run<C: Connection>(
         .lock()
         .map_err(|_| Error::Internal("the sender's ledger lock was poisoned".into()))?
         .expect(files, bytes);
-    let cache = config
-        .digest_cache
-        .as_deref()
-        .and_then(|path| match DigestCache::open(path) {
-            Ok(cache) => Some(Arc::new(cache)),
-            Err(e) => {
-                log::warn!(
-                    "digest cache '{}' unusable ({}); continuing without it",
-                    path.display(),
-                    describe_io(&e)
-                );
-                None
-            }
-        });
-
     // The first batches are read and hashed while the connection and the
     // hellos take their round trips.
     let (batch_tx, batch_rx) = mpsc::channel(2);
-    let prep_cache = cache.clone();
     tokio::task::spawn_blocking(move || {
-        source::prepare_batches(entries, prep_cache.as_deref(), batch_tx)
+        source::prepare_batches(entries, cache.as_deref(), batch_tx)
     });
-    let stream = tokio::select! {
-        s = open => s?,
-        _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
-    };
-    let peer: Arc<str> = config.destination.to_string().into();
-    observer.event(Event::SessionStarted {
-        session: 0,
-        peer: peer.to_string(),
-    });
-    let (read_half, write_half) = stream.into_halves();
-    let idle = config.idle_timeout;
-    let mut reader = FrameReader::new(read_half, Arc::clone(&peer), idle);
-    let mut writer = FrameWriter::new(write_half, Arc::clone(&peer), idle);
-    reader.watch(&writer);
-    let ours = CAP_TOTALS | if config.code.is_some() { CAP_CODE } else { 0 };
-    let theirs = tokio::select! {
-        r = handshake_with(&mut reader, &mut writer, ours) => r?,
-        _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
-    };
-    let talk = Talk {
-        totals: (theirs & CAP_TOTALS != 0).then_some((files, bytes)),
+    Ok(Walked {
         batches: batch_rx,
-        cache,
-        observer,
-        ledger,
-        cancel: &cancel,
-        peer: &peer,
-        rate: config.limit_rate.map(|r| Arc::new(RateLimit::new(r))),
-    };
-    match (&config.code, theirs & CAP_CODE != 0) {
-        (None, false) => talk.run(reader, writer).await,
-        (None, true) => Err(Error::Auth(format!(
-            "{peer} requires a code: add --code to this send \
-             (the code from XFER_CODE, --code-file FILE, or typed when asked)"
-        ))
-        .into()),
-        (Some(_), false) => Err(Error::Auth(format!(
-            "{peer} does not use a code, and a coded send never falls back to clear text: \
-             start the receiver with 'xfer recv --code', or send without --code on a trusted network"
-        ))
-        .into()),
-        (Some(code), true) => {
-            let secret = code.secret();
-            let sealed = upgrade(reader, writer, Role::Sender, &secret, (ours, theirs), idle, idle);
-            let (reader, writer) = tokio::select! {
-                r = sealed => r.map_err(refused_hint)?,
-                _ = cancel.cancelled() => return Err(Error::Interrupted.into()),
-            };
-            talk.run(reader, writer).await
-        }
-    }
-}
-
-/// A receiver that refuses this address (too many wrong codes) closes the
-/// connection before its code message: say so.
-fn refused_hint(e: Error) -> Error {
-    match e {
-        Error::ConnectionLost { peer, detail } if detail.contains("during the code message") => {
-            Error::ConnectionLost {
-                peer,
-                detail: format!(
-                    "{detail} (a receiver closes at once on an address that recently \
-                     sent several wrong codes; wait and check the code)"
-                ),
-            }
-        }
-        other => other,
-    }
+        files,
+        bytes,
+    })
 }
 
 /// What the rest of a session needs once the connection (plain or
 /// sealed) is up.
 struct Talk<'a> {
-    /// Announced before the first offer, when the receiver takes them.
-    totals: Option<(u64, u64)>,
-    batches: mpsc::Receiver<source::Batch>,
+    /// The walk, already under way, or `None` to walk `paths` first.
+    walked: Option<Walked>,
+    paths: &'a [std::path::PathBuf],
     cache: Option<Arc<DigestCache>>,
     observer: &'a Arc<dyn Observer>,
     ledger: &'a Arc<Mutex<Ledger>>,
     cancel: &'a CancellationToken,
     peer: &'a Arc<str>,
+    session: u64,
+    /// `--limit-rate` for its bodies (a server's is one for all getters).
     rate: Option<Arc<RateLimit>>,
+}
+
+impl link::Session for Talk<'_> {
+    type Output = anyhow::Result<()>;
+
+    fn run<R, W>(
+        self,
+        reader: FrameReader<R>,
+        writer: FrameWriter<W>,
+        peer_caps: u32,
+    ) -> impl Future<Output = Self::Output> + Send
+    where
+        R: AsyncRead + Unpin + Send + Sync + 'static,
+        W: Transport + Sync + 'static,
+    {
+        self.talk(reader, writer, peer_caps)
+    }
 }
 
 impl Talk<'_> {
     /// Offers, bodies and verdicts over `reader` and `writer` until `Bye`.
-    async fn run<R, W>(
+    async fn talk<R, W>(
         self,
         reader: FrameReader<R>,
         mut writer: FrameWriter<W>,
+        peer_caps: u32,
     ) -> anyhow::Result<()>
     where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: Transport,
+        R: AsyncRead + Unpin + Send + Sync + 'static,
+        W: Transport + Sync + 'static,
     {
         let Talk {
-            totals,
-            batches: batch_rx,
+            walked,
+            paths,
             cache,
             observer,
             ledger,
             cancel,
             peer,
+            session: session_id,
             rate,
         } = self;
         writer.limit_rate(rate);
+        let walked = match walked {
+            Some(walked) => walked,
+            None => start_walk(paths, cache.clone(), ledger).await?,
+        };
+        // The link is up and the totals are known: a progress line can start.
+        observer.event(Event::SessionStarted {
+            session: session_id,
+            peer: peer.to_string(),
+        });
+        // Announced before the first offer, when the receiver takes them.
+        let totals = (peer_caps & CAP_TOTALS != 0).then_some((walked.files, walked.bytes));
+        let batch_rx = walked.batches;
         let settled = Arc::new(Notify::new());
         let closed = Arc::new(AtomicBool::new(false));
         // At most OFFERS_AHEAD plans can be outstanding, so this channel never
@@ -344,6 +389,7 @@ impl Talk<'_> {
             cache,
             cancel: cancel.clone(),
             peer: Arc::clone(peer),
+            session: session_id,
             mid_body: false,
             next_id: 0,
         };

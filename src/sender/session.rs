@@ -44,6 +44,8 @@ pub(super) struct Session<W> {
     pub cache: Option<Arc<DigestCache>>,
     pub cancel: CancellationToken,
     pub peer: Arc<str>,
+    /// Tells concurrent sessions' events apart.
+    pub session: u64,
     /// Raw body bytes are owed: no frame (not even Abort) may be written.
     pub mid_body: bool,
     /// The id the next offer starts at.
@@ -286,7 +288,7 @@ impl<W: Transport> Session<W> {
     async fn send_body(&mut self, id: u64, item: Prepared, offset: u64) -> Result<(), Error> {
         let size = item.entry.size;
         self.observer.event(Event::FileStarted {
-            session: 0,
+            session: self.session,
             path: item.entry.wire_path.clone(),
             size,
         });

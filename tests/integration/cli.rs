@@ -53,7 +53,19 @@ fn help_for_each_subcommand() {
         .map(|l| l.split('|').nth(1).unwrap().trim())
         .collect();
     assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "130"]);
-    for command in ["send", "recv"] {
+    for (command, usage) in [
+        ("serve", "Usage: xfer serve [OPTIONS] <PATH>..."),
+        ("get", "Usage: xfer get [OPTIONS] <ADDR>"),
+    ] {
+        let (code, out, _) = run(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains(usage), "{out}");
+        for flag in ["--once", "--code", "--json", "--quiet"] {
+            let wanted = command == "serve" || flag != "--once";
+            assert_eq!(out.contains(flag), wanted, "{command} --help and {flag}");
+        }
+    }
+    for command in ["send", "recv", "serve", "get"] {
         let (code, out, _) = run(&[command, "--help"]);
         assert_eq!(code, 0);
         assert!(out.contains("Examples:\n  xfer "), "{out}");

@@ -264,3 +264,133 @@ fn a_coded_receiver_announces_its_code_and_its_events_fit_the_schema() {
         .iter()
         .any(|e| e["event"] == "session" && e["ok"] == true));
 }
+
+/// Runs `xfer get --json ARGS`; returns the exit code and checked events,
+/// which end with their one `session`.
+fn get_json(schema: &Schema, args: &[&str]) -> (i32, Vec<Value>) {
+    let out = xfer_command()
+        .arg("get")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<Value> = stdout.lines().map(|l| check(schema, l)).collect();
+    let sessions = events.iter().filter(|e| e["event"] == "session").count();
+    assert_eq!(sessions, 1, "exactly one session: {stdout}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "session", "the session comes last: {stdout}");
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(last["ok"], code == 0, "{stdout}");
+    (code, events)
+}
+
+#[test]
+fn serve_and_get_events_fit_the_schema_and_each_connection_ends_once() {
+    let schema = schema();
+    let (src, dst, other) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let tree = src.path().join("tree");
+    write_random(&tree.join("a.bin"), 3000, 1);
+    write_random(&tree.join("sub/big.bin"), 2_000_000, 2);
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    let mut serve = XferProcess::spawn(&[
+        "serve",
+        "--json",
+        "--no-cache",
+        "--listen",
+        "127.0.0.1:0",
+        tree.to_str().unwrap(),
+    ]);
+    let listening = check(&schema, &serve.next_line().unwrap());
+    assert_eq!(listening["event"], "listening");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let dir = dst.path().to_str().unwrap();
+
+    let (code, got) = get_json(&schema, &[&addr, "--dir", dir]);
+    assert_eq!(code, 0);
+    let files: Vec<&Value> = got.iter().filter(|e| e["event"] == "received").collect();
+    assert_eq!(files.len(), 2);
+    assert!(files
+        .iter()
+        .all(|f| f["sha256"].is_string() && f["peer"] == addr));
+    assert_eq!(got.last().unwrap()["stored"], 2);
+
+    let (code, again) = get_json(&schema, &[&addr, "--dir", dir]);
+    assert_eq!(code, 0);
+    assert_eq!(again.last().unwrap()["skipped"], 2);
+
+    let (code, refused) = get_json(
+        &schema,
+        &[
+            &addr,
+            "--dir",
+            other.path().to_str().unwrap(),
+            "--max-size",
+            "1M",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(refused.iter().any(|e| e["event"] == "refused"));
+    let last = refused.last().unwrap();
+    assert_eq!((&last["refused"], &last["stored"]), (&1.into(), &1.into()));
+    assert!(last["error"].as_str().unwrap().contains("not stored"));
+
+    // A sender at the server: its summary says what to run, exit 4.
+    let (code, sent) = send_json(&schema, &["--no-cache", tree.to_str().unwrap(), &addr]);
+    assert_eq!(code, 4);
+    assert!(sent[0]["error"].as_str().unwrap().contains("xfer get"));
+
+    let served = recv_events(&schema, serve);
+    let summaries: Vec<&Value> = served.iter().filter(|e| e["event"] == "summary").collect();
+    assert_eq!(summaries.len(), 4, "one summary per connection: {served:?}");
+    assert_eq!(
+        summaries.iter().filter(|s| s["verified"] == true).count(),
+        2
+    );
+    let failed: Vec<_> = summaries
+        .iter()
+        .filter(|s| s["verified"] == false)
+        .collect();
+    let codes: Vec<_> = failed.iter().map(|s| s["exit_code"].as_u64()).collect();
+    assert!(
+        codes.contains(&Some(1)) && codes.contains(&Some(4)),
+        "{codes:?}"
+    );
+    let sent = served.iter().filter(|e| e["event"] == "sent").count();
+    assert_eq!(sent, 2 + 2 + 1, "stored, skipped, and the one that fit");
+}
+
+#[test]
+fn a_get_that_never_connects_or_cannot_store_still_ends_with_one_session() {
+    let schema = schema();
+    let dst = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = dst.path().to_str().unwrap();
+    let (code, events) = get_json(&schema, &[&addr, "--dir", dir]);
+    assert_eq!(code, 3);
+    let error = events[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot connect") && error.contains("'xfer serve'"),
+        "{error}"
+    );
+
+    let file = dst.path().join("a-file");
+    fs::write(&file, b"").unwrap();
+    let under_a_file = file.join("inbox");
+    let (code, events) = get_json(&schema, &[&addr, "--dir", under_a_file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(events.len(), 1);
+    assert!(events[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("receiving directory"));
+}

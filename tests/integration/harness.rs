@@ -548,6 +548,151 @@ impl XferProcess {
     }
 }
 
+/// An in-process `xfer serve` offering fixed paths on `127.0.0.1:0`,
+/// stopped on drop (pull mode's counterpart of [`Receiver`]).
+pub struct Serving {
+    pub addr: SocketAddr,
+    pub events: Arc<Events>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<ServeReport>>,
+}
+
+/// Server settings tests vary.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub once: bool,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    /// The code getters must hold (a coded server).
+    pub code: Option<xfer::code::Code>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            once: false,
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(10),
+            code: None,
+        }
+    }
+}
+
+impl Serving {
+    pub async fn start(paths: &[&Path]) -> Serving {
+        Serving::start_with(paths, ServeOptions::default()).await
+    }
+
+    pub async fn start_with(paths: &[&Path], options: ServeOptions) -> Serving {
+        let config = xfer::sender::ServeConfig {
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            once: options.once,
+            max_connections: options.max_connections,
+            idle_timeout: options.idle_timeout,
+            handshake_timeout: options.idle_timeout,
+            digest_cache: None,
+            code: options.code,
+            limit_rate: None,
+        };
+        let listener = TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = Arc::new(Events::default());
+        let shutdown = CancellationToken::new();
+        let server = xfer::sender::serve::Server::new(config).unwrap();
+        let task = tokio::spawn(server.serve(listener, events.clone(), shutdown.clone()));
+        Serving {
+            addr,
+            events,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and returns how it went.
+    pub async fn stop(mut self) -> ServeReport {
+        self.shutdown.cancel();
+        let task = self.task.take().unwrap();
+        within(task).await.unwrap()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Getter settings tests vary.
+#[derive(Clone)]
+pub struct GetOptions {
+    pub overwrite: bool,
+    pub idle_timeout: Duration,
+    pub limits: xfer::receiver::Limits,
+    pub code: Option<xfer::code::Code>,
+}
+
+impl Default for GetOptions {
+    fn default() -> Self {
+        GetOptions {
+            overwrite: false,
+            idle_timeout: Duration::from_secs(10),
+            limits: xfer::receiver::Limits::default(),
+            code: None,
+        }
+    }
+}
+
+/// Fetches everything the server at `addr` offers into `dir`, in-process;
+/// returns the result and the getter's events.
+pub async fn get(addr: SocketAddr, dir: &Path) -> (anyhow::Result<Summary>, Arc<Events>) {
+    get_with(addr, dir, GetOptions::default()).await
+}
+
+/// [`get`] with settings of the test's choosing.
+pub async fn get_with(
+    addr: SocketAddr,
+    dir: &Path,
+    options: GetOptions,
+) -> (anyhow::Result<Summary>, Arc<Events>) {
+    let config = xfer::receiver::GetConfig {
+        source: Destination {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        dir: dir.to_path_buf(),
+        overwrite: options.overwrite,
+        idle_timeout: options.idle_timeout,
+        limits: options.limits,
+        keep_partials: Duration::from_secs(7 * 24 * 3600),
+        code: options.code,
+        limit_rate: None,
+    };
+    let events = Arc::new(Events::default());
+    let result = within(xfer::receiver::fetch(
+        &config,
+        events.clone(),
+        CancellationToken::new(),
+    ))
+    .await;
+    (result, events)
+}
+
+impl XferProcess {
+    /// Starts `xfer serve --listen 127.0.0.1:0 ARGS` and returns it with
+    /// the address it printed.
+    pub fn serve(args: &[&str]) -> (XferProcess, SocketAddr) {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut process = XferProcess::spawn(&all);
+        let line = process.next_line().expect("no 'listening on' line");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        (process, addr.parse().unwrap())
+    }
+}
+
 /// A `script` command (util-linux) that runs `xfer ARGS` on a pseudo-terminal
 /// of `cols` columns, its stdin, stdout and stderr all that terminal; what
 /// it drew comes out on `script`'s stdout.

@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod hostile;
 mod manifest;
+mod pull;
 mod rate;
 mod shell;
 mod storage;

@@ -10,13 +10,18 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-/// What the [`Proxy`] does to the sender-to-receiver direction.
+/// What the [`Proxy`] does to the connector-to-listener direction (a
+/// sender's bytes), and to the way back (a server's bytes, in pull mode).
 #[derive(Clone, Default)]
 pub struct ProxyOptions {
     /// Forward at most this many bytes per second.
     pub rate: Option<u64>,
     /// Flip the low bit of the bytes at these stream offsets (first connection only).
     pub flips: Vec<u64>,
+    /// `rate`, for the listener-to-connector direction.
+    pub back_rate: Option<u64>,
+    /// `flips`, for the listener-to-connector direction.
+    pub back_flips: Vec<u64>,
 }
 
 impl ProxyOptions {
@@ -49,12 +54,18 @@ impl Proxy {
                 let mut options = options.clone();
                 if !first {
                     options.flips.clear();
+                    options.back_flips.clear();
                 }
                 first = false;
+                let back = ProxyOptions {
+                    rate: options.back_rate,
+                    flips: std::mem::take(&mut options.back_flips),
+                    ..Default::default()
+                };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
                 pipes.spawn(pipe(client_read, server_write, options));
-                pipes.spawn(pipe(server_read, client_write, ProxyOptions::default()));
+                pipes.spawn(pipe(server_read, client_write, back));
             }
         });
         Proxy { addr, task }

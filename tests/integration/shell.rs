@@ -63,9 +63,10 @@ printf '%s\n' "${COMPREPLY[@]}"
 fn bash_completes_subcommands_and_flags() {
     let script = bash_script();
     assert_eq!(complete_in_bash(script.path(), &["xfer", "re"]), ["recv"]);
-    assert_eq!(complete_in_bash(script.path(), &["xfer", "se"]), ["send"]);
+    assert_eq!(complete_in_bash(script.path(), &["xfer", "sen"]), ["send"]);
+    assert_eq!(complete_in_bash(script.path(), &["xfer", "ser"]), ["serve"]);
     let all = complete_in_bash(script.path(), &["xfer", ""]);
-    for sub in ["send", "recv", "completions", "man"] {
+    for sub in ["send", "recv", "serve", "get", "completions", "man"] {
         assert!(all.iter().any(|w| w == sub), "no {sub} in {all:?}");
     }
     assert_eq!(

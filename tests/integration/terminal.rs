@@ -602,3 +602,50 @@ async fn the_receiver_shows_the_whole_session_from_its_start() {
     );
     assert!(counts.iter().any(|(done, _)| *done < 1024), "{counts:?}");
 }
+
+/// Pull mode: `xfer get` draws the receiver's line for its one session,
+/// counted against the server's totals from the start, and ends with the
+/// receiver's summary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_getter_draws_its_session_against_the_servers_totals() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let tree = src.path().join("tree");
+    for i in 0..30 {
+        write_random(&tree.join(format!("f{i:02}.bin")), 100 * 1024, i);
+    }
+    let server = Serving::start(&[&tree]).await;
+    let options = ProxyOptions {
+        back_rate: Some(1536 * 1024),
+        ..Default::default()
+    };
+    let proxy = Proxy::start(server.addr, options).await;
+    let from = proxy.addr.to_string();
+    let (code, screen) = on_terminal(
+        60,
+        args(&["get", &from, "--dir", dst.path().to_str().unwrap()]),
+    )
+    .await;
+    assert_eq!(code, 0, "{}", screen.raw);
+    screen.assert_fits(60);
+    let counts: Vec<(u64, u64)> = screen
+        .lines_for(&from)
+        .iter()
+        .filter_map(|f| file_count(f))
+        .filter(|(_, total)| *total > 0)
+        .collect();
+    assert!(counts.len() >= 3, "{:?}", screen.pieces);
+    assert!(counts.iter().all(|(_, total)| *total == 30), "{counts:?}");
+    assert!(
+        counts.windows(2).all(|w| w[0].0 <= w[1].0),
+        "counts went back: {counts:?}"
+    );
+    assert!(
+        screen
+            .pieces
+            .iter()
+            .any(|p| p.starts_with(&format!("from {from}: received 30 files"))),
+        "{:?}",
+        screen.pieces
+    );
+    assert_same_tree(src.path(), dst.path());
+}

@@ -1,5 +1,6 @@
-//! Bounds how fast anyone can guess a coded receiver's code. Each code
-//! attempt (a PAKE run) needs a token from one bucket shared by all peers;
+//! Bounds how fast anyone can guess a coded listener's code (`recv` or
+//! `serve`). Each code attempt (a PAKE run) needs a token from one bucket
+//! shared by all peers;
 //! a wrong code keeps its token, a right one gives it back, so wrong codes
 //! cost at most [`FAILURES_PER_SEC`] per second overall, whoever sends them.
 //! An address that gets [`PEER_FAILURES`] wrong within [`PEER_WINDOW`] is
@@ -43,7 +44,7 @@ struct State {
     cooling: HashMap<IpAddr, Instant>,
 }
 
-/// The receiver's one guard, shared by its sessions.
+/// A listener's one guard, shared by its sessions.
 #[derive(Debug)]
 pub struct Guard {
     state: Mutex<State>,
