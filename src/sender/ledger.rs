@@ -401,6 +401,7 @@ mod tests {
             mtime_secs: 0,
             mtime_nanos: 0,
             ino: 0,
+            dev: 0,
         }
     }
 

@@ -271,6 +271,7 @@ async fn start_walk(
             mtime_secs: 0,
             mtime_nanos: 0,
             ino: 0,
+            dev: 0,
         };
         ledger
             .lock()

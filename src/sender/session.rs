@@ -4,7 +4,6 @@
 //! [`Ledger`]; nothing here counts on its own.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -254,9 +253,9 @@ impl<W: Transport> Session<W> {
         let ours = match item.sha256 {
             Some(d) => Ok(d),
             None => {
-                let local = item.entry.local.clone();
+                let entry = item.entry.clone();
                 let hashed = tokio::task::spawn_blocking(move || {
-                    File::open(local).and_then(|mut f| hashing::hash_reader(&mut f))
+                    entry.open().and_then(|mut f| hashing::hash_reader(&mut f))
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?
@@ -307,7 +306,7 @@ impl<W: Transport> Session<W> {
             return Ok(());
         }
         let cannot_read = |e: std::io::Error| format!("cannot read: {}", describe_io(&e));
-        let file = match File::open(&item.entry.local) {
+        let file = match item.entry.open() {
             Ok(f) => f,
             Err(e) => {
                 self.ledger()?.failed_here(id, cannot_read(e));

@@ -43,6 +43,8 @@ pub struct LocalEntry {
     pub mtime_nanos: u32,
     /// Inode number, part of the file's [`FileVersion`].
     pub ino: u64,
+    /// Device of the walked file: with `ino`, which file the walk found.
+    pub dev: u64,
 }
 
 impl LocalEntry {
@@ -61,7 +63,26 @@ impl LocalEntry {
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
             ino: meta.ino(),
+            dev: meta.dev(),
         }
+    }
+
+    /// Opens the file the walk found, and only that one: a name replaced
+    /// since (by a symlink to a file outside the tree, another file, a
+    /// FIFO) is refused, so nothing but what was walked is ever read.
+    /// Opened non-blocking and without becoming a controlling terminal, so
+    /// a FIFO or device swapped in cannot hang or take the process.
+    pub fn open(&self) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&self.local)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || (meta.dev(), meta.ino()) != (self.dev, self.ino) {
+            return Err(io::Error::other("it was replaced since it was listed"));
+        }
+        Ok(file)
     }
 
     /// The version of the file this entry was read as, for the digest cache.
@@ -296,7 +317,7 @@ fn open_ahead(entry: &LocalEntry) -> Option<File> {
     if entry.kind != EntryKind::File || entry.size == 0 || entry.size > HASH_AHEAD_MAX {
         return None;
     }
-    let file = File::open(&entry.local).ok()?;
+    let file = entry.open().ok()?;
     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
     Some(file)
 }
@@ -320,7 +341,7 @@ fn prepare(
     }
     // A file that cannot be read now is offered without a digest; reading it
     // again at send time reports the error against the file.
-    match read_small(&entry.local, opened) {
+    match read_small(&entry, opened) {
         Ok((content, meta)) if content.len() as u64 <= HASH_AHEAD_MAX => {
             entry.size = content.len() as u64;
             entry.mtime_secs = meta.mtime();
@@ -339,10 +360,10 @@ fn prepare(
     }
 }
 
-fn read_small(path: &Path, opened: Option<File>) -> io::Result<(Vec<u8>, Metadata)> {
+fn read_small(entry: &LocalEntry, opened: Option<File>) -> io::Result<(Vec<u8>, Metadata)> {
     let mut file = match opened {
         Some(file) => file,
-        None => File::open(path)?,
+        None => entry.open()?,
     };
     let meta = file.metadata()?;
     let mut content = Vec::with_capacity(meta.len() as usize);
@@ -355,6 +376,35 @@ fn read_small(path: &Path, opened: Option<File>) -> io::Result<(Vec<u8>, Metadat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_file_replaced_by_a_symlink_or_a_fifo_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        fs::write(&path, b"walked").unwrap();
+        let walked = LocalEntry::new("a.txt".into(), path.clone(), &fs::metadata(&path).unwrap());
+        assert!(walked.open().is_ok());
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, b"secret").unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        let err = walked.open().expect_err("a symlink swapped in");
+        assert!(
+            err.to_string().contains("replaced since it was listed"),
+            "{err}"
+        );
+        // A FIFO would block an ordinary open forever.
+        fs::remove_file(&path).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(walked.open().is_err());
+    }
 
     #[test]
     fn collect_skips_unreadable_directories_and_reports_them() {

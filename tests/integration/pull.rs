@@ -860,3 +860,53 @@ fn ctrl_c_stops_a_getter_or_a_server_promptly_and_the_partial_resumes() {
     assert!(server.wait(Duration::from_secs(10)).0.success());
     assert_eq!(fs::read(dst.path().join("big.bin")).unwrap(), data);
 }
+
+#[test]
+fn a_file_swapped_for_a_symlink_mid_session_is_refused_not_followed() {
+    let (src, dst, outside) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let tree = src.path().join("tree");
+    write_random(&tree.join("a.bin"), 3 * MIB as usize, 1);
+    write_random(&tree.join("b.bin"), 3 * MIB as usize / 2, 2);
+    let secret = outside.path().join("secret.txt");
+    fs::write(&secret, "TOP SECRET ".repeat(200_000)).unwrap();
+    // Slow enough that b.bin is still to come when it is swapped.
+    let (server, addr) = XferProcess::serve(&[
+        "--once",
+        "--quiet",
+        "--limit-rate",
+        "1M",
+        tree.to_str().unwrap(),
+    ]);
+    let getter = XferProcess::spawn(&[
+        "get",
+        &addr.to_string(),
+        "--dir",
+        dst.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    wait_until("a.bin to be arriving", || {
+        partial_len(&dst.path().join("tree"), "a.bin").is_some_and(|n| n > 0)
+    });
+    fs::remove_file(tree.join("b.bin")).unwrap();
+    std::os::unix::fs::symlink(&secret, tree.join("b.bin")).unwrap();
+    let (status, err) = getter.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("tree/b.bin"), "{err}");
+    let (_, served) = server.wait(Duration::from_secs(10));
+    assert!(
+        served.contains("tree/b.bin: cannot read: it was replaced since it was listed"),
+        "{served}"
+    );
+    assert_eq!(visible(&dst.path().join("tree")), ["a.bin"]);
+    for (name, _) in tree_listing(dst.path()) {
+        let bytes = fs::read(dst.path().join(&name)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("TOP SECRET"),
+            "{name} holds the file outside the served tree"
+        );
+    }
+}
