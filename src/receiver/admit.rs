@@ -70,7 +70,11 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
         context,
         ledger: Arc::clone(&ledger),
     };
-    let mut result = link.establish(receiving).await.and_then(|r| r);
+    let established = link.establish(receiving).await;
+    // A connection that never got in (no hello, busy, a wrong code) is not
+    // the peer that `--once` waits for.
+    let never_in = established.is_err();
+    let mut result = established.and_then(|r| r);
     // A getter's failure is its process's one error line.
     if let (Err(e), false) = (&result, fetching) {
         match e {
@@ -92,7 +96,7 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
     };
     summary.secs = started.elapsed().as_secs_f64();
     let ended = match &result {
-        Err(e) if Ended::not_admitted(e) => Ended::NotAdmitted,
+        Err(e) if never_in || Ended::not_admitted(e) => Ended::NotAdmitted,
         Ok(()) if summary.undelivered() == 0 => Ended::Complete,
         _ => Ended::Incomplete,
     };

@@ -158,6 +158,12 @@ impl Offering<'_> {
     /// Runs the session over `link`. `Ok` only if each file was verified
     /// and persisted by the peer (or was already there, identical).
     pub async fn run<L: Link>(self, link: L) -> anyhow::Result<Summary> {
+        self.run_noting_admission(link).await.0
+    }
+
+    /// [`Offering::run`], also saying whether the link came up at all (a
+    /// listener's `--once` waits for a peer it let in, not for a port scan).
+    pub async fn run_noting_admission<L: Link>(self, link: L) -> (anyhow::Result<Summary>, bool) {
         let started = Instant::now();
         let observer = Arc::clone(&self.observer);
         let (session, peer) = (self.session, self.peer.to_string());
@@ -166,7 +172,7 @@ impl Offering<'_> {
         ));
         // A send is re-run by its user; a server's getter re-runs instead.
         let rerun_resumes = self.walk_first;
-        let result = self.offer(link, &ledger).await;
+        let (result, admitted) = self.offer(link, &ledger).await;
         if result.is_ok() {
             if let Ok(mut ledger) = ledger.lock() {
                 ledger.complete();
@@ -211,12 +217,20 @@ impl Offering<'_> {
             error: result.as_ref().err().map(|e| format!("{e:#}")),
             exit_code: result.as_ref().err().map_or(EXIT_OK, exit_code_of),
         });
-        result.map(|()| summary)
+        (result.map(|()| summary), admitted)
     }
 
-    async fn offer<L: Link>(self, link: L, ledger: &Arc<Mutex<Ledger>>) -> anyhow::Result<()> {
+    /// The session over `link`, and whether the link came up.
+    async fn offer<L: Link>(
+        self,
+        link: L,
+        ledger: &Arc<Mutex<Ledger>>,
+    ) -> (anyhow::Result<()>, bool) {
         let walked = match self.walk_first {
-            true => Some(start_walk(self.paths, self.cache.clone(), ledger).await?),
+            true => match start_walk(self.paths, self.cache.clone(), ledger).await {
+                Ok(walked) => Some(walked),
+                Err(e) => return (Err(e), false),
+            },
             false => None,
         };
         let talk = Talk {
@@ -230,7 +244,10 @@ impl Offering<'_> {
             session: self.session,
             rate: self.rate,
         };
-        link.establish(talk).await?
+        match link.establish(talk).await {
+            Ok(ran) => (ran, true),
+            Err(e) => (Err(e.into()), false),
+        }
     }
 }
 

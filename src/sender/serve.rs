@@ -123,12 +123,18 @@ impl Server {
                     walk_first: false,
                     rate,
                 };
-                match offering.run(link).await {
-                    Ok(_) => Ended::Complete,
-                    Err(e) => {
-                        log::warn!("session with {peer} ended: {e:#}");
+                match offering.run_noting_admission(link).await {
+                    (Ok(_), _) => Ended::Complete,
+                    (Err(e), admitted) => {
                         let typed = e.chain().find_map(|e| e.downcast_ref::<Error>());
-                        if typed.is_some_and(Ended::not_admitted) {
+                        let refused = typed.is_some_and(Ended::not_admitted);
+                        if admitted || refused {
+                            log::warn!("session with {peer} ended: {e:#}");
+                        } else {
+                            // A port scan, or a peer that never said hello.
+                            log::debug!("session with {peer} ended: {e:#}");
+                        }
+                        if !admitted || refused {
                             Ended::NotAdmitted
                         } else {
                             Ended::Incomplete

@@ -910,3 +910,41 @@ fn a_file_swapped_for_a_symlink_mid_session_is_refused_not_followed() {
         );
     }
 }
+
+#[test]
+fn a_connection_that_never_says_hello_does_not_end_serve_once_or_recv_once() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("a.txt");
+    fs::write(&file, b"for the real getter").unwrap();
+    let (server, addr) = XferProcess::serve(&["--once", "--quiet", file.to_str().unwrap()]);
+    // A port scan: connect, close.
+    drop(std::net::TcpStream::connect(addr).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, err) = XferProcess::spawn(&[
+        "get",
+        &addr.to_string(),
+        "--dir",
+        dst.path().to_str().unwrap(),
+        "--quiet",
+    ])
+    .wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    let (status, err) = server.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+
+    let (recv, addr) =
+        XferProcess::recv(&["--once", "--quiet", "--dir", dst.path().to_str().unwrap()]);
+    drop(std::net::TcpStream::connect(addr).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = xfer_command()
+        .args(["send", "-q", file.to_str().unwrap(), &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(sent.status.success());
+    let (status, err) = recv.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        fs::read(dst.path().join("a (1).txt")).unwrap_or_default(),
+        b""
+    );
+}
