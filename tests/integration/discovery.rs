@@ -217,6 +217,31 @@ impl Lan {
 }
 
 impl Lan {
+    /// Runs `xfer LINE` (a shell command line) in `b` on a terminal of its
+    /// own, with `typed` typed ahead (the terminal keeps it until it is
+    /// read), within the limit; returns its exit code and the screen.
+    fn on_terminal_in_b(&self, line: &str, typed: &[u8]) -> (Option<i32>, String) {
+        let line = format!("{} {line}", env!("CARGO_BIN_EXE_xfer"));
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &self.b,
+                "script",
+                "-qefc",
+                &line,
+                "/dev/null",
+            ])
+            .env("XFER_CACHE_DIR", test_cache_dir())
+            .env_remove("XFER_CODE");
+        let out = bounded_output(command, typed, SEND_LIMIT);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Gives namespace `b` an /etc/hosts of its own (`ip netns exec`
     /// mounts /etc/netns/NS/hosts over /etc/hosts); removed on drop.
     fn hosts_in_b(&self, lines: &str) {
@@ -700,23 +725,9 @@ fn on_a_terminal_several_receivers_are_offered_by_number() {
     );
     lan.wait_announced(&["alpha", "beta"]);
 
-    // The answer is typed ahead; the terminal keeps it until it is read.
-    let line = format!("{} send '{}'", env!("CARGO_BIN_EXE_xfer"), file.display());
-    let mut command = Command::new("ip");
-    command
-        .args([
-            "netns",
-            "exec",
-            &lan.b,
-            "script",
-            "-qefc",
-            &line,
-            "/dev/null",
-        ])
-        .env("XFER_CACHE_DIR", test_cache_dir());
-    let out = bounded_output(command, b"2\n", SEND_LIMIT);
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{screen}");
+    let line = format!("send '{}'", file.display());
+    let (status, screen) = lan.on_terminal_in_b(&line, b"2\n");
+    assert_eq!(status, Some(0), "{screen}");
     assert!(
         screen.contains("  1) alpha") && screen.contains("  2) beta"),
         "{screen}"
@@ -1299,4 +1310,32 @@ fn a_get_from_an_address_sends_nothing_for_discovery() {
         "mDNS traffic from a get from an address: {heard:?}"
     );
     stop(server);
+}
+
+#[test]
+fn on_a_terminal_several_servers_are_offered_by_number() {
+    let Some(lan) = Lan::new() else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: util-linux 'script' is needed for a terminal");
+        return;
+    }
+    let (_one_src, one) = shelf(49);
+    let (_two_src, two) = shelf(50);
+    let dst = tempfile::tempdir().unwrap();
+    let (alpha, _) = lan.serve(&[&one], &["--name", "alpha"], None);
+    let (beta, _) = lan.serve(&[&two], &["--name", "beta"], None);
+    lan.wait_announced(&["alpha", "beta"]);
+
+    let line = format!("get --dir '{}'", dst.path().display());
+    let (status, screen) = lan.on_terminal_in_b(&line, b"2\n");
+    assert_eq!(status, Some(0), "{screen}");
+    assert!(
+        screen.contains("  1) alpha") && screen.contains("  2) beta"),
+        "{screen}"
+    );
+    assert!(screen.contains("get from which server? [1-2"), "{screen}");
+    assert!(screen.contains("getting from 'beta'"), "{screen}");
+    assert_same_tree(two.parent().unwrap(), dst.path());
+    stop(alpha);
+    stop(beta);
 }
