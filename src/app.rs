@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CodeSource, Command, GetArgs, PeersArgs, RecvArgs, SendArgs, ServeArgs, Target};
+use crate::cli::{
+    AnnounceArgs, CodeSource, Command, GetArgs, PeersArgs, RecvArgs, SendArgs, ServeArgs, Target,
+};
 use crate::discovery::present::FindOptions;
 use crate::discovery::{Advert, Announcement, PeerRole};
 use crate::error::{describe_io, exit_code_of, Error};
@@ -50,11 +52,12 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
         Target::Address(destination) => destination.clone(),
         Target::Find { name } => {
             let options = FindOptions {
+                role: PeerRole::Recv,
                 name: name.clone(),
                 code_number: request.code.as_ref().map(|c| c.number()),
                 quiet: args.output.quiet,
             };
-            match find_receiver(options, &cancel).await {
+            match find_peer(options, &cancel).await {
                 Ok(destination) => destination,
                 Err(e) => {
                     // Even then a `--json` stream ends with its one summary.
@@ -128,14 +131,18 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         log::debug!("stop requested; finishing");
         on_signal.cancel();
     });
-    let announcement = announce(args, &local, code.as_ref().map(|(c, _)| c.number()));
+    let announcement = announce(
+        &args.announce,
+        PeerRole::Recv,
+        args.output.quiet,
+        &local,
+        code.as_ref().map(|(c, _)| c.number()),
+    );
     let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter.clone());
     let report = server.serve(listener, observer, shutdown).await;
     // Sessions still open when the stop came leave no line behind.
     reporter.clear_bars();
-    if let Some(announcement) = announcement {
-        let _ = tokio::task::spawn_blocking(move || announcement.withdraw()).await;
-    }
+    withdraw(announcement).await;
     let report = report?;
     if let Some(manifest) = manifest {
         manifest.finish()?;
@@ -182,7 +189,15 @@ async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
         log::debug!("stop requested; finishing");
         on_signal.cancel();
     });
+    let announcement = announce(
+        &args.announce,
+        PeerRole::Serve,
+        args.output.quiet,
+        &local,
+        code.as_ref().map(|(c, _)| c.number()),
+    );
     let report = server.serve(listener, reporter, shutdown).await;
+    withdraw(announcement).await;
     if once && report.failed_sessions > 0 {
         anyhow::bail!("the getter's session did not store every file (see the messages above)");
     }
@@ -190,7 +205,7 @@ async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
 }
 
 async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
-    let config = args.to_config()?;
+    let request = args.to_request()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv).pull_mode());
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
@@ -199,6 +214,32 @@ async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
         signalled.await;
         on_signal.cancel();
     });
+    let source = match &request.target {
+        Target::Address(source) => source.clone(),
+        Target::Find { name } => {
+            let options = FindOptions {
+                role: PeerRole::Serve,
+                name: name.clone(),
+                code_number: request.code.as_ref().map(|c| c.number()),
+                quiet: args.output.quiet,
+            };
+            match find_peer(options, &cancel).await {
+                Ok(source) => source,
+                Err(e) => {
+                    // As for any failed get, `--json` ends with one session.
+                    reporter.event(Event::SessionEnded {
+                        session: 1,
+                        peer: String::new(),
+                        summary: Summary::default(),
+                        error: Some(format!("{e:#}")),
+                        exit_code: exit_code_of(&e),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let config = request.into_config(source);
     let result = crate::receiver::fetch(&config, reporter.clone(), cancel).await;
     reporter.clear_bars();
     result.map(drop)
@@ -221,18 +262,19 @@ async fn bind(listen: std::net::SocketAddr, command: &str) -> anyhow::Result<Tcp
     })
 }
 
-/// Finds the receiver on the LAN, unless interrupted. The search runs on
-/// a thread of its own, not the runtime's blocking pool: a person asked to
-/// choose may never answer, and Ctrl-C must not then wait for them.
-async fn find_receiver(
+/// Finds the peer `options` asks for on the LAN, unless interrupted. The
+/// search runs on a thread of its own, not the runtime's blocking pool: a
+/// person asked to choose may never answer, and Ctrl-C must not then wait
+/// for them.
+async fn find_peer(
     options: FindOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<crate::sender::Destination> {
     let (found_tx, found_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("find-receiver".into())
+        .name("find-peer".into())
         .spawn(move || {
-            let _ = found_tx.send(crate::discovery::present::find_receiver(&options));
+            let _ = found_tx.send(crate::discovery::present::find_peer(&options));
         })
         .map_err(|e| Error::Internal(format!("cannot start the search: {e}")))?;
     tokio::select! {
@@ -244,30 +286,36 @@ async fn find_receiver(
     }
 }
 
-/// Announces the receiver on the LAN unless asked not to or bound to
-/// loopback only. Failing to announce does not stop the receiver.
+/// Announces a listener of `role` on the LAN unless asked not to or bound
+/// to loopback only. Failing to announce does not stop the listener.
 fn announce(
-    args: &RecvArgs,
+    flags: &AnnounceArgs,
+    role: PeerRole,
+    quiet: bool,
     local: &std::net::SocketAddr,
     code_number: Option<u16>,
 ) -> Option<Announcement> {
-    if args.no_announce {
+    if flags.no_announce {
         return None;
     }
     let advert = Advert {
-        name: args
+        name: flags
             .name
             .clone()
             .unwrap_or_else(crate::discovery::default_name),
-        role: PeerRole::Recv,
+        role,
         listen: *local,
         code_number,
     };
     match crate::discovery::announce(&advert) {
         Ok(Some(announcement)) => {
-            if !args.output.quiet {
+            if !quiet {
+                let finder = match role {
+                    PeerRole::Recv => "xfer send",
+                    PeerRole::Serve => "xfer get",
+                };
                 eprintln!(
-                    "announced on the LAN as '{}' (xfer send finds it without an address; \
+                    "announced on the LAN as '{}' ({finder} finds it without an address; \
                      --no-announce to stop)",
                     crate::term::for_stderr(announcement.name())
                 );
@@ -282,6 +330,14 @@ fn announce(
             log::warn!("not announced on the LAN: {e}");
             None
         }
+    }
+}
+
+/// Says goodbye on the LAN for a listener that stopped cleanly (bounded:
+/// see [`Announcement::withdraw`]).
+async fn withdraw(announcement: Option<Announcement>) {
+    if let Some(announcement) = announcement {
+        let _ = tokio::task::spawn_blocking(move || announcement.withdraw()).await;
     }
 }
 

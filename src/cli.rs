@@ -24,7 +24,7 @@ Exit codes:
   2    bad command line: unknown flag, malformed address, a path that does not exist
   3    the network or the peer: cannot connect or listen, connection lost or silent,
        the peer ended the session early (stopped, interrupted, busy),
-       or no receiver found on the LAN
+       or no receiver (send) or server (get) found on the LAN
   4    the peer is not xfer, speaks another protocol version, or broke the protocol,
        or plays the wrong part (send to a serve, get from a recv)
   5    the code did not match, or one side has a code and the other none
@@ -60,7 +60,7 @@ Examples:
 
 const PEERS_EXAMPLES: &str = "\
 Examples:
-  xfer peers                               # receivers announced on the LAN
+  xfer peers                               # receivers and servers announced on the LAN
   xfer peers --json --wait 3 | jq .";
 
 const COMPLETIONS_EXAMPLES: &str = "\
@@ -78,13 +78,20 @@ const SERVE_EXAMPLES: &str = "\
 Examples:
   xfer serve photos/ notes.txt             # all interfaces, port 7171, until Ctrl-C
   xfer serve --listen 127.0.0.1:0 --once big.iso  # a free port, one getter, then exit
-  xfer serve --code report.pdf             # getters need the printed code";
+  xfer serve --code report.pdf             # getters need the printed code
+  xfer serve --name nas photos/            # announced on the LAN as 'nas'";
 
 const GET_EXAMPLES: &str = "\
 Examples:
   xfer get nas.local --dir ~/inbox         # port 7171
   xfer get 192.168.1.20:7171 --json | jq .
-  xfer get --code '[2001:db8::5]:7171'     # asks for the code";
+  xfer get --code '[2001:db8::5]:7171'     # asks for the code
+  xfer get --dir ~/inbox                   # the one server on the LAN (mDNS)
+  xfer get --to nas                        # the server announced as 'nas'
+
+Without ADDR the server is found on the LAN (DNS-SD over mDNS, about
+1.5 s): one server is used, several are listed. A server found that way is
+not authenticated unless you use a code.";
 
 /// Move files between machines on a LAN over TCP, verified with SHA-256.
 #[derive(Debug, Parser)]
@@ -118,7 +125,8 @@ pub enum Command {
     /// Fetch everything a running `xfer serve` offers into a directory.
     #[command(after_long_help = concat_help(GET_EXAMPLES))]
     Get(GetArgs),
-    /// List the xfer receivers announced on the LAN (DNS-SD over mDNS).
+    /// List the xfer receivers and servers announced on the LAN (DNS-SD
+    /// over mDNS).
     #[command(after_long_help = concat_help(PEERS_EXAMPLES))]
     Peers(PeersArgs),
     /// Print a shell completion script on stdout.
@@ -260,15 +268,9 @@ pub struct RecvArgs {
     /// `cd DIR && sha256sum -c FILE` checks them.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
-    /// Name to announce on the LAN, for `xfer send --to NAME` (default: the
-    /// host name).
-    #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
 
-    /// Do not announce this receiver on the LAN (DNS-SD over mDNS). A
-    /// receiver listening on loopback only is never announced.
-    #[arg(long)]
-    pub no_announce: bool,
+    #[command(flatten)]
+    pub announce: AnnounceArgs,
 
     #[command(flatten)]
     pub code: CodeArgs,
@@ -314,6 +316,9 @@ pub struct ServeArgs {
     pub limit_rate: Option<u64>,
 
     #[command(flatten)]
+    pub announce: AnnounceArgs,
+
+    #[command(flatten)]
     pub code: CodeArgs,
 
     #[command(flatten)]
@@ -321,10 +326,17 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(override_usage = "xfer get [OPTIONS] [ADDR]\n       xfer get [OPTIONS] --to NAME")]
 pub struct GetArgs {
-    /// Server as HOST:PORT, [IPv6]:PORT, or HOST alone for port 7171.
-    #[arg(value_name = "ADDR")]
-    pub addr: String,
+    /// Server as HOST:PORT, [IPv6]:PORT, or HOST alone for port 7171;
+    /// without ADDR the server is looked up on the LAN.
+    #[arg(value_name = "ADDR", conflicts_with = "to")]
+    pub addr: Option<String>,
+
+    /// Get from the server announced on the LAN as NAME (see `xfer
+    /// peers`); a NAME.local host name the system resolves works too.
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
 
     /// Directory to store the files in (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
@@ -376,6 +388,32 @@ pub struct PeersArgs {
     /// Print JSON Lines events on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The flags of a listener that announces itself on the LAN (`recv`,
+/// `serve`).
+#[derive(Debug, Args)]
+pub struct AnnounceArgs {
+    /// Name to announce on the LAN, for `--to NAME` on the other machine
+    /// (`xfer send` for a recv, `xfer get` for a serve; default: the host
+    /// name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Do not announce on the LAN (DNS-SD over mDNS). A listener on
+    /// loopback only is never announced.
+    #[arg(long)]
+    pub no_announce: bool,
+}
+
+impl AnnounceArgs {
+    /// Checks `--name` before anything listens.
+    fn check(&self) -> Result<(), Error> {
+        match &self.name {
+            Some(name) => crate::discovery::check_name(name),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The code flags shared by both subcommands.
@@ -471,14 +509,14 @@ fn rate(flag: Option<u64>) -> Option<u64> {
     flag.filter(|r| *r > 0)
 }
 
-/// Where `xfer send` goes.
+/// Where `xfer send` goes, or where `xfer get` gets from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// The address given last on the command line: nothing is looked up
-    /// on the LAN.
+    /// The address given on the command line: nothing is looked up on the
+    /// LAN.
     Address(Destination),
-    /// A receiver to find on the LAN: the one named by `--to`, or the one
-    /// that fits.
+    /// A peer to find on the LAN (a receiver for `send`, a server for
+    /// `get`): the one named by `--to`, or the one that fits.
     Find { name: Option<String> },
 }
 
@@ -626,9 +664,7 @@ impl RecvArgs {
             .code
             .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
         let source = code.as_ref().map(|(_, source)| *source);
-        if let Some(name) = &self.name {
-            crate::discovery::check_name(name)?;
-        }
+        self.announce.check()?;
         let config = RecvConfig {
             code: code.map(|(code, _)| code),
             limit_rate: rate(self.limit_rate),
@@ -665,6 +701,7 @@ impl ServeArgs {
             .code
             .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
         let source = code.as_ref().map(|(_, source)| *source);
+        self.announce.check()?;
         let config = ServeConfig {
             code: code.map(|(code, _)| code),
             paths: self.paths.clone(),
@@ -684,10 +721,53 @@ impl ServeArgs {
     }
 }
 
+/// A validated `xfer get`, before its server is known.
+#[derive(Debug, Clone)]
+pub struct GetRequest {
+    pub target: Target,
+    pub code: Option<Code>,
+    pub dir: PathBuf,
+    pub overwrite: bool,
+    pub idle_timeout: Duration,
+    pub limits: Limits,
+    pub keep_partials: Duration,
+    pub limit_rate: Option<u64>,
+}
+
+impl GetRequest {
+    /// The configuration for getting from `source`.
+    pub fn into_config(self, source: Destination) -> GetConfig {
+        GetConfig {
+            source,
+            code: self.code,
+            dir: self.dir,
+            overwrite: self.overwrite,
+            idle_timeout: self.idle_timeout,
+            limits: self.limits,
+            keep_partials: self.keep_partials,
+            limit_rate: self.limit_rate,
+        }
+    }
+}
+
 impl GetArgs {
+    /// The server: ADDR when given (nothing is looked up), else the one
+    /// `--to` names or the one that fits on the LAN.
+    pub fn target(&self) -> Result<Target, Error> {
+        match (&self.addr, &self.to) {
+            (Some(addr), _) => Ok(Target::Address(parse_destination(addr)?)),
+            (None, Some(name)) if name.is_empty() => {
+                Err(Error::Usage("--to needs a server's name".into()))
+            }
+            (None, name) => Ok(Target::Find { name: name.clone() }),
+        }
+    }
+
     /// Checks the values clap cannot; a code not given otherwise is asked
     /// for on the terminal, without echo.
-    pub fn to_config(&self) -> Result<GetConfig, Error> {
+    pub fn to_request(&self) -> Result<GetRequest, Error> {
+        let target = self.target()?;
+        let idle_timeout = idle(self.idle_timeout)?;
         let code = self.code.resolve(|| {
             let typed = crate::code::prompt("code (from the serving machine): ")
                 .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
@@ -695,12 +775,12 @@ impl GetArgs {
                 Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
             Ok((code, CodeSource::Given))
         })?;
-        Ok(GetConfig {
+        Ok(GetRequest {
+            target,
             code: code.map(|(code, _)| code),
-            source: parse_destination(&self.addr)?,
             dir: self.dir.clone(),
             overwrite: self.overwrite,
-            idle_timeout: idle(self.idle_timeout)?,
+            idle_timeout,
             limits: Limits {
                 max_file_size: self.max_size,
                 max_session_bytes: self.max_session_size,
@@ -1092,6 +1172,31 @@ mod tests {
             panic!("missing path accepted")
         };
         assert!(message.contains("cannot send 'missing.txt'"), "{message}");
+    }
+
+    #[test]
+    fn get_takes_an_address_or_finds_the_server() {
+        let target = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["xfer", "get"], args].concat())
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            let Command::Get(args) = cli.command else {
+                panic!("not get")
+            };
+            args.target()
+        };
+        assert_eq!(target(&[]).unwrap(), Target::Find { name: None });
+        assert_eq!(
+            target(&["--to", "nas"]).unwrap(),
+            Target::Find {
+                name: Some("nas".into())
+            }
+        );
+        assert!(matches!(
+            target(&["nas:7000"]).unwrap(),
+            Target::Address(d) if d.host == "nas" && d.port == 7000
+        ));
+        assert!(target(&["--to", "nas", "nas:7000"]).is_err());
+        assert!(target(&["--to", ""]).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Discovery as a person or a script sees it: finding the receiver for
-//! `xfer send` (say which, list several, offer a numbered choice on a
-//! terminal, explain none) and the output of `xfer peers`. Every name a
-//! peer announced is untrusted text, made safe here before it is shown.
+//! Discovery as a person or a script sees it: finding the peer for
+//! `xfer send` (a receiver) or `xfer get` (a server) — say which, list
+//! several, offer a numbered choice on a terminal, explain none — and the
+//! output of `xfer peers`. Every name a peer announced is untrusted text,
+//! made safe here before it is shown.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::IpAddr;
@@ -20,26 +21,80 @@ use crate::term;
 const MDNS_HINT: &str = "if one is running, something may block mDNS (UDP 5353 multicast): \
      a firewall, Wi-Fi client isolation, or the machines being on different subnets or VLANs";
 
-/// How `xfer send` without an address looks.
-#[derive(Debug, Clone, Default)]
+/// How `xfer send` or `xfer get` without an address looks.
+#[derive(Debug, Clone)]
 pub struct FindOptions {
+    /// What is looked for: `Recv` for `send`, `Serve` for `get`.
+    pub role: PeerRole,
     /// `--to NAME`.
     pub name: Option<String>,
-    /// The public number of the sender's code, if it has one.
+    /// The public number of the code held, if any.
     pub code_number: Option<u16>,
     /// `--quiet`: no "looking" and "found" lines.
     pub quiet: bool,
 }
 
-/// Finds the receiver `xfer send` goes to (see [`select`] for the rules).
+/// How the search talks about the peers of one role and the command that
+/// looks for them.
+struct Words {
+    /// The kind of peer, singular and plural.
+    one: &'static str,
+    many: &'static str,
+    /// What the command does with the peer found: "sending to 'den'".
+    doing: &'static str,
+    /// The command with an address, as the "none found" error suggests it.
+    with_address: &'static str,
+    /// The same, as the "several found" error suggests it.
+    with_its_address: &'static str,
+    /// The command the peer runs, which prints its address.
+    peer_command: &'static str,
+    /// The choice prompt.
+    which: &'static str,
+    /// What an impostor could do without a code.
+    risk: &'static str,
+    /// The command that looks, for "run it with --code".
+    command: &'static str,
+}
+
+fn words(role: PeerRole) -> &'static Words {
+    match role {
+        PeerRole::Recv => &Words {
+            one: "receiver",
+            many: "receivers",
+            doing: "sending to",
+            with_address: "give the address last (xfer send PATH... HOST:PORT",
+            with_its_address: "give its address last: xfer send PATH... ADDR",
+            peer_command: "xfer recv",
+            which: "send to which receiver?",
+            risk: "receive what you send",
+            command: "send",
+        },
+        PeerRole::Serve => &Words {
+            one: "server",
+            many: "servers",
+            doing: "getting from",
+            with_address: "give the address (xfer get HOST:PORT",
+            with_its_address: "give its address: xfer get ADDR",
+            peer_command: "xfer serve",
+            which: "get from which server?",
+            risk: "choose what you store",
+            command: "get",
+        },
+    }
+}
+
+/// Finds the peer of `options.role` (see [`select`] for the rules).
 /// Blocks for up to [`SEND_BROWSE_WAIT`] (less when `--to` names one that
 /// answers sooner), plus the person's answer when they are asked to choose.
-pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
+pub fn find_peer(options: &FindOptions) -> Result<Destination, Error> {
+    let words = words(options.role);
     if options.code_number.is_none() {
         log::warn!(
-            "a receiver found on the LAN is not authenticated: anyone on this network can \
-             announce one and receive what you send; use a code (--code) or an address you \
-             trust (see SECURITY.md)"
+            "a {} found on the LAN is not authenticated: anyone on this network can \
+             announce one and {}; use a code (--code) or an address you \
+             trust (see SECURITY.md)",
+            words.one,
+            words.risk
         );
     }
     let wanted = Wanted {
@@ -48,14 +103,14 @@ pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
     };
     let secs = SEND_BROWSE_WAIT.as_secs_f64();
     if !options.quiet {
-        eprintln!("looking for receivers on the LAN ({secs} s)...");
+        eprintln!("looking for {} on the LAN ({secs} s)...", words.many);
     }
-    let seen = browse_until(Some(PeerRole::Recv), SEND_BROWSE_WAIT, |peer| {
+    let seen = browse_until(Some(options.role), SEND_BROWSE_WAIT, |peer| {
         options.name.is_some() && wanted.fits(peer)
     })?;
     let peer = match select(seen, &wanted) {
         Choice::One(peer) => peer,
-        Choice::Many(peers) => choose(&peers)?,
+        Choice::Many(peers) => choose(&peers, words)?,
         Choice::Nothing { seen } => {
             let by_system = options
                 .name
@@ -64,13 +119,14 @@ pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
             if let Some(destination) = by_system {
                 if !options.quiet {
                     eprintln!(
-                        "sending to {} (resolved by the system, not announced by xfer)",
+                        "{} {} (resolved by the system, not announced by xfer)",
+                        words.doing,
                         term::for_stderr(&destination.to_string())
                     );
                 }
                 return Ok(destination);
             }
-            return Err(nothing_fits(&wanted, &seen, secs));
+            return Err(nothing_fits(&wanted, &seen, secs, words));
         }
     };
     let destination = peer
@@ -78,7 +134,8 @@ pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
         .ok_or_else(|| Error::Internal("a discovered peer without an address was kept".into()))?;
     if !options.quiet {
         eprintln!(
-            "sending to '{}' at {} (found on the LAN)",
+            "{} '{}' at {} (found on the LAN)",
+            words.doing,
             term::for_stderr(&peer.name),
             destination
         );
@@ -86,9 +143,9 @@ pub fn find_receiver(options: &FindOptions) -> Result<Destination, Error> {
     Ok(destination)
 }
 
-/// `--to NAME.local` that no xfer receiver announced: ask the system's
-/// resolver (nss-mdns, /etc/hosts). The port is the one a receiver
-/// announced at that address, else the one given, else the default.
+/// `--to NAME.local` that no xfer peer announced: ask the system's
+/// resolver (nss-mdns, /etc/hosts). The port is the one a peer announced
+/// at that address, else the one given, else the default.
 fn system_resolved(name: &str, seen: &[Peer]) -> Option<Destination> {
     let given = parse_destination(name).ok()?;
     let host = given.host.trim_end_matches('.');
@@ -114,14 +171,15 @@ fn system_resolved(name: &str, seen: &[Peer]) -> Option<Destination> {
     })
 }
 
-/// Several receivers fit: on a terminal the person picks one by number;
-/// otherwise they are listed and the send stops with exit 2.
-fn choose(peers: &[Peer]) -> Result<Peer, Error> {
+/// Several peers fit: on a terminal the person picks one by number;
+/// otherwise they are listed and the command stops with exit 2.
+fn choose(peers: &[Peer], words: &Words) -> Result<Peer, Error> {
     let refuse = || {
         Error::Usage(format!(
-            "{} receivers found on the LAN; choose one with --to NAME, or give its address \
-             last: xfer send PATH... ADDR",
-            peers.len()
+            "{} {} found on the LAN; choose one with --to NAME, or {}",
+            peers.len(),
+            words.many,
+            words.with_its_address
         ))
     };
     let tty = std::io::stderr()
@@ -140,8 +198,9 @@ fn choose(peers: &[Peer]) -> Result<Peer, Error> {
     };
     let _ = write!(
         tty,
-        "{}send to which receiver? [1-{}, Enter to cancel]: ",
+        "{}{} [1-{}, Enter to cancel]: ",
         table(peers, true),
+        words.which,
         peers.len()
     );
     let _ = tty.flush();
@@ -156,35 +215,38 @@ fn choose(peers: &[Peer]) -> Result<Peer, Error> {
 }
 
 /// Why nothing fits, with what was seen and what to do.
-fn nothing_fits(wanted: &Wanted, seen: &[Peer], secs: f64) -> Error {
+fn nothing_fits(wanted: &Wanted, seen: &[Peer], secs: f64, words: &Words) -> Error {
     let list = seen
         .iter()
         .map(|p| format!("'{}' ({})", p.name, code_words(p)))
         .collect::<Vec<_>>()
         .join(", ");
+    let one = words.one;
     if seen.is_empty() {
         let what = match wanted.name {
-            Some(name) => format!("no receiver named '{name}'"),
-            None => "no xfer receiver".to_owned(),
+            Some(name) => format!("no {one} named '{name}'"),
+            None => format!("no xfer {one}"),
         };
         return Error::Discovery(format!(
-            "{what} answered on the LAN within {secs} s; give the address last \
-             (xfer send PATH... HOST:PORT, as 'xfer recv' prints it), or, {MDNS_HINT}"
+            "{what} answered on the LAN within {secs} s; {}, as '{}' prints it), or, \
+             {MDNS_HINT}",
+            words.with_address, words.peer_command
         ));
     }
     if let Some(name) = wanted.name {
         return Error::Discovery(format!(
-            "no receiver named '{name}' answered within {secs} s (found {list}); \
+            "no {one} named '{name}' answered within {secs} s (found {list}); \
              check the name with 'xfer peers', or give the address"
         ));
     }
     match wanted.code_number {
         Some(number) => Error::Discovery(format!(
-            "no receiver on the LAN announces code number {number:04} (found {list}); \
+            "no {one} on the LAN announces code number {number:04} (found {list}); \
              check the code, or give the address"
         )),
         None => Error::Auth(format!(
-            "every receiver found requires a code ({list}); send with --code"
+            "every {one} found requires a code ({list}); {} with --code",
+            words.command
         )),
     }
 }
@@ -333,13 +395,14 @@ mod tests {
 
     #[test]
     fn nothing_fitting_says_what_was_seen_and_what_to_do() {
-        let none = nothing_fits(&Wanted::default(), &[], 1.5).to_string();
+        let recv = words(PeerRole::Recv);
+        let none = nothing_fits(&Wanted::default(), &[], 1.5, recv).to_string();
         assert!(
             none.contains("no xfer receiver answered on the LAN within 1.5 s"),
             "{none}"
         );
         assert!(none.contains("firewall") && none.contains("VLAN"), "{none}");
-        let coded = nothing_fits(&Wanted::default(), &[peer("den", 1, Some(7))], 1.5);
+        let coded = nothing_fits(&Wanted::default(), &[peer("den", 1, Some(7))], 1.5, recv);
         assert!(
             matches!(&coded, Error::Auth(m) if m.contains("'den' (code 0007)")),
             "{coded}"
@@ -348,8 +411,37 @@ mod tests {
             name: None,
             code_number: Some(9),
         };
-        let other = nothing_fits(&wrong, &[peer("den", 1, Some(7))], 1.5).to_string();
+        let other = nothing_fits(&wrong, &[peer("den", 1, Some(7))], 1.5, recv).to_string();
         assert!(other.contains("announces code number 0009"), "{other}");
+    }
+
+    #[test]
+    fn a_get_is_told_about_servers_and_xfer_get() {
+        let serve = words(PeerRole::Serve);
+        let none = nothing_fits(&Wanted::default(), &[], 1.5, serve).to_string();
+        assert!(
+            none.contains("no xfer server answered on the LAN within 1.5 s")
+                && none
+                    .contains("give the address (xfer get HOST:PORT, as 'xfer serve' prints it)"),
+            "{none}"
+        );
+        let named = Wanted {
+            name: Some("gamma"),
+            code_number: None,
+        };
+        let other = nothing_fits(&named, &[peer("den", 1, None)], 1.5, serve).to_string();
+        assert!(other.starts_with("no server named 'gamma'"), "{other}");
+        let coded = nothing_fits(&Wanted::default(), &[peer("den", 1, Some(7))], 1.5, serve);
+        assert!(
+            matches!(&coded, Error::Auth(m) if m.starts_with("every server found requires a code")
+                && m.ends_with("get with --code")),
+            "{coded}"
+        );
+        for words in [serve, words(PeerRole::Recv)] {
+            let text = format!("{}{}{}", words.with_address, words.which, words.doing);
+            let other = if words.one == "server" { "send" } else { "get" };
+            assert!(!text.contains(other), "{text}");
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ fn help_for_each_subcommand() {
     assert_eq!(codes, ["0", "1", "2", "3", "4", "5", "130"]);
     for (command, usage) in [
         ("serve", "Usage: xfer serve [OPTIONS] <PATH>..."),
-        ("get", "Usage: xfer get [OPTIONS] <ADDR>"),
+        ("get", "Usage: xfer get [OPTIONS] [ADDR]"),
     ] {
         let (code, out, _) = run(&[command, "--help"]);
         assert_eq!(code, 0);

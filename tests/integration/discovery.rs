@@ -139,7 +139,23 @@ impl Lan {
     fn recv(&self, dir: &Path, args: &[&str], code: Option<&str>) -> (XferProcess, u16) {
         let mut all = vec!["recv", "--json", "--dir", dir.to_str().unwrap()];
         all.extend_from_slice(args);
-        let mut command = self.xfer(&self.a, &all);
+        self.listener(&all, code)
+    }
+
+    /// Starts `xfer serve --json --listen 0.0.0.0:0` in `a` offering
+    /// `paths`, with `args`; returns it once it listens, with its port.
+    fn serve(&self, paths: &[&Path], args: &[&str], code: Option<&str>) -> (XferProcess, u16) {
+        let mut all = vec!["serve", "--json", "--listen", "0.0.0.0:0"];
+        all.extend_from_slice(args);
+        all.push("--");
+        all.extend(paths.iter().map(|p| p.to_str().unwrap()));
+        self.listener(&all, code)
+    }
+
+    /// Starts `xfer ARGS` (a `--json` listener) in `a`; returns it once it
+    /// listens, with its port.
+    fn listener(&self, all: &[&str], code: Option<&str>) -> (XferProcess, u16) {
+        let mut command = self.xfer(&self.a, all);
         if let Some(code) = code {
             command.env("XFER_CODE", code);
         }
@@ -201,6 +217,31 @@ impl Lan {
 }
 
 impl Lan {
+    /// Runs `xfer LINE` (a shell command line) in `b` on a terminal of its
+    /// own, with `typed` typed ahead (the terminal keeps it until it is
+    /// read), within the limit; returns its exit code and the screen.
+    fn on_terminal_in_b(&self, line: &str, typed: &[u8]) -> (Option<i32>, String) {
+        let line = format!("{} {line}", env!("CARGO_BIN_EXE_xfer"));
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &self.b,
+                "script",
+                "-qefc",
+                &line,
+                "/dev/null",
+            ])
+            .env("XFER_CACHE_DIR", test_cache_dir())
+            .env_remove("XFER_CODE");
+        let out = bounded_output(command, typed, SEND_LIMIT);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Gives namespace `b` an /etc/hosts of its own (`ip netns exec`
     /// mounts /etc/netns/NS/hosts over /etc/hosts); removed on drop.
     fn hosts_in_b(&self, lines: &str) {
@@ -684,23 +725,9 @@ fn on_a_terminal_several_receivers_are_offered_by_number() {
     );
     lan.wait_announced(&["alpha", "beta"]);
 
-    // The answer is typed ahead; the terminal keeps it until it is read.
-    let line = format!("{} send '{}'", env!("CARGO_BIN_EXE_xfer"), file.display());
-    let mut command = Command::new("ip");
-    command
-        .args([
-            "netns",
-            "exec",
-            &lan.b,
-            "script",
-            "-qefc",
-            &line,
-            "/dev/null",
-        ])
-        .env("XFER_CACHE_DIR", test_cache_dir());
-    let out = bounded_output(command, b"2\n", SEND_LIMIT);
-    let screen = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{screen}");
+    let line = format!("send '{}'", file.display());
+    let (status, screen) = lan.on_terminal_in_b(&line, b"2\n");
+    assert_eq!(status, Some(0), "{screen}");
     assert!(
         screen.contains("  1) alpha") && screen.contains("  2) beta"),
         "{screen}"
@@ -972,6 +999,343 @@ fn ctrl_c_at_the_numbered_choice_stops_the_send_at_once() {
     assert!(screen.contains("error: interrupted"), "{screen}");
     assert!(std::fs::read_dir(one.path()).unwrap().next().is_none());
     assert!(std::fs::read_dir(two.path()).unwrap().next().is_none());
+    stop(alpha);
+    stop(beta);
+}
+
+/// A directory `shelf` of a few files (one empty, one nested) under a new
+/// temporary directory, for a server to offer.
+fn shelf(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let src = tempfile::tempdir().unwrap();
+    let shelf = src.path().join("shelf");
+    write_random(&shelf.join("big.bin"), 300_000, seed);
+    write_random(&shelf.join("nested/deep.txt"), 1_000, seed + 1);
+    std::fs::write(shelf.join("empty"), b"").unwrap();
+    (src, shelf)
+}
+
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[test]
+fn a_get_without_an_address_fetches_everything_from_the_one_server() {
+    let Some(lan) = Lan::new() else { return };
+    let (src, offered) = shelf(41);
+    let dst = tempfile::tempdir().unwrap();
+    let (server, port) = lan.serve(&[&offered], &["--name", "shelf", "--once"], None);
+    lan.wait_announced(&["shelf"]);
+    // A browser that saw the server, still browsing when `--once` ends
+    // it, hears the goodbye.
+    let watcher = std::thread::spawn({
+        let command = lan.xfer(&lan.b, &["peers", "--json", "--wait", "6"]);
+        move || bounded_output(command, b"", SEND_LIMIT)
+    });
+
+    let (code, _, err) = lan.run_in_b(
+        &["get", "--dir", dst.path().to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_same_tree(src.path(), dst.path());
+    assert!(
+        err.contains("looking for servers on the LAN (1.5 s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "getting from 'shelf' at {A_IP}:{port} (found on the LAN)"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("not authenticated").count(), 1, "{err}");
+    assert!(err.contains("a server found on the LAN"), "{err}");
+
+    let (status, stderr) = server.wait(Duration::from_secs(10));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("announced on the LAN as 'shelf' (xfer get finds it"),
+        "{stderr}"
+    );
+    let out = watcher.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains("\"shelf\""),
+        "still listed after goodbye: {stdout}"
+    );
+}
+
+#[test]
+fn send_finds_the_receiver_and_get_the_server_when_both_are_announced() {
+    let Some(lan) = Lan::new() else { return };
+    let (_src, offered) = shelf(42);
+    let (inbox, fetched) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pushed = tempfile::tempdir().unwrap();
+    let file = pushed.path().join("pushed.txt");
+    std::fs::write(&file, "pushed").unwrap();
+    let (recv, recv_port) = lan.recv(
+        inbox.path(),
+        &["--listen", "0.0.0.0:0", "--name", "inbox"],
+        None,
+    );
+    let (server, serve_port) = lan.serve(&[&offered], &["--name", "shelf"], None);
+    lan.wait_announced(&["inbox", "shelf"]);
+
+    // `xfer peers` lists both, each with its role.
+    let seen = lan.peers("1.5");
+    let role_of = |name: &str| {
+        let peer = seen.iter().find(|p| p["name"] == name).unwrap();
+        (
+            peer["role"].as_str().unwrap().to_owned(),
+            peer["port"].clone(),
+        )
+    };
+    assert_eq!(role_of("inbox"), ("recv".to_owned(), recv_port.into()));
+    assert_eq!(role_of("shelf"), ("serve".to_owned(), serve_port.into()));
+
+    // Each finds its one peer of the right role: no "several found".
+    let (code, _, err) = lan.run_in_b(&["send", file.to_str().unwrap()], None, SEND_LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("sending to 'inbox'"), "{err}");
+    assert_eq!(
+        std::fs::read(inbox.path().join("pushed.txt")).unwrap(),
+        b"pushed"
+    );
+    let (code, _, err) = lan.run_in_b(
+        &["get", "--dir", fetched.path().to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("getting from 'shelf'"), "{err}");
+    assert_same_tree(offered.parent().unwrap(), fetched.path());
+    // A name of the other role is not found: --to looks at one role only.
+    let (code, _, err) = lan.run_in_b(
+        &[
+            "get",
+            "--to",
+            "inbox",
+            "--dir",
+            fetched.path().to_str().unwrap(),
+        ],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("error: no server named 'inbox' answered"),
+        "{err}"
+    );
+    stop(recv);
+    stop(server);
+}
+
+#[test]
+fn get_to_name_picks_that_server_of_several() {
+    let Some(lan) = Lan::new() else { return };
+    let (_one_src, one) = shelf(43);
+    let (_two_src, two) = shelf(44);
+    let dst = tempfile::tempdir().unwrap();
+    let dir = dst.path().to_str().unwrap();
+    let (alpha, alpha_port) = lan.serve(&[&one], &["--name", "alpha"], None);
+    let (beta, beta_port) = lan.serve(&[&two], &["--name", "Beta Box"], None);
+    lan.wait_announced(&["alpha", "Beta Box"]);
+
+    // Two servers: listed, exit 2, nothing fetched.
+    let (code, _, err) = lan.run_in_b(&["get", "--dir", dir], None, SEND_LIMIT);
+    assert_eq!(code, 2, "{err}");
+    for (name, port) in [("alpha", alpha_port), ("Beta Box", beta_port)] {
+        let row = err
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed: {err}"));
+        assert!(row.contains(&format!("{A_IP}:{port}")), "{row}");
+        assert!(row.contains("serve"), "role column: {row}");
+    }
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: 2 servers found on the LAN")
+            && last.contains("--to NAME")
+            && last.contains("xfer get ADDR"),
+        "{err}"
+    );
+    assert!(is_empty(dst.path()));
+
+    let (code, _, err) = lan.run_in_b(&["get", "--to", "beta box", "--dir", dir], None, SEND_LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("getting from 'Beta Box'"), "{err}");
+    assert_same_tree(two.parent().unwrap(), dst.path());
+    stop(alpha);
+    stop(beta);
+}
+
+#[test]
+fn the_codes_number_picks_the_server_holding_that_code() {
+    let Some(lan) = Lan::new() else { return };
+    let (_one_src, one) = shelf(45);
+    let (_two_src, two) = shelf(46);
+    let dst = tempfile::tempdir().unwrap();
+    let (first, second) = two_codes();
+    let (alpha, _) = lan.serve(&[&one], &["--name", "alpha", "--code"], Some(&first));
+    let (beta, beta_port) = lan.serve(&[&two], &["--name", "beta", "--code"], Some(&second));
+    lan.wait_announced(&["alpha", "beta"]);
+    let number: u64 = second.split('-').next().unwrap().parse().unwrap();
+    let beta_seen = lan
+        .peers("1.5")
+        .into_iter()
+        .find(|p| p["name"] == "beta")
+        .unwrap();
+    assert_eq!(beta_seen["code_number"], number);
+
+    let (code, _, err) = lan.run_in_b(
+        &["get", "--code", "--dir", dst.path().to_str().unwrap()],
+        Some(&second),
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("'beta' at {A_IP}:{beta_port}")),
+        "{err}"
+    );
+    assert!(!err.contains("not authenticated"), "{err}");
+    assert_same_tree(two.parent().unwrap(), dst.path());
+    stop(alpha);
+    stop(beta);
+}
+
+#[test]
+fn no_server_is_an_error_within_the_bound_and_json_ends_with_one_session() {
+    let Some(lan) = Lan::new() else { return };
+    let (_src, offered) = shelf(47);
+    let (inbox, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A receiver is announced, but it is no server; the server listens on
+    // loopback only, so it is not announced.
+    let (recv, _) = lan.recv(
+        inbox.path(),
+        &["--listen", "0.0.0.0:0", "--name", "inbox"],
+        None,
+    );
+    let mut looped = vec![
+        "serve",
+        "--json",
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "shelf",
+    ];
+    looped.push(offered.to_str().unwrap());
+    let (server, _) = lan.listener(&looped, None);
+    lan.wait_announced(&["inbox"]);
+
+    let started = Instant::now();
+    let (code, _, err) = lan.run_in_b(
+        &["get", "--dir", dst.path().to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    let took = started.elapsed();
+    assert_eq!(code, 3, "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: no xfer server answered on the LAN within 1.5 s"),
+        "{err}"
+    );
+    for hint in [
+        "xfer get HOST:PORT",
+        "as 'xfer serve' prints it",
+        "firewall",
+        "client isolation",
+        "VLAN",
+    ] {
+        assert!(last.contains(hint), "{hint}: {err}");
+    }
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(is_empty(dst.path()));
+    assert!(!lan.peers("1.5").iter().any(|p| p["name"] == "shelf"));
+
+    let schema = crate::events::schema();
+    let (code, out, _) = lan.run_in_b(
+        &[
+            "get",
+            "--json",
+            "--quiet",
+            "--dir",
+            dst.path().to_str().unwrap(),
+        ],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 3);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| crate::events::check(&schema, l))
+        .collect();
+    assert_eq!(events.len(), 1, "{out}");
+    assert_eq!(events[0]["event"], "session");
+    assert_eq!(events[0]["ok"], false);
+    assert_eq!(events[0]["peer"], "");
+    let error = events[0]["error"].as_str().unwrap();
+    assert!(error.starts_with("no xfer server answered"), "{error}");
+    stop(recv);
+    stop(server);
+}
+
+#[test]
+fn a_get_from_an_address_sends_nothing_for_discovery() {
+    let Some(lan) = Lan::new() else { return };
+    let (src, offered) = shelf(48);
+    let dst = tempfile::tempdir().unwrap();
+    // Not announced, so nothing in `a` uses the mDNS port but the ear.
+    let (server, port) = lan.serve(&[&offered], &["--no-announce"], None);
+    let ear = mdns_ear(&lan.a, A_IP);
+    let mut packet = [0u8; 9000];
+
+    let addr = format!("{A_IP}:{port}");
+    let (code, _, err) = lan.run_in_b(
+        &["get", &addr, "--dir", dst.path().to_str().unwrap()],
+        None,
+        SEND_LIMIT,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_same_tree(src.path(), dst.path());
+    assert!(!err.contains("not authenticated"), "{err}");
+    let heard = ear.recv_from(&mut packet);
+    assert!(
+        heard.is_err(),
+        "mDNS traffic from a get from an address: {heard:?}"
+    );
+    stop(server);
+}
+
+#[test]
+fn on_a_terminal_several_servers_are_offered_by_number() {
+    let Some(lan) = Lan::new() else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: util-linux 'script' is needed for a terminal");
+        return;
+    }
+    let (_one_src, one) = shelf(49);
+    let (_two_src, two) = shelf(50);
+    let dst = tempfile::tempdir().unwrap();
+    let (alpha, _) = lan.serve(&[&one], &["--name", "alpha"], None);
+    let (beta, _) = lan.serve(&[&two], &["--name", "beta"], None);
+    lan.wait_announced(&["alpha", "beta"]);
+
+    let line = format!("get --dir '{}'", dst.path().display());
+    let (status, screen) = lan.on_terminal_in_b(&line, b"2\n");
+    assert_eq!(status, Some(0), "{screen}");
+    assert!(
+        screen.contains("  1) alpha") && screen.contains("  2) beta"),
+        "{screen}"
+    );
+    assert!(screen.contains("get from which server? [1-2"), "{screen}");
+    assert!(screen.contains("getting from 'beta'"), "{screen}");
+    assert_same_tree(two.parent().unwrap(), dst.path());
     stop(alpha);
     stop(beta);
 }
