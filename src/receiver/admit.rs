@@ -71,9 +71,10 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
         ledger: Arc::clone(&ledger),
     };
     let established = link.establish(receiving).await;
-    // A connection that never got in (no hello, busy, a wrong code) is not
-    // the peer that `--once` waits for.
-    let never_in = established.is_err();
+    // A connection that went away before it got in (a port scan, no hello,
+    // turned away as busy) is not the peer `--once` waits for; one that
+    // spoke something other than xfer is, and fails it.
+    let never_in = matches!(established, Err(Error::ConnectionLost { .. }));
     let mut result = established.and_then(|r| r);
     // A getter's failure is its process's one error line.
     if let (Err(e), false) = (&result, fetching) {

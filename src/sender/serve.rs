@@ -128,13 +128,15 @@ impl Server {
                     (Err(e), admitted) => {
                         let typed = e.chain().find_map(|e| e.downcast_ref::<Error>());
                         let refused = typed.is_some_and(Ended::not_admitted);
-                        if admitted || refused {
+                        // Gone before it got in (a port scan, no hello, busy).
+                        let gone = !admitted && matches!(typed, Some(Error::ConnectionLost { .. }));
+                        if !gone {
                             log::warn!("session with {peer} ended: {e:#}");
                         } else {
                             // A port scan, or a peer that never said hello.
                             log::debug!("session with {peer} ended: {e:#}");
                         }
-                        if !admitted || refused {
+                        if gone || refused {
                             Ended::NotAdmitted
                         } else {
                             Ended::Incomplete
