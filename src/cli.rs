@@ -582,6 +582,21 @@ impl SendArgs {
             };
             (self.paths.clone(), target)
         } else if exists(last) {
+            // The last word names something here, so it is sent too. Before
+            // discovery it was the address: say so where it could be one.
+            let word = last.to_str().unwrap_or_default();
+            if !rest.is_empty() && looks_like_address(word) {
+                return Err(Error::Usage(format!(
+                    "'{word}' is both a file here and an address: write ./{word} to send \
+                     the file, or name the receiver last as HOST:PORT (or with --to NAME)"
+                )));
+            }
+            if !rest.is_empty() && !word.contains('/') {
+                log::warn!(
+                    "'{word}' exists here, so it is sent too and the receiver is looked for \
+                     on the LAN; to send to the host {word}, write {word}:{DEFAULT_PORT}"
+                );
+            }
             (self.paths.clone(), Target::Find { name: None })
         } else if rest.is_empty() {
             if last.to_str().is_some_and(looks_like_address) {
@@ -1132,6 +1147,13 @@ mod tests {
         assert!(matches!(
             target_of(&[a, "host:notaport"]),
             Err(Error::Usage(m)) if m.contains("invalid address 'host:notaport'")
+        ));
+        // A file here named like an address, last: which was meant?
+        let odd = dir.path().join("10.0.0.5:7171");
+        std::fs::write(&odd, "o").unwrap();
+        assert!(matches!(
+            target_of(&[a, odd.to_str().unwrap()]),
+            Err(Error::Usage(m)) if m.contains("is both a file here and an address")
         ));
         // --to: every argument is a path.
         let (paths, target) = target_of(&["--to", "den", a, laptop]).unwrap();

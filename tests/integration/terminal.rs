@@ -500,8 +500,10 @@ fn without_a_terminal_or_with_quiet_no_line_is_drawn() {
 #[test]
 fn the_receiver_says_what_to_type_on_the_other_machine_for_each_address() {
     let dst = tempfile::tempdir().unwrap();
+    // Not announced: this one listens on the machine's real network.
     let mut recv = XferProcess::spawn(&[
         "recv",
+        "--no-announce",
         "--listen",
         "0.0.0.0:0",
         "--dir",
