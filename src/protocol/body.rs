@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use super::connection::FrameWriter;
 use super::transport::Transport;
 use crate::error::Error;
-use crate::hashing::Hasher;
 
 /// Most bytes of a file read at a time when it cannot go out with sendfile.
 const COPY_CHUNK: usize = 1024 * 1024;
@@ -25,27 +24,7 @@ impl<W: Transport> FrameWriter<W> {
         if let Some(stream) = self.inner.sendfile_target() {
             return self.sendfile(stream, file, offset, len).await;
         }
-        self.copy_file(file, offset, len, None).await
-    }
-
-    /// Whether file bodies go out with `sendfile(2)`, never passing through
-    /// this process (else they are read, and can be hashed on the way).
-    pub fn sends_files_directly(&self) -> bool {
-        self.inner.sendfile_target().is_some()
-    }
-
-    /// [`FrameWriter::send_file`] on a transport without sendfile, adding
-    /// the bytes sent to `hasher` as they are read: the file is read once,
-    /// not once to send and again to hash.
-    pub async fn send_file_hashing(
-        &mut self,
-        file: &File,
-        offset: u64,
-        len: u64,
-        hasher: &mut Hasher,
-    ) -> Result<u64, Error> {
-        self.write_buffered().await?;
-        self.copy_file(file, offset, len, Some(hasher)).await
+        self.copy_file(file, offset, len).await
     }
 
     async fn sendfile(
@@ -98,37 +77,23 @@ impl<W: Transport> FrameWriter<W> {
     /// The portable path: positioned reads on a blocking thread (a handle of
     /// its own, so the caller's file position is untouched), each chunk
     /// written before the next is read.
-    async fn copy_file(
-        &mut self,
-        file: &File,
-        offset: u64,
-        len: u64,
-        mut hasher: Option<&mut Hasher>,
-    ) -> Result<u64, Error> {
-        // Two buffers: the next chunk is read (and hashed, when asked) on a
-        // blocking thread while this one is written (and, on a sealed
-        // transport, encrypted). The hasher travels with the read.
+    async fn copy_file(&mut self, file: &File, offset: u64, len: u64) -> Result<u64, Error> {
+        // Two buffers: the next chunk is read on a blocking thread while
+        // this one is written (and, on a sealed transport, encrypted).
         let file = Arc::new(file.try_clone().map_err(|e| self.lost(e))?);
-        let read_ahead = |at: u64, want: usize, mut chunk: Vec<u8>, mut hashing: Option<Hasher>| {
+        let read_ahead = |at: u64, want: usize, mut chunk: Vec<u8>| {
             let file = Arc::clone(&file);
             tokio::task::spawn_blocking(move || {
                 let result = read_at_most(&file, &mut chunk, want, at);
-                if let (Some(h), Ok(n)) = (hashing.as_mut(), &result) {
-                    h.update(chunk.get(..*n).unwrap_or_default());
-                }
-                (chunk, hashing, result.map(|n| (n, want)))
+                (chunk, result.map(|n| (n, want)))
             })
         };
         let first = len.min(COPY_CHUNK as u64) as usize;
-        if first == 0 {
-            return Ok(0);
-        }
-        let taken = hasher.as_deref_mut().map(std::mem::take);
-        let mut pending = (first > 0).then(|| read_ahead(offset, first, Vec::new(), taken));
+        let mut pending = (first > 0).then(|| read_ahead(offset, first, Vec::new()));
         let mut spare = Vec::new();
         let mut sent = 0u64;
         while let Some(read) = pending.take() {
-            let (chunk, hashing, result) = match read.await {
+            let (chunk, result) = match read.await {
                 Ok(done) => done,
                 // An internal fault stays one.
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -139,9 +104,7 @@ impl<W: Transport> FrameWriter<W> {
             if n == want && next > 0 {
                 let want = next.min(COPY_CHUNK as u64) as usize;
                 let at = offset.saturating_add(sent + n as u64);
-                pending = Some(read_ahead(at, want, std::mem::take(&mut spare), hashing));
-            } else if let (Some(back), Some(h)) = (hasher.as_deref_mut(), hashing) {
-                *back = h;
+                pending = Some(read_ahead(at, want, std::mem::take(&mut spare)));
             }
             let bytes = chunk.get(..n).unwrap_or_default();
             // Written in its own slice so a whole chunk bypasses the buffer.
@@ -218,37 +181,6 @@ mod tests {
         let (sent, got) = send_file_over_duplex(&content, 1000, 2_400_000).await;
         assert_eq!(sent, 2_400_000);
         assert!(got == content[1000..2_401_000], "wrong bytes arrived");
-    }
-
-    #[tokio::test]
-    async fn send_file_hashing_hashes_exactly_the_bytes_sent() {
-        use std::io::Write;
-        let content: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
-        let mut tmp = tempfile::NamedTempFile::new().unwrap();
-        tmp.write_all(&content).unwrap();
-        let file = File::open(tmp.path()).unwrap();
-        let (near, mut far) = duplex(64 * 1024);
-        let mut w = FrameWriter::new(near, "peer".into(), T);
-        assert!(!w.sends_files_directly());
-        let received = tokio::spawn(async move {
-            let mut got = Vec::new();
-            far.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        let mut hasher = Hasher::new();
-        // In two steps, the second running past the end of the file.
-        let first = w
-            .send_file_hashing(&file, 0, 1_000_000, &mut hasher)
-            .await
-            .unwrap();
-        let second = w
-            .send_file_hashing(&file, first, 5_000_000, &mut hasher)
-            .await
-            .unwrap();
-        w.shutdown().await.unwrap();
-        assert_eq!((first, second), (1_000_000, 1_500_000));
-        assert_eq!(hasher.finish(), crate::hashing::digest(&content));
-        assert!(received.await.unwrap() == content);
     }
 
     #[tokio::test]

@@ -38,9 +38,6 @@ pub(super) enum BodyDigest {
     Known(Digest),
     /// A blocking thread is hashing the file while it is sent.
     Hashing(tokio::task::JoinHandle<Result<Digest, String>>, StopOnDrop),
-    /// The body is read through this process (no sendfile: a sealed
-    /// transport) from its first byte, and hashed from those same reads.
-    Inline(Hasher),
 }
 
 /// What a body's sendfile loop and its hashing thread share. A hashing

@@ -18,7 +18,6 @@ use super::ledger::Ledger;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, Observer};
 use crate::hashing;
-use crate::hashing::Hasher;
 use crate::protocol::{
     Action, Digest, Entry, EntryKind, FrameWriter, Message, Offer, Plan, Transport,
 };
@@ -313,17 +312,12 @@ impl<W: Transport> Session<W> {
                 return Ok(());
             }
         };
-        // On plain TCP the bytes go out with sendfile, straight from the page
-        // cache, and a second handle of our own hashes the file meanwhile
-        // (unless the cache knows its digest), so no byte is copied through
-        // this process on its way to the socket.
-        let mut digest = match item.sha256 {
+        // The bytes go out with sendfile, straight from the page cache; a
+        // second handle of our own hashes the file meanwhile (unless the
+        // cache knows its digest), so no byte is copied through this process
+        // on its way to the socket.
+        let digest = match item.sha256 {
             Some(known) => BodyDigest::Known(known),
-            // Without sendfile the bytes pass through here anyway: hashed
-            // as they are read, the file is read once, not twice.
-            None if offset == 0 && !self.writer.sends_files_directly() => {
-                BodyDigest::Inline(Hasher::new())
-            }
             None => match open_same(&item.entry.local, &file) {
                 Ok(reader) => {
                     let pace = Arc::new(HashPace::default());
@@ -355,14 +349,7 @@ impl<W: Transport> Session<W> {
                 return Err(Error::Interrupted);
             }
             let step = (size - position).min(max_step);
-            let sent = match &mut digest {
-                BodyDigest::Inline(hasher) => {
-                    self.writer
-                        .send_file_hashing(&file, position, step, hasher)
-                        .await?
-                }
-                _ => self.writer.send_file(&file, position, step).await?,
-            };
+            let sent = self.writer.send_file(&file, position, step).await?;
             position += sent;
             if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
                 pace.advance(position);
@@ -374,7 +361,6 @@ impl<W: Transport> Session<W> {
         }
         let (digest, hashed_here) = match digest {
             BodyDigest::Known(known) => (Ok(known), false),
-            BodyDigest::Inline(hasher) => (Ok(hasher.finish()), true),
             BodyDigest::Hashing(task, _stop) => (
                 task.await
                     .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?,
