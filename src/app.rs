@@ -37,10 +37,21 @@ pub async fn run(command: Command, verbose: bool) -> anyhow::Result<()> {
 }
 
 async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
-    let request = args.to_request()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send));
     let base = std::env::current_dir().unwrap_or_default();
-    let manifest = open_manifest(args.manifest.as_deref(), Paths::ReadFrom { base })?;
+    let (request, manifest) =
+        match args
+            .to_request()
+            .map_err(anyhow::Error::from)
+            .and_then(|request| {
+                Ok((
+                    request,
+                    open_manifest(args.manifest.as_deref(), Paths::ReadFrom { base })?,
+                ))
+            }) {
+            Ok(ready) => ready,
+            Err(e) => return Err(ended_early(&reporter, 0, e)),
+        };
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;
@@ -59,17 +70,7 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
             };
             match find_peer(options, &cancel).await {
                 Ok(destination) => destination,
-                Err(e) => {
-                    // Even then a `--json` stream ends with its one summary.
-                    reporter.event(Event::SessionEnded {
-                        session: 0,
-                        peer: String::new(),
-                        summary: Summary::default(),
-                        error: Some(format!("{e:#}")),
-                        exit_code: exit_code_of(&e),
-                    });
-                    return Err(e);
-                }
+                Err(e) => return Err(ended_early(&reporter, 0, e)),
             }
         }
     };
@@ -79,6 +80,20 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
     reporter.clear_bars();
     let listed = manifest.map_or(Ok(()), |m| m.finish());
     result.map(drop).and(listed)
+}
+
+/// A session that ended before it began (bad flags, no peer found): a
+/// `--json` stream still ends with its one final event, then `e` is the
+/// process's error line.
+fn ended_early(reporter: &Reporter, session: u64, e: anyhow::Error) -> anyhow::Error {
+    reporter.event(Event::SessionEnded {
+        session,
+        peer: String::new(),
+        summary: Summary::default(),
+        error: Some(format!("{e:#}")),
+        exit_code: exit_code_of(&e),
+    });
+    e
 }
 
 /// The `--manifest` list, created (or truncated) before anything moves.
@@ -205,8 +220,11 @@ async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
 }
 
 async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
-    let request = args.to_request()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv).pull_mode());
+    let request = match args.to_request() {
+        Ok(request) => request,
+        Err(e) => return Err(ended_early(&reporter, 1, e.into())),
+    };
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signalled = stop_signal()?;
@@ -225,17 +243,7 @@ async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
             };
             match find_peer(options, &cancel).await {
                 Ok(source) => source,
-                Err(e) => {
-                    // As for any failed get, `--json` ends with one session.
-                    reporter.event(Event::SessionEnded {
-                        session: 1,
-                        peer: String::new(),
-                        summary: Summary::default(),
-                        error: Some(format!("{e:#}")),
-                        exit_code: exit_code_of(&e),
-                    });
-                    return Err(e);
-                }
+                Err(e) => return Err(ended_early(&reporter, 1, e)),
             }
         }
     };

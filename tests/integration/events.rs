@@ -211,6 +211,32 @@ fn a_send_that_never_connects_still_ends_with_one_summary() {
     let (code, events) = send_json(&schema, &["/no/such/file", &addr]);
     assert_eq!(code, 2);
     assert_eq!(events.len(), 1);
+
+    // Flags clap accepts but xfer refuses: still one summary, exit 2.
+    let path = file.path().to_str().unwrap();
+    for args in [
+        &[path, "127.0.0.1:0"][..],
+        &["--idle-timeout", "0", path, &addr],
+        &["--code=not a code", path, &addr],
+    ] {
+        let (code, events) = send_json(&schema, args);
+        assert_eq!((code, events.len()), (2, 1), "{args:?}: {events:?}");
+    }
+}
+
+#[test]
+fn a_get_refused_before_it_connects_still_ends_with_one_session() {
+    let schema = schema();
+    let dst = tempfile::tempdir().unwrap();
+    let dir = dst.path().to_str().unwrap();
+    for args in [
+        &["127.0.0.1:0", "--dir", dir][..],
+        &["127.0.0.1:9", "--idle-timeout", "0", "--dir", dir],
+    ] {
+        let (code, events) = get_json(&schema, args);
+        assert_eq!((code, events.len()), (2, 1), "{args:?}: {events:?}");
+        assert_eq!(events[0]["event"], "session");
+    }
 }
 
 #[test]
