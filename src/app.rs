@@ -111,36 +111,16 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
         .map(|code| (code.clone(), code_source == Some(CodeSource::Generated)));
     let server = Server::new(config)?;
     let manifest = open_manifest(args.manifest.as_deref(), Paths::StoredAs)?;
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            " (is another 'xfer recv' running? pick another port with --listen)"
-        } else {
-            ""
-        };
-        Error::Listen {
-            addr: listen.to_string(),
-            detail: format!("{}{hint}", describe_io(&e)),
-        }
-    })?;
+    let listener = bind(listen, "xfer recv").await?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     let signalled = stop_signal()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv));
     reporter.listening(&local);
-    let flag = if code.is_some() { "--code " } else { "" };
-    let mut commands: Vec<String> = crate::reach::addresses(local)
-        .iter()
-        .map(|addr| format!("xfer send {flag}FILE {addr}"))
-        .collect();
-    if let Some((code, generated)) = &code {
-        if commands.is_empty() {
-            commands.push(format!("xfer send --code FILE {}", reach(&local)));
-        }
-        reporter.code(code, *generated, &commands);
-    } else {
-        reporter.reach_by(&commands);
-    }
+    tell_the_other_machine(&reporter, &local, code.as_ref(), |flag, addr| {
+        format!("xfer send {flag}FILE {addr}")
+    });
     tokio::spawn(async move {
         signalled.await;
         log::debug!("stop requested; finishing");
@@ -186,19 +166,9 @@ async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
     let signalled = stop_signal()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send).pull_mode());
     reporter.listening(&local);
-    let flag = if code.is_some() { "--code " } else { "" };
-    let mut commands: Vec<String> = crate::reach::addresses(local)
-        .iter()
-        .map(|addr| format!("xfer get {flag}{addr}"))
-        .collect();
-    if let Some((code, generated)) = &code {
-        if commands.is_empty() {
-            commands.push(format!("xfer get --code {}", reach(&local)));
-        }
-        reporter.code(code, *generated, &commands);
-    } else {
-        reporter.reach_by(&commands);
-    }
+    tell_the_other_machine(&reporter, &local, code.as_ref(), |flag, addr| {
+        format!("xfer get {flag}{addr}")
+    });
     tokio::spawn(async move {
         signalled.await;
         log::debug!("stop requested; finishing");
@@ -211,7 +181,9 @@ async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
         &local,
         code.as_ref().map(|(c, _)| c.number()),
     );
-    let report = server.serve(listener, reporter, shutdown).await;
+    let report = server.serve(listener, reporter.clone(), shutdown).await;
+    // Sessions still open when the stop came leave no line behind.
+    reporter.clear_bars();
     withdraw(announcement).await;
     if once && report.failed_sessions > 0 {
         anyhow::bail!("the getter's session did not store every file (see the messages above)");
@@ -251,6 +223,34 @@ async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
     let result = crate::receiver::fetch(&config, reporter.clone(), cancel).await;
     reporter.clear_bars();
     result.map(drop)
+}
+
+/// What a listener prints (on stderr) for the person at the other machine:
+/// the command to run there, one per address this one can be reached at,
+/// and with a code the code or where it came from. `command` makes the
+/// command line from the code flag (`"--code "` or `""`) and an address.
+fn tell_the_other_machine(
+    reporter: &Reporter,
+    local: &std::net::SocketAddr,
+    code: Option<&(crate::code::Code, bool)>,
+    command: impl Fn(&str, &str) -> String,
+) {
+    let flag = if code.is_some() { "--code " } else { "" };
+    let mut commands: Vec<String> = crate::reach::addresses(*local)
+        .iter()
+        .map(|addr| command(flag, &addr.to_string()))
+        .collect();
+    match code {
+        Some((code, generated)) => {
+            // No address found for another machine (loopback only): the
+            // best guess, so a coded listener always says what to run.
+            if commands.is_empty() {
+                commands.push(command(flag, &reach(local)));
+            }
+            reporter.code(code, *generated, &commands);
+        }
+        None => reporter.reach_by(&commands),
+    }
 }
 
 /// Binds the listening socket of `command`, saying what to do when the
