@@ -143,6 +143,9 @@ pub fn find_peer(options: &FindOptions) -> Result<Destination, Error> {
     Ok(destination)
 }
 
+/// The longest wait for the system's resolver to answer for a `.local` name.
+const SYSTEM_LOOKUP: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `--to NAME.local` that no xfer peer announced: ask the system's
 /// resolver (nss-mdns, /etc/hosts). The port is the one a peer announced
 /// at that address, else the one given, else the default.
@@ -152,10 +155,17 @@ fn system_resolved(name: &str, seen: &[Peer]) -> Option<Destination> {
     if !host.to_ascii_lowercase().ends_with(".local") {
         return None;
     }
-    let resolved: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, given.port))
-        .ok()?
-        .map(|a| a.ip())
-        .collect();
+    // getaddrinfo has no bound of its own (nss-mdns may wait seconds), so it
+    // runs apart and is given up on after SYSTEM_LOOKUP.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (lookup, port) = (host.to_owned(), given.port);
+    std::thread::spawn(move || {
+        let found: Vec<IpAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(lookup.as_str(), port))
+            .map(|addrs| addrs.map(|a| a.ip()).collect())
+            .unwrap_or_default();
+        let _ = tx.send(found);
+    });
+    let resolved = rx.recv_timeout(SYSTEM_LOOKUP).ok()?;
     let first = *resolved.first()?;
     let explicit_port = name.contains(':');
     let announced = seen
