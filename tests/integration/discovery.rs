@@ -59,6 +59,14 @@ impl Lan {
         };
         let b_if = format!("xfd{id}b");
         if let Err(why) = ip(&["netns", "add", &lan.a]) {
+            // A namespace of this name left by a killed run is not "cannot
+            // do namespaces here": it would skip every test silently.
+            assert!(
+                !why.contains("File exists"),
+                "namespace {} is left over from an earlier run: remove it with 'ip netns del {}'",
+                lan.a,
+                lan.a
+            );
             eprintln!("skipping: 'ip netns' is unavailable: {why}");
             return None;
         }
