@@ -59,20 +59,14 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
         signalled.await;
         on_signal.cancel();
     });
-    let destination = match &request.target {
-        Target::Address(destination) => destination.clone(),
-        Target::Find { name } => {
-            let options = FindOptions {
-                role: PeerRole::Recv,
-                name: name.clone(),
-                code_number: request.code.as_ref().map(|c| c.number()),
-                quiet: args.output.quiet,
-            };
-            match find_peer(options, &cancel).await {
-                Ok(destination) => destination,
-                Err(e) => return Err(ended_early(&reporter, 0, e)),
-            }
-        }
+    let lookup = Lookup {
+        role: PeerRole::Recv,
+        code: request.code.as_ref(),
+        quiet: args.output.quiet,
+    };
+    let destination = match lookup.peer(&request.target, &cancel).await {
+        Ok(destination) => destination,
+        Err(e) => return Err(ended_early(&reporter, 0, e)),
     };
     let config = request.into_config(destination);
     let observer = crate::manifest::in_front_of(manifest.as_ref(), reporter.clone());
@@ -80,6 +74,35 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
     reporter.clear_bars();
     let listed = manifest.map_or(Ok(()), |m| m.finish());
     result.map(drop).and(listed)
+}
+
+/// How a dialling command (send, get) finds its peer when not given one.
+struct Lookup<'a> {
+    role: PeerRole,
+    code: Option<&'a crate::code::Code>,
+    quiet: bool,
+}
+
+impl Lookup<'_> {
+    /// The address given, or the one peer of `role` found on the LAN.
+    async fn peer(
+        &self,
+        target: &Target,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<crate::sender::Destination> {
+        match target {
+            Target::Address(given) => Ok(given.clone()),
+            Target::Find { name } => {
+                let options = FindOptions {
+                    role: self.role,
+                    name: name.clone(),
+                    code_number: self.code.map(|c| c.number()),
+                    quiet: self.quiet,
+                };
+                find_peer(options, cancel).await
+            }
+        }
+    }
 }
 
 /// A session that ended before it began (bad flags, no peer found): a
@@ -204,20 +227,14 @@ async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
         signalled.await;
         on_signal.cancel();
     });
-    let source = match &request.target {
-        Target::Address(source) => source.clone(),
-        Target::Find { name } => {
-            let options = FindOptions {
-                role: PeerRole::Serve,
-                name: name.clone(),
-                code_number: request.code.as_ref().map(|c| c.number()),
-                quiet: args.output.quiet,
-            };
-            match find_peer(options, &cancel).await {
-                Ok(source) => source,
-                Err(e) => return Err(ended_early(&reporter, 1, e)),
-            }
-        }
+    let lookup = Lookup {
+        role: PeerRole::Serve,
+        code: request.code.as_ref(),
+        quiet: args.output.quiet,
+    };
+    let source = match lookup.peer(&request.target, &cancel).await {
+        Ok(source) => source,
+        Err(e) => return Err(ended_early(&reporter, 1, e)),
     };
     let config = request.into_config(source);
     let result = crate::receiver::fetch(&config, reporter.clone(), cancel).await;

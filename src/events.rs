@@ -101,6 +101,26 @@ impl Summary {
         self.stored + self.skipped
     }
 
+    /// Counts a file that ended as `outcome` among the renamed (kept under
+    /// another name than `offered_as`) and the resumed, where it is one.
+    pub fn delivered_as(
+        &mut self,
+        outcome: &Outcome,
+        offered_as: &str,
+        stored_as: Option<&str>,
+        resumed_from: u64,
+    ) {
+        if !outcome.delivered() {
+            return;
+        }
+        if stored_as.is_some_and(|at| at != offered_as) {
+            self.renamed += 1;
+        }
+        if *outcome == Outcome::Stored && resumed_from > 0 {
+            self.resumed += 1;
+        }
+    }
+
     /// Files offered that did not end stored or skipped.
     pub fn undelivered(&self) -> u64 {
         self.offered.saturating_sub(self.delivered())

@@ -360,17 +360,13 @@ fn count(s: &mut Summary, record: &FileRecord, outcome: Option<&Outcome>) {
         _ if !is_file => return,
         _ => {}
     }
-    if is_file && outcome.is_some_and(Outcome::delivered) {
-        if record
-            .stored_as
-            .as_ref()
-            .is_some_and(|at| *at != record.entry.wire_path)
-        {
-            s.renamed += 1;
-        }
-        if outcome == Some(&Outcome::Stored) && record.resumed_from > 0 {
-            s.resumed += 1;
-        }
+    if let (true, Some(outcome)) = (is_file, outcome) {
+        s.delivered_as(
+            outcome,
+            &record.entry.wire_path,
+            record.stored_as.as_deref(),
+            record.resumed_from,
+        );
     }
     s.offered += 1;
 }
