@@ -435,8 +435,6 @@ mod tests {
         writer.await.unwrap();
     }
 
-    /// Sends `len` bytes of a file holding `content` from `offset` over a
-    /// duplex pipe; returns the count `send_file` reported and what arrived.
     #[tokio::test]
     async fn close_mid_frame_is_an_error() {
         let (a, b) = duplex(64);

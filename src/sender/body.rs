@@ -1,7 +1,9 @@
 //! Bodies on their way out: a small file's bytes from memory, a large one
 //! with sendfile straight from the page cache while a second handle hashes
-//! it, no further ahead than memory allows; a body that comes up short is
-//! padded to its declared length and its trailer says why.
+//! it, no further ahead than memory allows, or, where every byte must pass
+//! through this process (a coded session), read once and hashed as it is
+//! read; a body that comes up short is padded to its declared length and
+//! its trailer says why.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -173,6 +175,108 @@ impl Read for Paced<'_> {
     }
 }
 
+/// Bytes per read of a body that passes through this process.
+pub(super) const READ_CHUNK: usize = 1024 * 1024;
+/// Chunks read (and hashed) ahead of the one being written: a few
+/// megabytes, enough for the reading thread to stay ahead of the writes.
+const CHUNKS_AHEAD: usize = 4;
+
+/// A body that cannot go out with sendfile (a sealed session seals every
+/// byte), read once: a blocking thread reads the file in chunks, hashes
+/// each and hands those past `offset` over to be written. The digest is
+/// then of the very bytes that were sent, and the file is not read twice.
+pub(super) struct ReadOnce {
+    /// The chunks to write, in order; closed when the thread stops.
+    pub chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    /// Written chunks go back here to be filled again.
+    pub spares: std::sync::mpsc::Sender<Vec<u8>>,
+    /// The digest of the whole file (`None` when it was known already and
+    /// nothing was hashed), or why the body came up short.
+    pub done: tokio::task::JoinHandle<Result<Option<Digest>, String>>,
+}
+
+impl ReadOnce {
+    /// Reads `file` up to `size`, hashing it from its start unless
+    /// `hash` is false, and handing over the bytes from `offset` on.
+    /// Dropping the result stops the thread at its next chunk.
+    pub fn start(file: File, offset: u64, size: u64, hash: bool) -> ReadOnce {
+        let (chunks, receiver) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        let (spares, returned) = std::sync::mpsc::channel();
+        let done = tokio::task::spawn_blocking(move || {
+            read_and_hash(&file, offset, size, hash, &chunks, &returned)
+        });
+        ReadOnce {
+            chunks: receiver,
+            spares,
+            done,
+        }
+    }
+}
+
+fn read_and_hash(
+    file: &File,
+    offset: u64,
+    size: u64,
+    hash: bool,
+    chunks: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    spares: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<Option<Digest>, String> {
+    let mut hasher = hash.then(Hasher::new);
+    let mut position = if hash { 0 } else { offset };
+    let mut kept = None;
+    while position < size {
+        let mut buf = kept
+            .take()
+            .or_else(|| spares.try_recv().ok())
+            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
+        // Up to `offset` (only hashed, never sent) and from it, apart.
+        let until = if position < offset { offset } else { size };
+        let want = (until - position).min(READ_CHUNK as u64) as usize;
+        let n = read_at_most(file, &mut buf, want, position)
+            .map_err(|e| format!("cannot read: {}", describe_io(&e)))?;
+        buf.truncate(n);
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&buf);
+        }
+        let hand_over = position >= offset && n > 0;
+        position += n as u64;
+        if !hand_over {
+            kept = Some(buf);
+        } else if chunks.blocking_send(buf).is_err() {
+            return Err("sending stopped".into());
+        }
+        if n < want {
+            return Err("the file shrank while being sent".into());
+        }
+    }
+    Ok(hasher.map(Hasher::finish))
+}
+
+/// Reads up to `want` bytes of `file` at `offset` into `buf`, fewer only at
+/// end of file; returns how many.
+fn read_at_most(
+    file: &File,
+    buf: &mut Vec<u8>,
+    want: usize,
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(want, 0);
+    let mut filled = 0;
+    while filled < want {
+        let Some(rest) = buf.get_mut(filled..) else {
+            break;
+        };
+        match file.read_at(rest, offset.saturating_add(filled as u64)) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +287,68 @@ mod tests {
         tmp.write_all(bytes).unwrap();
         let file = File::open(tmp.path()).unwrap();
         (tmp, file)
+    }
+
+    /// Runs `ReadOnce` over `file` to its end; returns the bytes handed
+    /// over and the outcome.
+    async fn read_once(
+        file: File,
+        offset: u64,
+        size: u64,
+        hash: bool,
+    ) -> (Vec<u8>, Result<Option<Digest>, String>) {
+        let mut read = ReadOnce::start(file, offset, size, hash);
+        let mut got = Vec::new();
+        while let Some(chunk) = read.chunks.recv().await {
+            assert!(!chunk.is_empty() && chunk.len() <= READ_CHUNK);
+            got.extend_from_slice(&chunk);
+            let _ = read.spares.send(chunk);
+        }
+        (got, read.done.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn read_once_hands_over_the_bytes_from_the_offset_and_hashes_all_of_them() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let (_tmp, file) = file_of(&data);
+        let size = data.len() as u64;
+        let (got, done) = read_once(file, 1_234_567, size, true).await;
+        assert!(got == data[1_234_567..], "wrong bytes handed over");
+        assert_eq!(done, Ok(Some(hashing::digest(&data))));
+    }
+
+    #[tokio::test]
+    async fn read_once_with_a_known_digest_reads_only_from_the_offset() {
+        let data: Vec<u8> = (0..2_100_000u32).map(|i| (i % 13) as u8).collect();
+        let (_tmp, file) = file_of(&data);
+        let (got, done) = read_once(file, 100, data.len() as u64, false).await;
+        assert!(got == data[100..], "wrong bytes handed over");
+        assert_eq!(done, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn read_once_of_a_file_shorter_than_declared_says_it_shrank() {
+        let data = vec![9u8; 1_500_000];
+        let (_tmp, file) = file_of(&data);
+        let (got, done) = read_once(file, 0, 2_000_000, true).await;
+        assert_eq!(got.len(), data.len());
+        assert_eq!(done, Err("the file shrank while being sent".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn read_once_stops_when_nobody_takes_its_chunks() {
+        let (_tmp, file) = file_of(&vec![1u8; 12 * READ_CHUNK]);
+        let mut read = ReadOnce::start(file, 0, 12 * READ_CHUNK as u64, true);
+        assert!(read.chunks.recv().await.is_some());
+        let done = read.done;
+        drop(read.chunks);
+        assert_eq!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), done)
+                .await
+                .unwrap()
+                .unwrap(),
+            Err("sending stopped".to_owned())
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::body::{
-    hash_file, hash_lead, open_same, BodyDigest, HashPace, StopOnDrop, PAD_CHUNK, SENDFILE_STEP,
+    hash_file, hash_lead, open_same, BodyDigest, HashPace, ReadOnce, StopOnDrop, PAD_CHUNK,
+    SENDFILE_STEP,
 };
 use super::ledger::Ledger;
 use crate::error::{describe_io, Error};
@@ -28,6 +29,18 @@ use crate::sender::source::{Batch, Prepared, BATCH_MAX_ENTRIES};
 /// back while earlier bodies flow instead of costing a round trip each.
 /// Sender policy: the receiver allows far more (docs/PROTOCOL.md §4).
 pub(super) const OFFERS_AHEAD: usize = 3;
+
+/// Where a large body's bytes come from on their way out.
+enum Feed {
+    /// Sendfile, and the digest as [`BodyDigest`] says.
+    Sendfile(BodyDigest),
+    /// Chunks read (and hashed) once by a thread of their own.
+    Chunks(ReadOnce),
+}
+
+/// How a large body went: where it stopped, its digest or why there is
+/// none, and whether the digest was computed here (to be cached).
+type BodyRead = (u64, Result<Digest, String>, bool);
 
 /// The writing half of a session.
 pub(super) struct Session<W> {
@@ -312,60 +325,49 @@ impl<W: Transport> Session<W> {
                 return Ok(());
             }
         };
-        // The bytes go out with sendfile, straight from the page cache; a
-        // second handle of our own hashes the file meanwhile (unless the
-        // cache knows its digest), so no byte is copied through this process
-        // on its way to the socket.
-        let digest = match item.sha256 {
-            Some(known) => BodyDigest::Known(known),
-            None => match open_same(&item.entry.local, &file) {
+        let feed = if self.writer.sends_files_directly() {
+            // The bytes go out with sendfile, straight from the page
+            // cache; a second handle of our own hashes the file meanwhile
+            // (unless the cache knows its digest), so no byte is copied
+            // through this process on its way to the socket.
+            match item.sha256 {
+                Some(known) => Feed::Sendfile(BodyDigest::Known(known)),
+                None => match open_same(&item.entry.local, &file) {
+                    Ok(reader) => {
+                        let pace = Arc::new(HashPace::default());
+                        pace.advance(offset);
+                        let shared = Arc::clone(&pace);
+                        let task = tokio::task::spawn_blocking(move || {
+                            hash_file(reader, size, &shared, hash_lead())
+                        });
+                        Feed::Sendfile(BodyDigest::Hashing(task, StopOnDrop(pace)))
+                    }
+                    Err(e) => {
+                        self.ledger()?.failed_here(id, cannot_read(e));
+                        return Ok(());
+                    }
+                },
+            }
+        } else {
+            // Every byte passes through this process anyway (to be
+            // sealed): it is read once, and hashed as it is read.
+            match file.try_clone() {
                 Ok(reader) => {
-                    let pace = Arc::new(HashPace::default());
-                    pace.advance(offset);
-                    let shared = Arc::clone(&pace);
-                    let task = tokio::task::spawn_blocking(move || {
-                        hash_file(reader, size, &shared, hash_lead())
-                    });
-                    BodyDigest::Hashing(task, StopOnDrop(pace))
+                    Feed::Chunks(ReadOnce::start(reader, offset, size, item.sha256.is_none()))
                 }
                 Err(e) => {
                     self.ledger()?.failed_here(id, cannot_read(e));
                     return Ok(());
                 }
-            },
+            }
         };
         let before = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
         self.ledger()?.sending(id, offset);
         self.writer.send(&Message::FileBegin { id, offset }).await?;
         self.mid_body = true;
-        let mut position = offset;
-        // Under a rate limit, steps of a quarter of a second's worth, so
-        // progress reports and cancel checks keep their pace.
-        let max_step = self.writer.rate_limit().map_or(SENDFILE_STEP, |rate| {
-            (rate / 4).clamp(64 * 1024, SENDFILE_STEP)
-        });
-        while position < size {
-            if self.cancel.is_cancelled() {
-                return Err(Error::Interrupted);
-            }
-            let step = (size - position).min(max_step);
-            let sent = self.writer.send_file(&file, position, step).await?;
-            position += sent;
-            if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
-                pace.advance(position);
-            }
-            self.ledger()?.sent(id, sent);
-            if sent < step {
-                break;
-            }
-        }
-        let (digest, hashed_here) = match digest {
-            BodyDigest::Known(known) => (Ok(known), false),
-            BodyDigest::Hashing(task, _stop) => (
-                task.await
-                    .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?,
-                true,
-            ),
+        let (position, digest, hashed_here) = match feed {
+            Feed::Sendfile(digest) => self.sendfile_body(id, &file, offset, size, digest).await?,
+            Feed::Chunks(read) => self.write_chunks(id, read, offset, item.sha256).await?,
         };
         let after = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
         let (sha256, error) = match digest {
@@ -384,6 +386,91 @@ impl<W: Transport> Session<W> {
         // The padding crossed the wire too.
         self.ledger()?.sent(id, size - position);
         Ok(())
+    }
+
+    /// Bytes written between progress reports and cancel checks: under a
+    /// rate limit a quarter of a second's worth, so both keep their pace.
+    fn body_step(&self) -> u64 {
+        self.writer.rate_limit().map_or(SENDFILE_STEP, |rate| {
+            (rate / 4).clamp(64 * 1024, SENDFILE_STEP)
+        })
+    }
+
+    /// Sends a body with sendfile, from `offset` until it is all sent or
+    /// the file ends early. Returns where it stopped and its digest.
+    async fn sendfile_body(
+        &mut self,
+        id: u64,
+        file: &std::fs::File,
+        offset: u64,
+        size: u64,
+        digest: BodyDigest,
+    ) -> Result<BodyRead, Error> {
+        let mut position = offset;
+        let max_step = self.body_step();
+        while position < size {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            let step = (size - position).min(max_step);
+            let sent = self.writer.send_file(file, position, step).await?;
+            position += sent;
+            if let BodyDigest::Hashing(_, StopOnDrop(pace)) = &digest {
+                pace.advance(position);
+            }
+            self.ledger()?.sent(id, sent);
+            if sent < step {
+                break;
+            }
+        }
+        Ok(match digest {
+            BodyDigest::Known(known) => (position, Ok(known), false),
+            BodyDigest::Hashing(task, _stop) => (
+                position,
+                task.await
+                    .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?,
+                true,
+            ),
+        })
+    }
+
+    /// Writes the chunks `read` hands over, from `offset`, until it stops.
+    /// Returns where the body stopped and its digest (`known`, or the one
+    /// computed as it was read).
+    async fn write_chunks(
+        &mut self,
+        id: u64,
+        mut read: ReadOnce,
+        offset: u64,
+        known: Option<Digest>,
+    ) -> Result<BodyRead, Error> {
+        let mut position = offset;
+        let step = self.body_step() as usize;
+        while let Some(chunk) = read.chunks.recv().await {
+            for piece in chunk.chunks(step) {
+                if self.cancel.is_cancelled() {
+                    return Err(Error::Interrupted);
+                }
+                self.writer.send_raw(piece).await?;
+                position += piece.len() as u64;
+                self.ledger()?.sent(id, piece.len() as u64);
+            }
+            // Gone only if the reading thread is, and then unneeded.
+            let _ = read.spares.send(chunk);
+        }
+        let read = read
+            .done
+            .await
+            .map_err(|e| Error::Internal(format!("the reading task failed: {e}")))?;
+        let digest = match (read, known) {
+            (Err(e), _) => Err(e),
+            (Ok(Some(hashed)), _) => Ok(hashed),
+            (Ok(None), Some(known)) => Ok(known),
+            (Ok(None), None) => {
+                return Err(Error::Internal("a body was read without hashing".into()))
+            }
+        };
+        Ok((position, digest, known.is_none()))
     }
 
     /// Closes a body: a short read still owes the declared length, so the

@@ -198,6 +198,67 @@ async fn a_coded_transfer_cut_midway_resumes_from_what_was_kept() {
     );
 }
 
+/// A coded send of a 16 MiB file, slowed to 8 MiB/s, during which
+/// `change` is done to the source once 1 MiB has arrived; returns the
+/// sender's error and the receiving directory.
+async fn coded_send_while(change: fn(&Path)) -> (anyhow::Error, tempfile::TempDir) {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("log.bin");
+    write_random(&file, 16 * MIB, 6);
+    let code = Code::generate();
+    let rx = Receiver::start_with(dst.path(), coded(&code)).await;
+    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(8 * MIB as u64)).await;
+    let (dir, source) = (dst.path().to_path_buf(), file.clone());
+    let changing = tokio::task::spawn_blocking(move || {
+        wait_until("the body to start", || {
+            partial_len(&dir, "log.bin").unwrap_or(0) > MIB as u64
+        });
+        change(&source);
+    });
+    let (result, _) = send_coded(&[&file], proxy.addr, &code).await;
+    within(changing).await.unwrap();
+    rx.events.wait_for_endings(1).await;
+    (result.unwrap_err(), dst)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_cut_short_while_sent_with_a_code_is_padded_and_never_stored() {
+    let (err, dst) = coded_send_while(|source| {
+        fs::File::options()
+            .write(true)
+            .open(source)
+            .unwrap()
+            .set_len(4 * MIB as u64)
+            .unwrap();
+    })
+    .await;
+    assert_eq!(exit_code_of(&err), xfer::error::EXIT_FAILED, "{err:#}");
+    assert!(
+        format!("{err:#}")
+            .contains("log.bin: the sender could not read it: the file shrank while being sent"),
+        "{err:#}"
+    );
+    assert!(visible(dst.path()).is_empty(), "{:?}", visible(dst.path()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_changed_while_sent_with_a_code_is_never_stored_as_verified() {
+    let (err, dst) = coded_send_while(|source| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::File::options().write(true).open(source).unwrap();
+        f.seek(SeekFrom::Start(15 * MIB as u64)).unwrap();
+        f.write_all(&[0xAA; 4096]).unwrap();
+    })
+    .await;
+    assert_eq!(exit_code_of(&err), xfer::error::EXIT_FAILED, "{err:#}");
+    assert!(
+        format!("{err:#}")
+            .contains("log.bin: the sender could not read it: the file changed while being sent"),
+        "{err:#}"
+    );
+    assert!(visible(dst.path()).is_empty(), "{:?}", visible(dst.path()));
+}
+
 #[tokio::test]
 async fn a_wrong_code_fails_both_sides_and_writes_nothing() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
