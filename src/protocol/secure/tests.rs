@@ -455,6 +455,97 @@ async fn frames_and_bodies_run_over_sealed_halves() {
     assert_eq!(end, None, "the end record is a clean close");
 }
 
+/// An inner writer that takes everything and remembers each write's size.
+#[derive(Default)]
+struct CountingSink {
+    wire: Vec<u8>,
+    writes: Vec<usize>,
+}
+
+impl AsyncWrite for CountingSink {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.wire.extend_from_slice(buf);
+        this.writes.push(buf.len());
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A large body leaves in batches of records, one write each, never more
+/// than a batch and a record at a time; what arrives opens to the same
+/// bytes and a clean end.
+#[tokio::test]
+async fn a_large_body_leaves_in_few_writes_of_bounded_size() {
+    let key = [8u8; 32];
+    let mut w = SealedWriter::new(CountingSink::default(), SealState::new(&key), "peer".into());
+    let data = pattern(3 * 1024 * 1024 + 10, 4);
+    tokio::time::timeout(T, async {
+        w.write_all(&data).await?;
+        w.shutdown().await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let sink = w.inner;
+    let records = data.len().div_ceil(record::MAX_RECORD_PAYLOAD) + 1;
+    assert!(
+        sink.writes.len() <= records.div_ceil(16) + 1,
+        "{} writes for {records} records",
+        sink.writes.len()
+    );
+    let largest = sink.writes.iter().max().copied().unwrap_or(0);
+    assert!(
+        largest <= 17 * record::MAX_RECORD_LEN,
+        "a write of {largest}"
+    );
+    let mut r = SealedReader::new(&sink.wire[..], OpenState::new(&key), "peer".into());
+    let (got, end) = read_until_end(&mut r).await;
+    assert!(got == data, "the bytes differ");
+    assert!(end.is_ok(), "{end:?}");
+}
+
+/// A flush sends the partly filled record at once: a frame is not held
+/// back waiting for a batch to fill.
+#[tokio::test]
+async fn a_flush_writes_out_a_partly_filled_record() {
+    let key = [8u8; 32];
+    let mut w = SealedWriter::new(CountingSink::default(), SealState::new(&key), "peer".into());
+    tokio::time::timeout(T, async {
+        w.write_all(b"one frame").await?;
+        w.flush().await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        w.inner.writes,
+        [RECORD_LEN_PREFIX + 1 + 9 + record::TAG_LEN]
+    );
+    let mut r = SealedReader::new(&w.inner.wire[..], OpenState::new(&key), "peer".into());
+    let mut buf = [0u8; 32];
+    let n = tokio::time::timeout(T, r.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"one frame");
+}
+
 #[tokio::test]
 async fn writing_after_shutdown_is_refused() {
     let hellos = coded_hellos();
