@@ -167,10 +167,12 @@ enum Closing {
     EndSealed,
 }
 
-/// Sealed bytes queued before they are written out: many records per
-/// write, so a large body costs a sixteenth of the system calls (and of
-/// the socket's per-write work) that one write per record would.
-const WRITE_BATCH: usize = 16 * MAX_RECORD_LEN;
+/// Sealed bytes queued before they are written out: several records per
+/// write, so a large body costs a quarter of the system calls (and of the
+/// socket's per-write work) that one write per record would. Four records
+/// did better than sixteen (1 GiB coded: 1.55-1.75 s against 1.69-1.76 s),
+/// and keep what one flush may wait for small.
+pub(super) const WRITE_BATCH: usize = 4 * MAX_RECORD_LEN;
 
 /// Buffers plaintext into records, seals each when it is full or on flush,
 /// and writes the sealed records out in batches; shutting down seals the
@@ -179,7 +181,7 @@ pub struct SealedWriter<W> {
     pub(super) inner: W,
     state: SealState,
     /// Sealed records not yet (all) written, then the record being filled.
-    buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     /// How much of `buf` is written out already.
     written: usize,
     /// Where the record being filled begins in `buf`, if one is begun.
@@ -241,22 +243,43 @@ impl<W> SealedWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> SealedWriter<W> {
+    /// One write of sealed records to the inner writer.
+    fn poll_write_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let end = self.sealed_end();
+        let Some(rest) = self.buf.get(self.written..end).filter(|r| !r.is_empty()) else {
+            return Poll::Ready(Ok(()));
+        };
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.written += n;
+        Poll::Ready(Ok(()))
+    }
+
     /// Writes out every sealed record queued; then, if no record is being
     /// filled, the buffer starts over empty.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let end = self.sealed_end();
-        while let Some(rest) = self.buf.get(self.written..end).filter(|r| !r.is_empty()) {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
+        while self.written < self.sealed_end() {
+            ready!(self.poll_write_some(cx))?;
         }
         if self.filling.is_none() {
             self.buf.clear();
             self.written = 0;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Gives back the room of records written out, between records.
+    fn compact(&mut self) {
+        debug_assert!(self.filling.is_none());
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+        } else if self.written >= WRITE_BATCH {
+            self.buf.drain(..self.written);
+            self.written = 0;
+        }
     }
 
     /// Seals and writes out everything buffered.
@@ -288,11 +311,15 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
         let start = match this.filling {
             Some(start) => start,
             None => {
-                // A full batch goes out before another record is begun,
-                // so the buffer never holds more than a batch and one record.
-                if this.sealed_end() - this.written >= WRITE_BATCH {
-                    ready!(this.poll_drain(cx))?;
+                // With a batch queued, the socket takes it before another
+                // record is begun; this waits only until part of it has
+                // gone, so a slow peer's progress is seen by the caller
+                // write by write. The buffer holds at most two batches
+                // and a record.
+                while this.sealed_end() - this.written >= WRITE_BATCH {
+                    ready!(this.poll_write_some(cx))?;
                 }
+                this.compact();
                 let start = begin_record(&mut this.buf);
                 this.filling = Some(start);
                 start

@@ -455,11 +455,13 @@ async fn frames_and_bodies_run_over_sealed_halves() {
     assert_eq!(end, None, "the end record is a clean close");
 }
 
-/// An inner writer that takes everything and remembers each write's size.
+/// An inner writer that takes up to `most` bytes a write (0: any number)
+/// and remembers each write's size.
 #[derive(Default)]
 struct CountingSink {
     wire: Vec<u8>,
     writes: Vec<usize>,
+    most: usize,
 }
 
 impl AsyncWrite for CountingSink {
@@ -469,9 +471,14 @@ impl AsyncWrite for CountingSink {
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.wire.extend_from_slice(buf);
-        this.writes.push(buf.len());
-        std::task::Poll::Ready(Ok(buf.len()))
+        let n = if this.most == 0 {
+            buf.len()
+        } else {
+            buf.len().min(this.most)
+        };
+        this.wire.extend_from_slice(&buf[..n]);
+        this.writes.push(n);
+        std::task::Poll::Ready(Ok(n))
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
@@ -504,20 +511,54 @@ async fn a_large_body_leaves_in_few_writes_of_bounded_size() {
     .unwrap();
     let sink = w.inner;
     let records = data.len().div_ceil(record::MAX_RECORD_PAYLOAD) + 1;
+    let per_batch = stream::WRITE_BATCH / record::MAX_RECORD_LEN;
+    assert!(per_batch > 1);
     assert!(
-        sink.writes.len() <= records.div_ceil(16) + 1,
+        sink.writes.len() <= records.div_ceil(per_batch) + 1,
         "{} writes for {records} records",
         sink.writes.len()
     );
     let largest = sink.writes.iter().max().copied().unwrap_or(0);
     assert!(
-        largest <= 17 * record::MAX_RECORD_LEN,
+        largest <= stream::WRITE_BATCH + record::MAX_RECORD_LEN,
         "a write of {largest}"
     );
     let mut r = SealedReader::new(&sink.wire[..], OpenState::new(&key), "peer".into());
     let (got, end) = read_until_end(&mut r).await;
     assert!(got == data, "the bytes differ");
     assert!(end.is_ok(), "{end:?}");
+}
+
+/// Over a socket that takes a little at a time, one write to the sealed
+/// writer waits for one write of progress, not for a whole batch to go:
+/// the caller's idle clock sees a slow peer moving.
+#[tokio::test]
+async fn a_write_waits_for_one_write_of_progress_not_a_whole_batch() {
+    let key = [8u8; 32];
+    let sink = CountingSink {
+        most: 100 * 1024,
+        ..Default::default()
+    };
+    let mut w = SealedWriter::new(sink, SealState::new(&key), "peer".into());
+    let data = pattern(2 * 1024 * 1024, 6);
+    tokio::time::timeout(T, w.write_all(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..64 {
+        let before = w.inner.writes.len();
+        let n = tokio::time::timeout(T, w.write(&data[..4096]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        assert!(
+            w.inner.writes.len() <= before + 1,
+            "one write to the sealed writer took {} socket writes",
+            w.inner.writes.len() - before
+        );
+        assert!(w.buf.capacity() <= 2 * stream::WRITE_BATCH + 2 * record::MAX_RECORD_LEN);
+    }
 }
 
 /// A flush sends the partly filled record at once: a frame is not held
