@@ -85,8 +85,9 @@ impl Candidate for Ring {
     }
 }
 
-fn ring_key(algorithm: &'static ring::aead::Algorithm, key: &[u8; 32]) -> ring::aead::LessSafeKey {
-    let unbound = ring::aead::UnboundKey::new(algorithm, key).expect("a 32-byte key");
+fn ring_key(algorithm: &'static ring::aead::Algorithm, key: &[u8]) -> ring::aead::LessSafeKey {
+    let unbound = ring::aead::UnboundKey::new(algorithm, key)
+        .expect("a key of the length the algorithm takes");
     ring::aead::LessSafeKey::new(unbound)
 }
 
@@ -171,6 +172,10 @@ fn main() {
         Box::new(Ring(
             "ring AES-256-GCM",
             ring_key(&ring::aead::AES_256_GCM, &key),
+        )),
+        Box::new(Ring(
+            "ring AES-128-GCM",
+            ring_key(&ring::aead::AES_128_GCM, &key[..16]),
         )),
         Box::new(Ring(
             "ring ChaCha20-Poly1305",
