@@ -1,13 +1,13 @@
-//! File bodies onto a plain socket, straight from the page cache with
-//! `sendfile(2)`. Transports that change the bytes (a sealed session) get
-//! them through the frame writer's buffer instead; see
-//! `sender::body::ReadOnce`.
+//! File bodies onto a transport: onto a plain socket straight from the
+//! page cache with `sendfile(2)`; onto a sealed one as runs of records read
+//! into place and sealed where they lie (see `sender::body::ReadOnce`).
 
 use std::fs::File;
 
 use tokio::time::Instant;
 
 use super::connection::FrameWriter;
+use super::secure::RecordRun;
 use super::transport::Transport;
 use crate::error::Error;
 
@@ -17,6 +17,45 @@ impl<W: Transport> FrameWriter<W> {
     /// coded session, are sealed on the way).
     pub fn sends_files_directly(&self) -> bool {
         self.inner.sendfile_target().is_some()
+    }
+
+    /// Whether the transport seals runs of records where they lie
+    /// ([`send_run`](Self::send_run) then copies nothing).
+    pub fn seals_runs(&mut self) -> bool {
+        self.inner.run_sealer().is_some()
+    }
+
+    /// Sends the payload of `run` after whatever is queued: sealed where
+    /// it lies when the transport seals runs and no rate limit applies,
+    /// else through the write buffer. Each write that lands restarts the
+    /// idle clock. `run` is spent afterwards: fill it again to reuse it.
+    pub async fn send_run(&mut self, run: &mut RecordRun) -> Result<(), Error> {
+        self.write_buffered().await?;
+        if self.pace.is_some() || !self.seals_runs() {
+            for payload in run.payloads() {
+                self.send_raw(payload).await?;
+            }
+            run.clear();
+            return Ok(());
+        }
+        loop {
+            let step = std::future::poll_fn(|cx| match self.inner.run_sealer() {
+                Some(sealer) => sealer.poll_send_run(cx, run),
+                None => std::task::Poll::Ready(Err(std::io::Error::other(
+                    "the transport stopped sealing runs",
+                ))),
+            });
+            match tokio::time::timeout(self.idle, step).await {
+                Ok(Ok(done)) => {
+                    self.activity.touch();
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Ok(Err(e)) => return Err(self.lost(e)),
+                Err(_) => return Err(self.stopped_reading()),
+            }
+        }
     }
 
     /// Sends up to `len` bytes of `file` from `offset`, after whatever is

@@ -6,6 +6,8 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, WriteHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
+use super::secure::RunSealer;
+
 /// A byte stream the writing side of a session can use.
 pub trait Transport: AsyncWrite + Unpin + Send {
     /// The socket that file bodies may be spliced into with `sendfile(2)`,
@@ -13,6 +15,13 @@ pub trait Transport: AsyncWrite + Unpin + Send {
     /// socket unchanged may return one; the default, `None`, sends bodies
     /// through the write buffer.
     fn sendfile_target(&self) -> Option<&TcpStream> {
+        None
+    }
+
+    /// A transport that seals what it writes, taking runs of records read
+    /// straight into place; the default, `None`, takes body bytes through
+    /// the write buffer.
+    fn run_sealer(&mut self) -> Option<&mut dyn RunSealer> {
         None
     }
 }

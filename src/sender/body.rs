@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use crate::error::describe_io;
 use crate::hashing::{self, Hasher};
+use crate::protocol::secure::{RecordRun, RUN_PAYLOAD};
 use crate::protocol::Digest;
 
 /// Zero bytes per write when padding a body that came up short.
@@ -175,21 +176,21 @@ impl Read for Paced<'_> {
     }
 }
 
-/// Bytes per read of a body that passes through this process.
-pub(super) const READ_CHUNK: usize = 1024 * 1024;
-/// Chunks read (and hashed) ahead of the one being written: a few
+/// Runs read (and hashed) ahead of the one being written: a few
 /// megabytes, enough for the reading thread to stay ahead of the writes.
-const CHUNKS_AHEAD: usize = 4;
+const RUNS_AHEAD: usize = 4;
 
 /// A body that cannot go out with sendfile (a sealed session seals every
-/// byte), read once: a blocking thread reads the file in chunks, hashes
-/// each and hands those past `offset` over to be written. The digest is
-/// then of the very bytes that were sent, and the file is not read twice.
+/// byte), read once: a blocking thread reads the file a run of records at
+/// a time (straight into the places the sealing leaves for the payload),
+/// hashes it and hands the runs past `offset` over to be written. The
+/// digest is then of the very bytes that were sent, the file is not read
+/// twice, and no byte is copied between the page cache and the socket.
 pub(super) struct ReadOnce {
-    /// The chunks to write, in order; closed when the thread stops.
-    pub chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    /// Written chunks go back here to be filled again.
-    pub spares: std::sync::mpsc::Sender<Vec<u8>>,
+    /// The runs to write, in order; closed when the thread stops.
+    pub runs: tokio::sync::mpsc::Receiver<RecordRun>,
+    /// Written runs go back here to be filled again.
+    pub spares: std::sync::mpsc::Sender<RecordRun>,
     /// The digest of the whole file (`None` when it was known already and
     /// nothing was hashed), or why the body came up short.
     pub done: tokio::task::JoinHandle<Result<Option<Digest>, String>>,
@@ -198,15 +199,15 @@ pub(super) struct ReadOnce {
 impl ReadOnce {
     /// Reads `file` up to `size`, hashing it from its start unless
     /// `hash` is false, and handing over the bytes from `offset` on.
-    /// Dropping the result stops the thread at its next chunk.
+    /// Dropping the result stops the thread at its next run.
     pub fn start(file: File, offset: u64, size: u64, hash: bool) -> ReadOnce {
-        let (chunks, receiver) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        let (runs, receiver) = tokio::sync::mpsc::channel(RUNS_AHEAD);
         let (spares, returned) = std::sync::mpsc::channel();
         let done = tokio::task::spawn_blocking(move || {
-            read_and_hash(&file, offset, size, hash, &chunks, &returned)
+            read_and_hash(&file, offset, size, hash, &runs, &returned)
         });
         ReadOnce {
-            chunks: receiver,
+            runs: receiver,
             spares,
             done,
         }
@@ -218,31 +219,34 @@ fn read_and_hash(
     offset: u64,
     size: u64,
     hash: bool,
-    chunks: &tokio::sync::mpsc::Sender<Vec<u8>>,
-    spares: &std::sync::mpsc::Receiver<Vec<u8>>,
+    runs: &tokio::sync::mpsc::Sender<RecordRun>,
+    spares: &std::sync::mpsc::Receiver<RecordRun>,
 ) -> Result<Option<Digest>, String> {
     let mut hasher = hash.then(Hasher::new);
     let mut position = if hash { 0 } else { offset };
     let mut kept = None;
     while position < size {
-        let mut buf = kept
+        let mut run = kept
             .take()
             .or_else(|| spares.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(READ_CHUNK));
+            .unwrap_or_default();
         // Up to `offset` (only hashed, never sent) and from it, apart.
         let until = if position < offset { offset } else { size };
-        let want = (until - position).min(READ_CHUNK as u64) as usize;
-        let n = read_at_most(file, &mut buf, want, position)
+        let want = (until - position).min(RUN_PAYLOAD as u64) as usize;
+        let n = run
+            .fill(want, |filled, places| {
+                let at = position.saturating_add(filled as u64);
+                rustix::io::preadv(file, places, at).map_err(std::io::Error::from)
+            })
             .map_err(|e| format!("cannot read: {}", describe_io(&e)))?;
-        buf.truncate(n);
         if let Some(hasher) = &mut hasher {
-            hasher.update(&buf);
+            run.payloads().for_each(|payload| hasher.update(payload));
         }
         let hand_over = position >= offset && n > 0;
         position += n as u64;
         if !hand_over {
-            kept = Some(buf);
-        } else if chunks.blocking_send(buf).is_err() {
+            kept = Some(run);
+        } else if runs.blocking_send(run).is_err() {
             return Err("sending stopped".into());
         }
         if n < want {
@@ -250,31 +254,6 @@ fn read_and_hash(
         }
     }
     Ok(hasher.map(Hasher::finish))
-}
-
-/// Reads up to `want` bytes of `file` at `offset` into `buf`, fewer only at
-/// end of file; returns how many.
-fn read_at_most(
-    file: &File,
-    buf: &mut Vec<u8>,
-    want: usize,
-    offset: u64,
-) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    buf.resize(want, 0);
-    let mut filled = 0;
-    while filled < want {
-        let Some(rest) = buf.get_mut(filled..) else {
-            break;
-        };
-        match file.read_at(rest, offset.saturating_add(filled as u64)) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
@@ -299,10 +278,10 @@ mod tests {
     ) -> (Vec<u8>, Result<Option<Digest>, String>) {
         let mut read = ReadOnce::start(file, offset, size, hash);
         let mut got = Vec::new();
-        while let Some(chunk) = read.chunks.recv().await {
-            assert!(!chunk.is_empty() && chunk.len() <= READ_CHUNK);
-            got.extend_from_slice(&chunk);
-            let _ = read.spares.send(chunk);
+        while let Some(run) = read.runs.recv().await {
+            assert!(!run.is_empty() && run.len() <= RUN_PAYLOAD);
+            run.payloads().for_each(|p| got.extend_from_slice(p));
+            let _ = read.spares.send(run);
         }
         (got, read.done.await.unwrap())
     }
@@ -336,12 +315,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_once_stops_when_nobody_takes_its_chunks() {
-        let (_tmp, file) = file_of(&vec![1u8; 12 * READ_CHUNK]);
-        let mut read = ReadOnce::start(file, 0, 12 * READ_CHUNK as u64, true);
-        assert!(read.chunks.recv().await.is_some());
+    async fn read_once_stops_when_nobody_takes_its_runs() {
+        let (_tmp, file) = file_of(&vec![1u8; 12 * RUN_PAYLOAD]);
+        let mut read = ReadOnce::start(file, 0, 12 * RUN_PAYLOAD as u64, true);
+        assert!(read.runs.recv().await.is_some());
         let done = read.done;
-        drop(read.chunks);
+        drop(read.runs);
         assert_eq!(
             tokio::time::timeout(std::time::Duration::from_secs(5), done)
                 .await

@@ -434,7 +434,7 @@ impl<W: Transport> Session<W> {
         })
     }
 
-    /// Writes the chunks `read` hands over, from `offset`, until it stops.
+    /// Writes the runs `read` hands over, from `offset`, until it stops.
     /// Returns where the body stopped and its digest (`known`, or the one
     /// computed as it was read).
     async fn write_chunks(
@@ -445,18 +445,29 @@ impl<W: Transport> Session<W> {
         known: Option<Digest>,
     ) -> Result<BodyRead, Error> {
         let mut position = offset;
+        let paced = self.writer.rate_limit().is_some();
         let step = self.body_step() as usize;
-        while let Some(chunk) = read.chunks.recv().await {
-            for piece in chunk.chunks(step) {
-                if self.cancel.is_cancelled() {
-                    return Err(Error::Interrupted);
-                }
-                self.writer.send_raw(piece).await?;
-                position += piece.len() as u64;
-                self.ledger()?.sent(id, piece.len() as u64);
+        while let Some(mut run) = read.runs.recv().await {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
             }
+            let len = run.len() as u64;
+            if paced {
+                // Piece by piece, so progress and cancel keep the pace.
+                for piece in run.payloads().flat_map(|p| p.chunks(step)) {
+                    if self.cancel.is_cancelled() {
+                        return Err(Error::Interrupted);
+                    }
+                    self.writer.send_raw(piece).await?;
+                    self.ledger()?.sent(id, piece.len() as u64);
+                }
+            } else {
+                self.writer.send_run(&mut run).await?;
+                self.ledger()?.sent(id, len);
+            }
+            position += len;
             // Gone only if the reading thread is, and then unneeded.
-            let _ = read.spares.send(chunk);
+            let _ = read.spares.send(run);
         }
         let read = read
             .done

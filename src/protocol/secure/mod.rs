@@ -30,8 +30,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::error::{describe_io, Error};
 use crate::protocol::{hello_bytes, FrameReader, FrameWriter};
 pub use pake::{PakeError, PakeStart, SessionKeys};
-pub use record::{open_record, seal_record, OpenState, RecordError, RecordKind, SealState};
-pub use stream::{SealedReader, SealedWriter};
+pub use record::{
+    open_record, seal_record, OpenState, RecordError, RecordKind, RecordRun, SealState, RUN_PAYLOAD,
+};
+pub use stream::{RunSealer, SealedReader, SealedWriter};
 
 /// Which end of the connection this side is: the one that connected
 /// (`Sender`) or the one that accepted (`Receiver`). It orders the

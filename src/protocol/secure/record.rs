@@ -181,16 +181,36 @@ pub fn finish_record(
         out.truncate(start);
         return Err(e);
     }
-    let nonce = match state.0.take_nonce() {
-        Ok(nonce) => nonce,
+    out.resize(out.len() + TAG_LEN, 0);
+    match seal_in_slot(state, kind, &mut out[start..], payload) {
+        Ok(_) => Ok(()),
         Err(e) => {
             out.truncate(start);
-            return Err(e);
+            Err(e)
         }
+    }
+}
+
+/// Seals one record laid out at the front of `slot`: the prefix's and the
+/// kind byte's places, `payload` plaintext bytes, then room for the tag.
+/// Returns the whole record's length. The caller has checked the payload
+/// against the record rules.
+fn seal_in_slot(
+    state: &mut SealState,
+    kind: RecordKind,
+    slot: &mut [u8],
+    payload: usize,
+) -> Result<usize, RecordError> {
+    let len = RECORD_LEN_PREFIX + 1 + payload + TAG_LEN;
+    let Some(record) = slot.get_mut(..len) else {
+        return Err(RecordError::Malformed(
+            "a record slot too small for its payload",
+        ));
     };
+    let nonce = state.0.take_nonce()?;
     let sealed_len = u32::try_from(1 + payload + TAG_LEN).expect("bounded by MAX_SEALED_LEN");
-    let (head, body) = out.split_at_mut(start + RECORD_LEN_PREFIX);
-    let prefix = &mut head[start..];
+    let (prefix, rest) = record.split_at_mut(RECORD_LEN_PREFIX);
+    let (body, tag_room) = rest.split_at_mut(1 + payload);
     prefix.copy_from_slice(&sealed_len.to_be_bytes());
     body[0] = kind.byte();
     let tag = state
@@ -198,8 +218,128 @@ pub fn finish_record(
         .key
         .seal_in_place_separate_tag(nonce, Aad::from(&*prefix), body)
         .expect("AES-256-GCM seals any record below its 64 GiB limit");
-    out.extend_from_slice(tag.as_ref());
-    Ok(())
+    tag_room.copy_from_slice(tag.as_ref());
+    Ok(len)
+}
+
+/// Data records in a run.
+pub const RUN_RECORDS: usize = 16;
+/// Most payload a run carries: 1 MiB.
+pub const RUN_PAYLOAD: usize = RUN_RECORDS * MAX_RECORD_PAYLOAD;
+
+/// Up to [`RUN_RECORDS`] data records laid out back to back, each slot
+/// the size of a whole record, so file bytes are read straight into their
+/// payload places and sealed where they lie: no copy on their way from the
+/// page cache to the socket. After sealing, every record but the last is
+/// full, so the sealed run is one contiguous stretch of wire bytes.
+pub struct RecordRun {
+    buf: Vec<u8>,
+    /// Payload bytes filled in.
+    payload: usize,
+}
+
+impl Default for RecordRun {
+    fn default() -> Self {
+        RecordRun {
+            buf: vec![0; RUN_RECORDS * MAX_RECORD_LEN],
+            payload: 0,
+        }
+    }
+}
+
+impl RecordRun {
+    /// Payload bytes filled in.
+    pub fn len(&self) -> usize {
+        self.payload
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payload == 0
+    }
+
+    /// Empties the run, to be filled again.
+    pub fn clear(&mut self) {
+        self.payload = 0;
+    }
+
+    /// The payload places from `from` (a payload offset) up to `to`.
+    fn places(&mut self, from: usize, to: usize) -> Vec<std::io::IoSliceMut<'_>> {
+        self.buf
+            .chunks_mut(MAX_RECORD_LEN)
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let (first, last) = (i * MAX_RECORD_PAYLOAD, (i + 1) * MAX_RECORD_PAYLOAD);
+                let (a, b) = (from.max(first), to.min(last));
+                (a < b).then(|| {
+                    let at = RECORD_LEN_PREFIX + 1 + (a - first);
+                    std::io::IoSliceMut::new(&mut slot[at..at + (b - a)])
+                })
+            })
+            .collect()
+    }
+
+    /// Fills the run with up to `want` payload bytes (at most
+    /// [`RUN_PAYLOAD`]) from `read`, called with how many bytes are in
+    /// already and the places still empty, until `want` are in or it
+    /// returns 0 (the end of the source). Returns the payload length.
+    pub fn fill(
+        &mut self,
+        want: usize,
+        mut read: impl FnMut(usize, &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
+        let want = want.min(RUN_PAYLOAD);
+        self.payload = 0;
+        while self.payload < want {
+            let filled = self.payload;
+            let mut places = self.places(filled, want);
+            let n = match read(filled, &mut places) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            self.payload = (filled + n).min(want);
+        }
+        Ok(self.payload)
+    }
+
+    /// The payload filled in, record by record.
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        let payload = self.payload;
+        self.buf
+            .chunks(MAX_RECORD_LEN)
+            .enumerate()
+            .map_while(move |(i, slot)| {
+                let first = i * MAX_RECORD_PAYLOAD;
+                let n = payload.saturating_sub(first).min(MAX_RECORD_PAYLOAD);
+                (n > 0).then(|| &slot[RECORD_LEN_PREFIX + 1..RECORD_LEN_PREFIX + 1 + n])
+            })
+    }
+
+    /// Seals every record in place, in order, and returns the length of
+    /// the wire bytes ([`sealed`](Self::sealed)). The payload is ciphertext
+    /// afterwards: fill the run again before reading it.
+    pub fn seal(&mut self, state: &mut SealState) -> Result<usize, RecordError> {
+        let mut end = 0;
+        let mut left = self.payload;
+        for slot in self.buf.chunks_mut(MAX_RECORD_LEN) {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(MAX_RECORD_PAYLOAD);
+            end += seal_in_slot(state, RecordKind::Data, slot, n)?;
+            left -= n;
+        }
+        self.payload = 0;
+        Ok(end)
+    }
+
+    /// The first `len` wire bytes of a sealed run.
+    pub fn sealed(&self, len: usize) -> &[u8] {
+        &self.buf[..len.min(self.buf.len())]
+    }
 }
 
 /// Appends one sealed record of `kind` carrying `payload` to `out`.
@@ -502,5 +642,93 @@ mod tests {
         let (got, end) = open_all(&mut o, &second);
         end.unwrap();
         assert_eq!(got, vec![(RecordKind::Data, b"one".to_vec())]);
+    }
+
+    /// Deterministic bytes, different at every offset within a record.
+    fn source(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Fills `run` from `data` at most `most` bytes per call, as a short
+    /// `preadv` would.
+    fn fill_from(run: &mut RecordRun, data: &[u8], want: usize, most: usize) -> usize {
+        run.fill(want, |filled, places| {
+            let mut rest = data.get(filled..).unwrap_or_default();
+            let mut n = 0;
+            for place in places.iter_mut() {
+                let take = place.len().min(rest.len()).min(most - n);
+                place[..take].copy_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                n += take;
+                if n == most || rest.is_empty() {
+                    break;
+                }
+            }
+            Ok(n)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_filled_in_uneven_reads_holds_the_bytes_in_record_order() {
+        let data = source(RUN_PAYLOAD);
+        let mut run = RecordRun::default();
+        assert_eq!(fill_from(&mut run, &data, RUN_PAYLOAD, 10_007), RUN_PAYLOAD);
+        assert_eq!(run.payloads().count(), RUN_RECORDS);
+        assert!(
+            run.payloads().collect::<Vec<_>>().concat() == data,
+            "payload differs"
+        );
+    }
+
+    #[test]
+    fn a_run_of_a_source_that_ends_early_holds_what_there_was() {
+        let data = source(3 * MAX_RECORD_PAYLOAD + 100);
+        let mut run = RecordRun::default();
+        assert_eq!(
+            fill_from(&mut run, &data, RUN_PAYLOAD, usize::MAX),
+            data.len()
+        );
+        assert_eq!(
+            run.payloads().map(<[u8]>::len).collect::<Vec<_>>(),
+            [
+                MAX_RECORD_PAYLOAD,
+                MAX_RECORD_PAYLOAD,
+                MAX_RECORD_PAYLOAD,
+                100
+            ]
+        );
+        assert!(run.payloads().collect::<Vec<_>>().concat() == data);
+    }
+
+    /// A sealed run is the records `seal_record` would have made of the
+    /// same payload, with the same counters, back to back.
+    #[test]
+    fn a_sealed_run_is_the_records_sealed_one_by_one() {
+        let data = source(5 * MAX_RECORD_PAYLOAD + 12_345);
+        let mut run = RecordRun::default();
+        fill_from(&mut run, &data, data.len(), usize::MAX);
+        let (mut by_run, mut one_by_one) = pair();
+        let mut expected = sealed(&mut by_run, RecordKind::Data, b"before");
+        let mut wire = expected.clone();
+        let len = run.seal(&mut by_run).unwrap();
+        wire.extend_from_slice(run.sealed(len));
+        wire.extend(sealed(&mut by_run, RecordKind::End, b""));
+        let mut again = SealState::new(&KEY);
+        expected.clear();
+        expected.extend(sealed(&mut again, RecordKind::Data, b"before"));
+        for piece in data.chunks(MAX_RECORD_PAYLOAD) {
+            expected.extend(sealed(&mut again, RecordKind::Data, piece));
+        }
+        expected.extend(sealed(&mut again, RecordKind::End, b""));
+        assert!(wire == expected, "a sealed run differs from its records");
+        let (got, end) = open_all(&mut one_by_one, &wire);
+        end.unwrap();
+        let payload: Vec<u8> = got[1..got.len() - 1]
+            .iter()
+            .flat_map(|(_, p)| p.clone())
+            .collect();
+        assert!(payload == data);
+        assert!(run.is_empty(), "a sealed run holds no payload");
     }
 }

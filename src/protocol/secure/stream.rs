@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::record::{
     begin_record, bytes_needed, finish_record, open_record, record_payload_len, OpenState,
-    RecordError, RecordKind, SealState, MAX_RECORD_LEN, MAX_RECORD_PAYLOAD,
+    RecordError, RecordKind, RecordRun, SealState, MAX_RECORD_LEN, MAX_RECORD_PAYLOAD,
 };
 use crate::error::Error;
 use crate::protocol::Transport;
@@ -186,6 +186,9 @@ pub struct SealedWriter<W> {
     written: usize,
     /// Where the record being filled begins in `buf`, if one is begun.
     filling: Option<usize>,
+    /// A sealed [`RecordRun`] being written: its length and how much of
+    /// it is out. Nothing else may be written until it is all out.
+    run: Option<(usize, usize)>,
     closing: Closing,
     peer: Arc<str>,
 }
@@ -198,6 +201,7 @@ impl<W> SealedWriter<W> {
             buf: Vec::with_capacity(WRITE_BATCH + MAX_RECORD_LEN),
             written: 0,
             filling: None,
+            run: None,
             closing: Closing::Open,
             peer,
         }
@@ -217,6 +221,9 @@ impl<W> SealedWriter<W> {
     /// Seals the record being filled (an empty one is dropped), or seals
     /// an end record when `kind` says so.
     fn seal(&mut self, kind: RecordKind) -> io::Result<()> {
+        if self.run.is_some() {
+            return Err(self.run_left_behind());
+        }
         let start = match (self.filling.take(), kind) {
             (Some(start), RecordKind::Data) if record_payload_len(&self.buf, start) == 0 => {
                 self.buf.truncate(start);
@@ -233,12 +240,82 @@ impl<W> SealedWriter<W> {
             }
             (None, RecordKind::Data) => return Ok(()),
         };
-        finish_record(&mut self.state, kind, &mut self.buf, start).map_err(|e| {
-            io::Error::other(Error::Protocol {
-                peer: format!("this side (writing to {})", self.peer),
-                detail: e.to_string(),
-            })
+        finish_record(&mut self.state, kind, &mut self.buf, start).map_err(|e| self.refused(e))
+    }
+
+    fn refused(&self, e: RecordError) -> io::Error {
+        io::Error::other(Error::Protocol {
+            peer: format!("this side (writing to {})", self.peer),
+            detail: e.to_string(),
         })
+    }
+
+    /// A run was sealed (its nonces spent) and then abandoned half
+    /// written: any later record would be out of sequence, so nothing
+    /// more is written and the peer sees the stream cut.
+    fn run_left_behind(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "a sealed run was abandoned before it was written out",
+        )
+    }
+}
+
+/// A transport that seals what it writes can take whole runs of records
+/// read straight into place ([`RecordRun`]), instead of copying every
+/// byte into its own buffer.
+pub trait RunSealer: Send {
+    /// One step of sending `run` after everything written before it:
+    /// `Ready(Ok(true))` once it is all out, `Ready(Ok(false))` after each
+    /// write that made progress. The same `run` must be passed until it is
+    /// all out; a run abandoned half way stops the writer for good.
+    fn poll_send_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        run: &mut RecordRun,
+    ) -> Poll<io::Result<bool>>;
+}
+
+impl<W: AsyncWrite + Unpin + Send> RunSealer for SealedWriter<W> {
+    fn poll_send_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        run: &mut RecordRun,
+    ) -> Poll<io::Result<bool>> {
+        if self.closing != Closing::Open {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the end-of-session record",
+            )));
+        }
+        if self.run.is_none() {
+            // What was written before the run goes out first.
+            self.seal(RecordKind::Data)?;
+            if self.written < self.sealed_end() {
+                ready!(self.poll_write_some(cx))?;
+                return Poll::Ready(Ok(false));
+            }
+            self.buf.clear();
+            self.written = 0;
+            let len = run.seal(&mut self.state).map_err(|e| self.refused(e))?;
+            if len == 0 {
+                return Poll::Ready(Ok(true));
+            }
+            self.run = Some((len, 0));
+        }
+        let Some((len, written)) = self.run else {
+            return Poll::Ready(Ok(true));
+        };
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &run.sealed(len)[written..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        if written + n >= len {
+            self.run = None;
+            return Poll::Ready(Ok(true));
+        }
+        self.run = Some((len, written + n));
+        Poll::Ready(Ok(false))
     }
 }
 
@@ -302,6 +379,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
                 "write after the end-of-session record",
             )));
         }
+        if this.run.is_some() {
+            return Poll::Ready(Err(this.run_left_behind()));
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -349,5 +429,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
     }
 }
 
-/// No sendfile: file bodies must pass through the sealing buffer.
-impl<W: AsyncWrite + Unpin + Send> Transport for SealedWriter<W> {}
+/// No sendfile: file bodies are sealed, in runs read straight into place.
+impl<W: AsyncWrite + Unpin + Send> Transport for SealedWriter<W> {
+    fn run_sealer(&mut self) -> Option<&mut dyn RunSealer> {
+        Some(self)
+    }
+}

@@ -561,6 +561,80 @@ async fn a_write_waits_for_one_write_of_progress_not_a_whole_batch() {
     }
 }
 
+/// A run goes out after what was written before it and before what is
+/// written after, one socket write at a time, and all of it opens to the
+/// same bytes and a clean end.
+#[tokio::test]
+async fn a_run_is_sent_in_order_between_frames() {
+    use std::future::poll_fn;
+    let key = [8u8; 32];
+    let sink = CountingSink {
+        most: 100 * 1024,
+        ..Default::default()
+    };
+    let mut w = SealedWriter::new(sink, SealState::new(&key), "peer".into());
+    let body = pattern(RUN_PAYLOAD - 1000, 2);
+    let mut run = RecordRun::default();
+    run.fill(body.len(), |filled, places| {
+        let mut n = 0;
+        for place in places.iter_mut() {
+            let (from, len) = (filled + n, place.len());
+            place.copy_from_slice(&body[from..from + len]);
+            n += len;
+        }
+        Ok(n)
+    })
+    .unwrap();
+    let steps = tokio::time::timeout(T, async {
+        w.write_all(b"header").await?;
+        let mut steps = 0;
+        while !poll_fn(|cx| w.poll_send_run(cx, &mut run)).await? {
+            steps += 1;
+        }
+        w.write_all(b"trailer").await?;
+        w.shutdown().await?;
+        Ok::<_, io::Error>(steps)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        steps >= 10,
+        "{steps} steps: progress was not reported write by write"
+    );
+    let mut r = SealedReader::new(&w.inner.wire[..], OpenState::new(&key), "peer".into());
+    let (got, end) = read_until_end(&mut r).await;
+    end.unwrap();
+    assert!(got == [&b"header"[..], &body, b"trailer"].concat());
+}
+
+/// A run abandoned half written has spent its records' nonces: the
+/// writer refuses everything after, so the peer sees a cut, never a gap.
+#[tokio::test]
+async fn a_run_abandoned_half_way_stops_the_writer() {
+    use std::future::poll_fn;
+    let key = [8u8; 32];
+    let sink = CountingSink {
+        most: 1000,
+        ..Default::default()
+    };
+    let mut w = SealedWriter::new(sink, SealState::new(&key), "peer".into());
+    let mut run = RecordRun::default();
+    run.fill(5000, |_, places| {
+        places[0][..5000].fill(1);
+        Ok(5000)
+    })
+    .unwrap();
+    let done = poll_fn(|cx| w.poll_send_run(cx, &mut run)).await.unwrap();
+    assert!(!done);
+    let err = w.write_all(b"more").await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    assert_eq!(
+        w.shutdown().await.unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe
+    );
+}
+
 /// A flush sends the partly filled record at once: a frame is not held
 /// back waiting for a batch to fill.
 #[tokio::test]
