@@ -176,6 +176,10 @@ impl Read for Paced<'_> {
     }
 }
 
+/// Bytes of a file the kernel is asked to fetch ahead of the reading.
+/// From a cold cache (1 GiB coded, 5 rounds) 16 MiB took 1.85-1.98 s;
+/// no hint 1.65-3.22 s, 64 MiB 1.87-2.33 s.
+const READ_AHEAD: u64 = 16 * 1024 * 1024;
 /// Runs read (and hashed) ahead of the one being written: a few
 /// megabytes, enough for the reading thread to stay ahead of the writes.
 const RUNS_AHEAD: usize = 4;
@@ -225,7 +229,20 @@ fn read_and_hash(
     let mut hasher = hash.then(Hasher::new);
     let mut position = if hash { 0 } else { offset };
     let mut kept = None;
+    // Asked of the kernel ahead of the reads, so the disk is busy while a
+    // run is hashed and sealed, not only while it is read.
+    let mut advised = position;
     while position < size {
+        if advised < size && advised - position < READ_AHEAD / 2 {
+            let len = (size - advised).min(READ_AHEAD);
+            let _ = rustix::fs::fadvise(
+                file,
+                advised,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::WillNeed,
+            );
+            advised += len;
+        }
         let mut run = kept
             .take()
             .or_else(|| spares.try_recv().ok())
