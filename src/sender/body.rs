@@ -180,6 +180,8 @@ impl Read for Paced<'_> {
 /// From a cold cache (1 GiB coded, 5 rounds) 16 MiB took 1.85-1.98 s;
 /// no hint 1.65-3.22 s, 64 MiB 1.87-2.33 s.
 const READ_AHEAD: u64 = 16 * 1024 * 1024;
+/// Runs read ahead of the one being hashed.
+const TO_HASH_AHEAD: usize = 2;
 /// Runs read (and hashed) ahead of the one being written: a few
 /// megabytes, enough for the reading thread to stay ahead of the writes.
 const RUNS_AHEAD: usize = 4;
@@ -187,9 +189,12 @@ const RUNS_AHEAD: usize = 4;
 /// A body that cannot go out with sendfile (a sealed session seals every
 /// byte), read once: a blocking thread reads the file a run of records at
 /// a time (straight into the places the sealing leaves for the payload),
-/// hashes it and hands the runs past `offset` over to be written. The
-/// digest is then of the very bytes that were sent, the file is not read
-/// twice, and no byte is copied between the page cache and the socket.
+/// a second one hashes each run and hands those past `offset` over to be
+/// written. The digest is then of the very bytes that were sent, the file
+/// is not read twice, and no byte is copied between the page cache and the
+/// socket. Reading and hashing on threads of their own keep the disk busy
+/// while a run is hashed (1 GiB coded from a cold cache, 5 rounds: 1.77-
+/// 1.99 s against 1.78-2.15 s on one thread).
 pub(super) struct ReadOnce {
     /// The runs to write, in order; closed when the thread stops.
     pub runs: tokio::sync::mpsc::Receiver<RecordRun>,
@@ -203,13 +208,14 @@ pub(super) struct ReadOnce {
 impl ReadOnce {
     /// Reads `file` up to `size`, hashing it from its start unless
     /// `hash` is false, and handing over the bytes from `offset` on.
-    /// Dropping the result stops the thread at its next run.
+    /// Dropping the result stops both threads at their next run.
     pub fn start(file: File, offset: u64, size: u64, hash: bool) -> ReadOnce {
         let (runs, receiver) = tokio::sync::mpsc::channel(RUNS_AHEAD);
         let (spares, returned) = std::sync::mpsc::channel();
-        let done = tokio::task::spawn_blocking(move || {
-            read_and_hash(&file, offset, size, hash, &runs, &returned)
-        });
+        let (read, to_hash) = std::sync::mpsc::sync_channel(TO_HASH_AHEAD);
+        let back = spares.clone();
+        tokio::task::spawn_blocking(move || read_runs(&file, offset, size, hash, &read, &returned));
+        let done = tokio::task::spawn_blocking(move || hash_runs(hash, &to_hash, &runs, &back));
         ReadOnce {
             runs: receiver,
             spares,
@@ -218,21 +224,32 @@ impl ReadOnce {
     }
 }
 
-fn read_and_hash(
+/// What the reading thread passes to the hashing one.
+enum FromReader {
+    /// A run, and whether it is to be sent (else only hashed).
+    Run(RecordRun, bool),
+    /// The end of the file's reading: why it came up short, if it did.
+    End(Result<(), String>),
+}
+
+/// The reading thread: the file, run by run, from the start when it is to
+/// be hashed, else from `offset`.
+fn read_runs(
     file: &File,
     offset: u64,
     size: u64,
     hash: bool,
-    runs: &tokio::sync::mpsc::Sender<RecordRun>,
+    read: &std::sync::mpsc::SyncSender<FromReader>,
     spares: &std::sync::mpsc::Receiver<RecordRun>,
-) -> Result<Option<Digest>, String> {
-    let mut hasher = hash.then(Hasher::new);
+) {
     let mut position = if hash { 0 } else { offset };
-    let mut kept = None;
     // Asked of the kernel ahead of the reads, so the disk is busy while a
     // run is hashed and sealed, not only while it is read.
     let mut advised = position;
-    while position < size {
+    let end = loop {
+        if position >= size {
+            break Ok(());
+        }
         if advised < size && advised - position < READ_AHEAD / 2 {
             let len = (size - advised).min(READ_AHEAD);
             let _ = rustix::fs::fadvise(
@@ -243,34 +260,55 @@ fn read_and_hash(
             );
             advised += len;
         }
-        let mut run = kept
-            .take()
-            .or_else(|| spares.try_recv().ok())
-            .unwrap_or_default();
+        let mut run = spares.try_recv().unwrap_or_default();
         // Up to `offset` (only hashed, never sent) and from it, apart.
         let until = if position < offset { offset } else { size };
         let want = (until - position).min(RUN_PAYLOAD as u64) as usize;
-        let n = run
-            .fill(want, |filled, places| {
-                let at = position.saturating_add(filled as u64);
-                rustix::io::preadv(file, places, at).map_err(std::io::Error::from)
-            })
-            .map_err(|e| format!("cannot read: {}", describe_io(&e)))?;
-        if let Some(hasher) = &mut hasher {
-            run.payloads().for_each(|payload| hasher.update(payload));
-        }
-        let hand_over = position >= offset && n > 0;
+        let filled = run.fill(want, |filled, places| {
+            let at = position.saturating_add(filled as u64);
+            rustix::io::preadv(file, places, at).map_err(std::io::Error::from)
+        });
+        let n = match filled {
+            Ok(n) => n,
+            Err(e) => break Err(format!("cannot read: {}", describe_io(&e))),
+        };
+        let sent = position >= offset;
         position += n as u64;
-        if !hand_over {
-            kept = Some(run);
-        } else if runs.blocking_send(run).is_err() {
-            return Err("sending stopped".into());
+        if n > 0 && read.send(FromReader::Run(run, sent)).is_err() {
+            return;
         }
         if n < want {
-            return Err("the file shrank while being sent".into());
+            break Err("the file shrank while being sent".into());
+        }
+    };
+    let _ = read.send(FromReader::End(end));
+}
+
+/// The hashing thread: hashes each run the reading thread passes on and
+/// hands those to be sent over; returns the digest, or why there is none.
+fn hash_runs(
+    hash: bool,
+    to_hash: &std::sync::mpsc::Receiver<FromReader>,
+    runs: &tokio::sync::mpsc::Sender<RecordRun>,
+    spares: &std::sync::mpsc::Sender<RecordRun>,
+) -> Result<Option<Digest>, String> {
+    let mut hasher = hash.then(Hasher::new);
+    loop {
+        match to_hash.recv() {
+            Ok(FromReader::Run(run, sent)) => {
+                if let Some(hasher) = &mut hasher {
+                    run.payloads().for_each(|payload| hasher.update(payload));
+                }
+                if !sent {
+                    let _ = spares.send(run);
+                } else if runs.blocking_send(run).is_err() {
+                    return Err("sending stopped".into());
+                }
+            }
+            Ok(FromReader::End(end)) => return end.map(|()| hasher.map(Hasher::finish)),
+            Err(_) => return Err("the reading thread stopped".into()),
         }
     }
-    Ok(hasher.map(Hasher::finish))
 }
 
 #[cfg(test)]
