@@ -129,6 +129,24 @@ pub(super) fn hash_lead() -> u64 {
     })
 }
 
+/// A blocking thread hashing the first `size` bytes of the file at `local`
+/// through a second handle (checked to be the same file as `sending`),
+/// allowed from the start up to [`hash_lead`] past `offset` until the body
+/// moves on.
+pub(super) fn hash_beside(
+    local: &std::path::Path,
+    sending: &File,
+    offset: u64,
+    size: u64,
+) -> io::Result<BodyDigest> {
+    let reader = open_same(local, sending)?;
+    let pace = Arc::new(HashPace::default());
+    pace.advance(offset);
+    let shared = Arc::clone(&pace);
+    let task = tokio::task::spawn_blocking(move || hash_file(reader, size, &shared, hash_lead()));
+    Ok(BodyDigest::Hashing(task, StopOnDrop(pace)))
+}
+
 /// SHA-256 of the first `size` bytes of `file`, on a blocking thread, never
 /// more than `lead` bytes ahead of what `pace` says was sent. Errors are in
 /// words for the receiver and the user.
@@ -182,8 +200,10 @@ impl Read for Paced<'_> {
 const READ_AHEAD: u64 = 16 * 1024 * 1024;
 /// Runs read ahead of the one being hashed.
 const TO_HASH_AHEAD: usize = 2;
-/// Runs read (and hashed) ahead of the one being written: a few
-/// megabytes, enough for the reading thread to stay ahead of the writes.
+/// Runs read (and hashed) ahead of the one being written, enough for the
+/// reading to stay ahead of the writes. With the runs waiting to be hashed
+/// and those being read, hashed and written, a body holds at most nine
+/// (about 9.4 MiB); written runs are reused.
 const RUNS_AHEAD: usize = 4;
 
 /// A body that cannot go out with sendfile (a sealed session seals every
@@ -191,8 +211,8 @@ const RUNS_AHEAD: usize = 4;
 /// a time (straight into the places the sealing leaves for the payload),
 /// a second one hashes each run and hands those past `offset` over to be
 /// written. The digest is then of the very bytes that were sent, the file
-/// is not read twice, and no byte is copied between the page cache and the
-/// socket. Reading and hashing on threads of their own keep the disk busy
+/// is not read twice, and no byte is copied inside this process between
+/// the read and the socket. Reading and hashing on threads of their own keep the disk busy
 /// while a run is hashed (1 GiB coded from a cold cache, 5 rounds: 1.77-
 /// 1.99 s against 1.78-2.15 s on one thread).
 pub(super) struct ReadOnce {
@@ -299,7 +319,9 @@ fn hash_runs(
                 if let Some(hasher) = &mut hasher {
                     run.payloads().for_each(|payload| hasher.update(payload));
                 }
-                if !sent {
+                if runs.is_closed() {
+                    return Err("sending stopped".into());
+                } else if !sent {
                     let _ = spares.send(run);
                 } else if runs.blocking_send(run).is_err() {
                     return Err("sending stopped".into());

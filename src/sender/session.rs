@@ -11,10 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::body::{
-    hash_file, hash_lead, open_same, BodyDigest, HashPace, ReadOnce, StopOnDrop, PAD_CHUNK,
-    SENDFILE_STEP,
-};
+use super::body::{hash_beside, BodyDigest, ReadOnce, StopOnDrop, PAD_CHUNK, SENDFILE_STEP};
 use super::ledger::Ledger;
 use crate::error::{describe_io, Error};
 use crate::events::{Event, Observer};
@@ -34,8 +31,9 @@ pub(super) const OFFERS_AHEAD: usize = 3;
 enum Feed {
     /// Sendfile, and the digest as [`BodyDigest`] says.
     Sendfile(BodyDigest),
-    /// Chunks read (and hashed) once by a thread of their own.
-    Chunks(ReadOnce),
+    /// Runs read once by threads of their own, hashed as they are read
+    /// unless a digest comes from elsewhere.
+    Chunks(ReadOnce, Option<BodyDigest>),
 }
 
 /// How a large body went: where it stopped, its digest or why there is
@@ -325,40 +323,38 @@ impl<W: Transport> Session<W> {
                 return Ok(());
             }
         };
+        // A digest the cache knows, or one a second handle computes while
+        // the body goes out (from the file's start, so also over the part
+        // a resumed body does not send).
+        let beside = |sha256: Option<Digest>| match sha256 {
+            Some(known) => Ok(BodyDigest::Known(known)),
+            None => hash_beside(&item.entry.local, &file, offset, size),
+        };
         let feed = if self.writer.sends_files_directly() {
             // The bytes go out with sendfile, straight from the page
-            // cache; a second handle of our own hashes the file meanwhile
-            // (unless the cache knows its digest), so no byte is copied
-            // through this process on its way to the socket.
-            match item.sha256 {
-                Some(known) => Feed::Sendfile(BodyDigest::Known(known)),
-                None => match open_same(&item.entry.local, &file) {
-                    Ok(reader) => {
-                        let pace = Arc::new(HashPace::default());
-                        pace.advance(offset);
-                        let shared = Arc::clone(&pace);
-                        let task = tokio::task::spawn_blocking(move || {
-                            hash_file(reader, size, &shared, hash_lead())
-                        });
-                        Feed::Sendfile(BodyDigest::Hashing(task, StopOnDrop(pace)))
-                    }
-                    Err(e) => {
-                        self.ledger()?.failed_here(id, cannot_read(e));
-                        return Ok(());
-                    }
-                },
-            }
-        } else {
+            // cache, never copied through this process.
+            beside(item.sha256).map(Feed::Sendfile)
+        } else if item.sha256.is_none() && offset == 0 {
             // Every byte passes through this process anyway (to be
             // sealed): it is read once, and hashed as it is read.
-            match file.try_clone() {
-                Ok(reader) => {
-                    Feed::Chunks(ReadOnce::start(reader, offset, size, item.sha256.is_none()))
-                }
-                Err(e) => {
-                    self.ledger()?.failed_here(id, cannot_read(e));
-                    return Ok(());
-                }
+            file.try_clone()
+                .map(|reader| Feed::Chunks(ReadOnce::start(reader, 0, size, true), None))
+        } else {
+            // Read from `offset` at once; the kept part is hashed beside,
+            // not before the first byte may go.
+            beside(item.sha256).and_then(|digest| {
+                let reader = file.try_clone()?;
+                Ok(Feed::Chunks(
+                    ReadOnce::start(reader, offset, size, false),
+                    Some(digest),
+                ))
+            })
+        };
+        let feed = match feed {
+            Ok(feed) => feed,
+            Err(e) => {
+                self.ledger()?.failed_here(id, cannot_read(e));
+                return Ok(());
             }
         };
         let before = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
@@ -367,7 +363,7 @@ impl<W: Transport> Session<W> {
         self.mid_body = true;
         let (position, digest, hashed_here) = match feed {
             Feed::Sendfile(digest) => self.sendfile_body(id, &file, offset, size, digest).await?,
-            Feed::Chunks(read) => self.write_chunks(id, read, offset, item.sha256).await?,
+            Feed::Chunks(read, digest) => self.write_chunks(id, read, offset, digest).await?,
         };
         let after = file.metadata().ok().map(|m| (m.len(), m.modified().ok()));
         let (sha256, error) = match digest {
@@ -442,7 +438,7 @@ impl<W: Transport> Session<W> {
         id: u64,
         mut read: ReadOnce,
         offset: u64,
-        known: Option<Digest>,
+        digest: Option<BodyDigest>,
     ) -> Result<BodyRead, Error> {
         let mut position = offset;
         let paced = self.writer.rate_limit().is_some();
@@ -466,6 +462,9 @@ impl<W: Transport> Session<W> {
                 self.ledger()?.sent(id, len);
             }
             position += len;
+            if let Some(BodyDigest::Hashing(_, StopOnDrop(pace))) = &digest {
+                pace.advance(position);
+            }
             // Gone only if the reading thread is, and then unneeded.
             let _ = read.spares.send(run);
         }
@@ -473,15 +472,21 @@ impl<W: Transport> Session<W> {
             .done
             .await
             .map_err(|e| Error::Internal(format!("the reading task failed: {e}")))?;
-        let digest = match (read, known) {
+        let hashed_here = !matches!(digest, Some(BodyDigest::Known(_)));
+        let digest = match (read, digest) {
             (Err(e), _) => Err(e),
-            (Ok(Some(hashed)), _) => Ok(hashed),
-            (Ok(None), Some(known)) => Ok(known),
-            (Ok(None), None) => {
-                return Err(Error::Internal("a body was read without hashing".into()))
+            (Ok(Some(hashed)), None) => Ok(hashed),
+            (Ok(None), Some(BodyDigest::Known(known))) => Ok(known),
+            (Ok(None), Some(BodyDigest::Hashing(task, _stop))) => task
+                .await
+                .map_err(|e| Error::Internal(format!("the hashing task failed: {e}")))?,
+            _ => {
+                return Err(Error::Internal(
+                    "a body was hashed twice or not at all".into(),
+                ))
             }
         };
-        Ok((position, digest, known.is_none()))
+        Ok((position, digest, hashed_here))
     }
 
     /// Closes a body: a short read still owes the declared length, so the

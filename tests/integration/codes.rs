@@ -198,16 +198,20 @@ async fn a_coded_transfer_cut_midway_resumes_from_what_was_kept() {
     );
 }
 
-/// A coded send of a 16 MiB file, slowed to 8 MiB/s, during which
-/// `change` is done to the source once 1 MiB has arrived; returns the
-/// sender's error and the receiving directory.
-async fn coded_send_while(change: fn(&Path)) -> (anyhow::Error, tempfile::TempDir) {
+/// A coded send of a file of `mib` MiB, slowed to `rate` MiB/s, during
+/// which `change` is done to the source once 1 MiB has arrived; returns
+/// the sender's error and the receiving directory.
+async fn coded_send_while(
+    mib: usize,
+    rate: u64,
+    change: fn(&Path),
+) -> (anyhow::Error, tempfile::TempDir) {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = src.path().join("log.bin");
-    write_random(&file, 16 * MIB, 6);
+    write_random(&file, mib * MIB, 6);
     let code = Code::generate();
     let rx = Receiver::start_with(dst.path(), coded(&code)).await;
-    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(8 * MIB as u64)).await;
+    let proxy = Proxy::start(rx.addr, ProxyOptions::throttled(rate * MIB as u64)).await;
     let (dir, source) = (dst.path().to_path_buf(), file.clone());
     let changing = tokio::task::spawn_blocking(move || {
         wait_until("the body to start", || {
@@ -223,7 +227,10 @@ async fn coded_send_while(change: fn(&Path)) -> (anyhow::Error, tempfile::TempDi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_cut_short_while_sent_with_a_code_is_padded_and_never_stored() {
-    let (err, dst) = coded_send_while(|source| {
+    // Large enough that the sender has not read it all (runs read ahead,
+    // socket and proxy buffers) by the time it is cut: else the cut is
+    // seen as a change, not as the end coming early.
+    let (err, dst) = coded_send_while(64, 24, |source| {
         fs::File::options()
             .write(true)
             .open(source)
@@ -243,7 +250,7 @@ async fn a_file_cut_short_while_sent_with_a_code_is_padded_and_never_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_changed_while_sent_with_a_code_is_never_stored_as_verified() {
-    let (err, dst) = coded_send_while(|source| {
+    let (err, dst) = coded_send_while(16, 8, |source| {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = fs::File::options().write(true).open(source).unwrap();
         f.seek(SeekFrom::Start(15 * MIB as u64)).unwrap();

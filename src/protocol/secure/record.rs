@@ -236,6 +236,8 @@ pub struct RecordRun {
     buf: Vec<u8>,
     /// Payload bytes filled in.
     payload: usize,
+    /// Wire bytes, once sealed (0 while not).
+    sealed: usize,
 }
 
 impl Default for RecordRun {
@@ -243,6 +245,7 @@ impl Default for RecordRun {
         RecordRun {
             buf: vec![0; RUN_RECORDS * MAX_RECORD_LEN],
             payload: 0,
+            sealed: 0,
         }
     }
 }
@@ -260,6 +263,7 @@ impl RecordRun {
     /// Empties the run, to be filled again.
     pub fn clear(&mut self) {
         self.payload = 0;
+        self.sealed = 0;
     }
 
     /// The payload places from `from` (a payload offset) up to `to`.
@@ -288,7 +292,7 @@ impl RecordRun {
         mut read: impl FnMut(usize, &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize>,
     ) -> std::io::Result<usize> {
         let want = want.min(RUN_PAYLOAD);
-        self.payload = 0;
+        self.clear();
         while self.payload < want {
             let filled = self.payload;
             let mut places = self.places(filled, want);
@@ -324,6 +328,8 @@ impl RecordRun {
     pub fn seal(&mut self, state: &mut SealState) -> Result<usize, RecordError> {
         let mut end = 0;
         let mut left = self.payload;
+        // Whatever happens, the payload is no longer plain text to read.
+        self.payload = 0;
         for slot in self.buf.chunks_mut(MAX_RECORD_LEN) {
             if left == 0 {
                 break;
@@ -332,13 +338,14 @@ impl RecordRun {
             end += seal_in_slot(state, RecordKind::Data, slot, n)?;
             left -= n;
         }
-        self.payload = 0;
+        self.sealed = end;
         Ok(end)
     }
 
-    /// The first `len` wire bytes of a sealed run.
-    pub fn sealed(&self, len: usize) -> &[u8] {
-        &self.buf[..len.min(self.buf.len())]
+    /// The wire bytes of a sealed run: empty unless it was sealed since it
+    /// was last filled.
+    pub fn sealed(&self) -> &[u8] {
+        &self.buf[..self.sealed.min(self.buf.len())]
     }
 }
 
@@ -712,7 +719,8 @@ mod tests {
         let mut expected = sealed(&mut by_run, RecordKind::Data, b"before");
         let mut wire = expected.clone();
         let len = run.seal(&mut by_run).unwrap();
-        wire.extend_from_slice(run.sealed(len));
+        assert_eq!(run.sealed().len(), len);
+        wire.extend_from_slice(run.sealed());
         wire.extend(sealed(&mut by_run, RecordKind::End, b""));
         let mut again = SealState::new(&KEY);
         expected.clear();

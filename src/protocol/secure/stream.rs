@@ -306,7 +306,16 @@ impl<W: AsyncWrite + Unpin + Send> RunSealer for SealedWriter<W> {
         let Some((len, written)) = self.run else {
             return Poll::Ready(Ok(true));
         };
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &run.sealed(len)[written..]))?;
+        // Only the very run that was sealed: another one's bytes could be
+        // plain text.
+        let Some(rest) = run
+            .sealed()
+            .get(written..)
+            .filter(|_| run.sealed().len() == len)
+        else {
+            return Poll::Ready(Err(self.run_left_behind()));
+        };
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
@@ -388,17 +397,19 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
         if this.payload() == MAX_RECORD_PAYLOAD {
             this.seal(RecordKind::Data)?;
         }
+        // With a batch queued, the socket takes some of it first, and this
+        // write accepts no more than went out: one socket write per call at
+        // most, so a slow peer's progress is seen by the caller write by
+        // write, and the sealed backlog stays within a batch and a record.
+        let mut room = usize::MAX;
+        if this.sealed_end() - this.written >= WRITE_BATCH {
+            let before = this.written;
+            ready!(this.poll_write_some(cx))?;
+            room = this.written - before;
+        }
         let start = match this.filling {
             Some(start) => start,
             None => {
-                // With a batch queued, the socket takes it before another
-                // record is begun; this waits only until part of it has
-                // gone, so a slow peer's progress is seen by the caller
-                // write by write. The buffer holds at most two batches
-                // and a record.
-                while this.sealed_end() - this.written >= WRITE_BATCH {
-                    ready!(this.poll_write_some(cx))?;
-                }
                 this.compact();
                 let start = begin_record(&mut this.buf);
                 this.filling = Some(start);
@@ -407,6 +418,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
         };
         let n = buf
             .len()
+            .min(room)
             .min(MAX_RECORD_PAYLOAD - record_payload_len(&this.buf, start));
         this.buf.extend_from_slice(&buf[..n]);
         Poll::Ready(Ok(n))

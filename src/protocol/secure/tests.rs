@@ -536,7 +536,7 @@ async fn a_large_body_leaves_in_few_writes_of_bounded_size() {
 async fn a_write_waits_for_one_write_of_progress_not_a_whole_batch() {
     let key = [8u8; 32];
     let sink = CountingSink {
-        most: 100 * 1024,
+        most: 4096,
         ..Default::default()
     };
     let mut w = SealedWriter::new(sink, SealState::new(&key), "peer".into());
@@ -627,6 +627,19 @@ async fn a_run_abandoned_half_way_stops_the_writer() {
     .unwrap();
     let done = poll_fn(|cx| w.poll_send_run(cx, &mut run)).await.unwrap();
     assert!(!done);
+    // Nor may another run (its bytes could be plain text) take its place.
+    let mut other = RecordRun::default();
+    other
+        .fill(10, |_, places| {
+            places[0][..10].fill(2);
+            Ok(10)
+        })
+        .unwrap();
+    let err = poll_fn(|cx| w.poll_send_run(cx, &mut other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    assert!(!w.inner.wire.windows(10).any(|b| b == [2u8; 10]));
     let err = w.write_all(b"more").await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     assert_eq!(
