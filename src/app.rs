@@ -52,13 +52,7 @@ async fn send(args: &SendArgs, verbose: bool) -> anyhow::Result<()> {
             Ok(ready) => ready,
             Err(e) => return Err(ended_early(&reporter, 0, e)),
         };
-    let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    let signalled = stop_signal()?;
-    tokio::spawn(async move {
-        signalled.await;
-        on_signal.cancel();
-    });
+    let cancel = cancelled_on_stop_signal()?;
     let lookup = Lookup {
         role: PeerRole::Recv,
         code: request.code.as_ref(),
@@ -136,18 +130,11 @@ async fn recv(args: &RecvArgs, verbose: bool) -> anyhow::Result<()> {
     let manifest = open_manifest(args.manifest.as_deref(), Paths::StoredAs)?;
     let listener = bind(listen, "xfer recv").await?;
     let local = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    let signalled = stop_signal()?;
+    let shutdown = cancelled_on_stop_signal()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Recv));
     reporter.listening(&local);
     tell_the_other_machine(&reporter, &local, code.as_ref(), |flag, addr| {
         format!("xfer send {flag}FILE {addr}")
-    });
-    tokio::spawn(async move {
-        signalled.await;
-        log::debug!("stop requested; finishing");
-        on_signal.cancel();
     });
     let announcement = announce(
         &args.announce,
@@ -184,18 +171,11 @@ async fn serve(args: &ServeArgs, verbose: bool) -> anyhow::Result<()> {
     let server = crate::sender::serve::Server::new(config)?;
     let listener = bind(listen, "xfer serve").await?;
     let local = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    let signalled = stop_signal()?;
+    let shutdown = cancelled_on_stop_signal()?;
     let reporter = Arc::new(Reporter::new(args.output.mode(verbose), Role::Send).pull_mode());
     reporter.listening(&local);
     tell_the_other_machine(&reporter, &local, code.as_ref(), |flag, addr| {
         format!("xfer get {flag}{addr}")
-    });
-    tokio::spawn(async move {
-        signalled.await;
-        log::debug!("stop requested; finishing");
-        on_signal.cancel();
     });
     let announcement = announce(
         &args.announce,
@@ -220,13 +200,7 @@ async fn get(args: &GetArgs, verbose: bool) -> anyhow::Result<()> {
         Ok(request) => request,
         Err(e) => return Err(ended_early(&reporter, 1, e.into())),
     };
-    let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    let signalled = stop_signal()?;
-    tokio::spawn(async move {
-        signalled.await;
-        on_signal.cancel();
-    });
+    let cancel = cancelled_on_stop_signal()?;
     let lookup = Lookup {
         role: PeerRole::Serve,
         code: request.code.as_ref(),
@@ -393,17 +367,22 @@ fn reach(local: &std::net::SocketAddr) -> String {
     std::net::SocketAddr::new(ip, local.port()).to_string()
 }
 
-/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call,
-/// before anything is announced, so an early signal is never lost to the
-/// default action.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// A token cancelled by the first SIGINT or SIGTERM. The handlers are
+/// installed by this call, before anything is announced, so an early
+/// signal is never lost to the default action.
+fn cancelled_on_stop_signal() -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
+    let token = CancellationToken::new();
+    let on_signal = token.clone();
+    tokio::spawn(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    })
+        log::debug!("stop requested; finishing");
+        on_signal.cancel();
+    });
+    Ok(token)
 }
