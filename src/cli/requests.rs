@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::values::{idle, parse_destination, parse_listen, rate};
-use super::{CodeSource, GetArgs, RecvArgs, SendArgs, ServeArgs, DEFAULT_PORT};
+use super::{
+    AnnounceArgs, CodeArgs, CodeSource, GetArgs, RecvArgs, SendArgs, ServeArgs, DEFAULT_PORT,
+};
 use crate::code::Code;
 use crate::error::Error;
 use crate::receiver::{GetConfig, Limits, RecvConfig};
@@ -172,18 +174,28 @@ impl SendArgs {
     }
 }
 
+/// What `recv` and `serve` check alike before they listen: room for one
+/// connection at least and the announcement's flags. Returns the code,
+/// a fresh one for `--code` with none given.
+fn listener_checks(
+    max_connections: usize,
+    code: &CodeArgs,
+    announce: &AnnounceArgs,
+) -> Result<Option<(Code, CodeSource)>, Error> {
+    if max_connections == 0 {
+        return Err(Error::Usage("--max-connections must be at least 1".into()));
+    }
+    let code = code.resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
+    announce.check()?;
+    Ok(code)
+}
+
 impl RecvArgs {
     /// Checks the values clap cannot; with `--code` and no code given, a
     /// fresh one is generated. Says where the code came from.
     pub fn to_config(&self) -> Result<(RecvConfig, Option<CodeSource>), Error> {
-        if self.max_connections == 0 {
-            return Err(Error::Usage("--max-connections must be at least 1".into()));
-        }
-        let code = self
-            .code
-            .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
+        let code = listener_checks(self.max_connections, &self.code, &self.announce)?;
         let source = code.as_ref().map(|(_, source)| *source);
-        self.announce.check()?;
         let config = RecvConfig {
             code: code.map(|(code, _)| code),
             limit_rate: rate(self.limit_rate),
@@ -213,14 +225,8 @@ impl ServeArgs {
     /// Checks the values clap cannot; with `--code` and no code given, a
     /// fresh one is generated. Says where the code came from.
     pub fn to_config(&self) -> Result<(ServeConfig, Option<CodeSource>), Error> {
-        if self.max_connections == 0 {
-            return Err(Error::Usage("--max-connections must be at least 1".into()));
-        }
-        let code = self
-            .code
-            .resolve(|| Ok((Code::generate(), CodeSource::Generated)))?;
+        let code = listener_checks(self.max_connections, &self.code, &self.announce)?;
         let source = code.as_ref().map(|(_, source)| *source);
-        self.announce.check()?;
         let config = ServeConfig {
             code: code.map(|(code, _)| code),
             paths: self.paths.clone(),
