@@ -50,7 +50,8 @@ pub enum Role {
 ///
 /// Adds one round trip to the plain handshake: both sides write their PAKE
 /// message at once and read the peer's, then the same for the key
-/// confirmations. `idle` bounds each of the two exchanges. A peer with
+/// confirmations. `idle` bounds each of the two exchanges, and the sealed
+/// writer's waits for a peer that stops reading. A peer with
 /// another code is [`Error::CodeMismatch`] on both sides, before any
 /// application byte moves.
 pub async fn secure<R, W>(
@@ -112,10 +113,9 @@ where
         }
     }
     let (seal, open) = keys.into_record_states();
-    Ok((
-        SealedReader::new(read, open, Arc::clone(&peer)),
-        SealedWriter::new(write, seal, peer),
-    ))
+    let mut writer = SealedWriter::new(write, seal, Arc::clone(&peer));
+    writer.set_idle(idle);
+    Ok((SealedReader::new(read, open, peer), writer))
 }
 
 /// The read half [`upgrade`] seals: what the plain reader had already read
@@ -157,7 +157,7 @@ where
     let peer: Arc<str> = reader.peer().into();
     let (raw, read_ahead) = reader.into_parts();
     let raw = io::Cursor::new(read_ahead).chain(raw);
-    let (read, write) = secure(
+    let (read, mut write) = secure(
         raw,
         writer.into_inner(),
         role,
@@ -167,6 +167,7 @@ where
         handshake,
     )
     .await?;
+    write.set_idle(idle);
     let mut reader = FrameReader::new(read, Arc::clone(&peer), idle);
     let writer = FrameWriter::new(write, peer, idle);
     reader.watch(&writer);

@@ -5,15 +5,21 @@
 //!
 //! Errors come back as `io::Error`s that carry a typed [`Error`]; see
 //! [`recover_error`](super::recover_error). Timeouts are the framed
-//! layer's: these wrappers wait exactly as long as their caller does.
+//! layer's, with one exception: a flush or shutdown of the sealed writer
+//! writes a backlog the framed layer cannot watch, so the writer itself
+//! gives up once the peer has taken nothing for the idle time.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use std::future::Future;
+use std::time::Duration;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use super::record::{
     begin_record, bytes_needed, finish_record, open_record, record_payload_len, OpenState,
@@ -191,7 +197,48 @@ pub struct SealedWriter<W> {
     run: Option<(usize, usize)>,
     closing: Closing,
     peer: Arc<str>,
+    stall: Stall,
 }
+
+/// Bounds how long the inner writer may take nothing while sealed bytes
+/// wait for it.
+struct Stall {
+    idle: Duration,
+    /// Armed when a write finds the peer not reading; disarmed by progress.
+    since: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    /// One write of `bytes` to `inner`, failing with `stopped` once writes
+    /// have found no room for `idle` in a row.
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        inner: &mut W,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+        stopped: impl FnOnce(Duration) -> io::Error,
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(inner).poll_write(cx, bytes) {
+            Poll::Ready(result) => {
+                self.since = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .since
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
+                self.since = None;
+                Poll::Ready(Err(stopped(idle)))
+            }
+        }
+    }
+}
+
+/// How long a sealed writer waits for a peer that takes nothing, until
+/// [`SealedWriter::set_idle`] says otherwise.
+const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 impl<W> SealedWriter<W> {
     pub(super) fn new(inner: W, state: SealState, peer: Arc<str>) -> Self {
@@ -204,7 +251,16 @@ impl<W> SealedWriter<W> {
             run: None,
             closing: Closing::Open,
             peer,
+            stall: Stall {
+                idle: DEFAULT_IDLE,
+                since: None,
+            },
         }
+    }
+
+    /// Writes give up once the peer has taken nothing for `idle`.
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.stall.idle = idle;
     }
 
     /// Payload bytes in the record being filled.
@@ -241,6 +297,19 @@ impl<W> SealedWriter<W> {
             (None, RecordKind::Data) => return Ok(()),
         };
         finish_record(&mut self.state, kind, &mut self.buf, start).map_err(|e| self.refused(e))
+    }
+
+    fn stopped_reading(peer: &str, idle: Duration) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            Error::ConnectionLost {
+                peer: peer.to_string(),
+                detail: format!(
+                    "the peer stopped reading for {} s (idle timeout)",
+                    idle.as_secs()
+                ),
+            },
+        )
     }
 
     fn refused(&self, e: RecordError) -> io::Error {
@@ -315,7 +384,10 @@ impl<W: AsyncWrite + Unpin + Send> RunSealer for SealedWriter<W> {
         else {
             return Poll::Ready(Err(self.run_left_behind()));
         };
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+        let peer = &self.peer;
+        let n = ready!(self.stall.poll_write(&mut self.inner, cx, rest, |idle| {
+            Self::stopped_reading(peer, idle)
+        }))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
@@ -335,7 +407,10 @@ impl<W: AsyncWrite + Unpin> SealedWriter<W> {
         let Some(rest) = self.buf.get(self.written..end).filter(|r| !r.is_empty()) else {
             return Poll::Ready(Ok(()));
         };
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+        let peer = &self.peer;
+        let n = ready!(self.stall.poll_write(&mut self.inner, cx, rest, |idle| {
+            Self::stopped_reading(peer, idle)
+        }))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }

@@ -760,3 +760,30 @@ fn test_vectors_appear_in_the_protocol_document() {
     let code = std::str::from_utf8(p::VECTOR_CODE).unwrap();
     assert!(doc.contains(&format!("\"{code}\"")));
 }
+
+/// A peer that stops reading cannot hold a flush (or the shutdown that
+/// seals the end record) forever: the sealed writer gives up after the
+/// idle time without progress, in the framed layer's words.
+#[tokio::test]
+async fn a_flush_to_a_peer_that_stopped_reading_gives_up() {
+    let hellos = coded_hellos();
+    let (s, r) = pair(1024, (b"x", hellos), (b"x", hellos)).await;
+    let (_sr, mut sw) = s.unwrap();
+    let _receiver_kept_but_never_read = r.unwrap();
+    let idle = Duration::from_millis(300);
+    sw.set_idle(idle);
+    let mut w = FrameWriter::new(sw, "receiver".into(), idle);
+    w.send_raw(&pattern(4000, 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(T, w.flush())
+        .await
+        .expect("the flush gave up")
+        .unwrap_err();
+    assert!(started.elapsed() >= idle, "{:?}", started.elapsed());
+    assert!(err.to_string().contains("stopped reading for"), "{err}");
+    let err = tokio::time::timeout(T, w.shutdown())
+        .await
+        .expect("the shutdown gave up")
+        .unwrap_err();
+    assert!(err.to_string().contains("stopped reading for"), "{err}");
+}
