@@ -152,13 +152,9 @@ impl SendArgs {
     pub fn to_request(&self) -> Result<SendRequest, Error> {
         let (paths, target) = self.target()?;
         let idle_timeout = idle(self.idle_timeout)?;
-        let code = self.code.resolve(|| {
-            let typed = crate::code::prompt("code (from the receiving machine): ")
-                .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
-            let code =
-                Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
-            Ok((code, CodeSource::Given))
-        })?;
+        let code = self
+            .code
+            .resolve(|| ask_for_code("code (from the receiving machine): "))?;
         Ok(SendRequest {
             target,
             code: code.map(|(code, _)| code),
@@ -293,13 +289,9 @@ impl GetArgs {
     pub fn to_request(&self) -> Result<GetRequest, Error> {
         let target = self.target()?;
         let idle_timeout = idle(self.idle_timeout)?;
-        let code = self.code.resolve(|| {
-            let typed = crate::code::prompt("code (from the serving machine): ")
-                .map_err(|e| Error::Usage(format!("cannot read the code: {e}")))?;
-            let code =
-                Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
-            Ok((code, CodeSource::Given))
-        })?;
+        let code = self
+            .code
+            .resolve(|| ask_for_code("code (from the serving machine): "))?;
         Ok(GetRequest {
             target,
             code: code.map(|(code, _)| code),
@@ -315,4 +307,15 @@ impl GetArgs {
             limit_rate: rate(self.limit_rate),
         })
     }
+}
+
+/// A code typed at the terminal; Ctrl-C there is an interruption like any
+/// other (exit code 130).
+fn ask_for_code(question: &str) -> Result<(Code, CodeSource), Error> {
+    let typed = crate::code::prompt(question).map_err(|e| match e.kind() {
+        std::io::ErrorKind::Interrupted => Error::Interrupted,
+        _ => Error::Usage(format!("cannot read the code: {e}")),
+    })?;
+    let code = Code::parse(&typed).map_err(|e| Error::Usage(format!("invalid code: {e}")))?;
+    Ok((code, CodeSource::Given))
 }

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::termios::{self, LocalModes, OptionalActions, Termios};
+use rustix::termios::{self, LocalModes, OptionalActions, SpecialCodeIndex, Termios};
 use zeroize::Zeroizing;
 
 use super::{Code, CodeError};
@@ -25,9 +25,11 @@ const NO_TERMINAL: &str =
 /// stdin and stdout are redirected) and reads one line with echo off.
 ///
 /// The terminal's previous mode is restored before returning, on success
-/// and on error. A signal that kills the process while it waits (Ctrl-C
-/// without a handler) leaves echo off, as with other password prompts;
-/// `stty sane` or `reset` restores it.
+/// and on error. The terminal hands over keys one by one meanwhile, and
+/// its signal keys arrive as bytes: Ctrl-C (or Ctrl-\\) ends the prompt
+/// with an [`io::ErrorKind::Interrupted`] error instead of killing the
+/// process, which would leave echo off. Backspace, Ctrl-U and Ctrl-W edit
+/// the line as they would in the terminal's own line mode.
 pub fn prompt(question: &str) -> io::Result<Zeroizing<String>> {
     let tty = OpenOptions::new()
         .read(true)
@@ -56,7 +58,8 @@ fn no_terminal(source: io::Error) -> io::Error {
 #[error("{NO_TERMINAL}")]
 struct NoTerminal(#[source] io::Error);
 
-/// Echo off while alive; the saved mode back on drop.
+/// Echo, line mode and signal keys off while alive (the line is edited
+/// by [`read_line`]); the saved mode back on drop.
 struct EchoOff<'a> {
     tty: &'a File,
     original: &'a Termios,
@@ -65,7 +68,12 @@ struct EchoOff<'a> {
 impl<'a> EchoOff<'a> {
     fn new(tty: &'a File, original: &'a Termios) -> io::Result<Self> {
         let mut quiet = original.clone();
-        quiet.local_modes.remove(LocalModes::ECHO);
+        quiet
+            .local_modes
+            .remove(LocalModes::ECHO | LocalModes::ICANON | LocalModes::ISIG | LocalModes::IEXTEN);
+        // Each key as it is typed.
+        quiet.special_codes[SpecialCodeIndex::VMIN] = 1;
+        quiet.special_codes[SpecialCodeIndex::VTIME] = 0;
         // `Now`, not `Flush`: a flush would drop what was typed ahead.
         termios::tcsetattr(tty, OptionalActions::Now, &quiet)?;
         Ok(EchoOff { tty, original })
@@ -80,35 +88,50 @@ impl Drop for EchoOff<'_> {
     }
 }
 
-/// One line, without its line ending, at most `limit` bytes. Read a byte at
-/// a time so no buffer holds more of the secret than the returned string,
-/// and that string never reallocates (which would leave a copy behind).
+/// Keys with a meaning at the prompt.
+const CTRL_C: u8 = 0x03;
+const CTRL_D: u8 = 0x04;
+const BACKSPACE: u8 = 0x08;
+const CTRL_U: u8 = 0x15;
+const CTRL_W: u8 = 0x17;
+const CTRL_BACKSLASH: u8 = 0x1c;
+const DELETE: u8 = 0x7f;
+
+/// One line typed key by key, without its line ending, at most `limit`
+/// bytes: Backspace or Delete erases a character, Ctrl-U the line,
+/// Ctrl-W a word; Ctrl-C or Ctrl-\\ interrupts, Ctrl-D ends the line (an
+/// empty one is an error); other control keys are ignored. Read a byte
+/// at a time so no buffer holds more of the secret than the returned
+/// string, and that string never reallocates (which would leave a copy
+/// behind).
 fn read_line(reader: &mut impl Read, limit: usize) -> io::Result<Zeroizing<String>> {
     let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
     let mut byte = Zeroizing::new([0u8; 1]);
     loop {
         match reader.read(&mut byte[..]) {
-            Ok(0) if bytes.is_empty() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "no code was typed",
-                ))
-            }
+            Ok(0) if bytes.is_empty() => return Err(nothing_typed()),
             Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) if bytes.len() == limit => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the line typed is longer than {limit} bytes; that is not a code"),
-                ))
-            }
-            Ok(_) => bytes.push(byte[0]),
+            Ok(_) => match byte[0] {
+                CTRL_D if bytes.is_empty() => return Err(nothing_typed()),
+                b'\n' | b'\r' | CTRL_D => break,
+                CTRL_C | CTRL_BACKSLASH => {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"))
+                }
+                BACKSPACE | DELETE => erase_char(&mut bytes),
+                CTRL_U => bytes.clear(),
+                CTRL_W => erase_word(&mut bytes),
+                key if key < 0x20 => {}
+                _ if bytes.len() == limit => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the line typed is longer than {limit} bytes; that is not a code"),
+                    ))
+                }
+                key => bytes.push(key),
+            },
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-    }
-    if bytes.last() == Some(&b'\r') {
-        bytes.pop();
     }
     let mut line = Zeroizing::new(String::with_capacity(limit));
     match std::str::from_utf8(&bytes) {
@@ -121,6 +144,29 @@ fn read_line(reader: &mut impl Read, limit: usize) -> io::Result<Zeroizing<Strin
         }
     }
     Ok(line)
+}
+
+fn nothing_typed() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "no code was typed")
+}
+
+/// Drops the last character (all the bytes of a multi-byte one).
+fn erase_char(bytes: &mut Vec<u8>) {
+    while let Some(b) = bytes.pop() {
+        if b & 0xc0 != 0x80 {
+            break;
+        }
+    }
+}
+
+/// Drops the last word and the spaces after it.
+fn erase_word(bytes: &mut Vec<u8>) {
+    while bytes.last() == Some(&b' ') {
+        bytes.pop();
+    }
+    while bytes.last().is_some_and(|&b| b != b' ') {
+        bytes.pop();
+    }
 }
 
 fn readable_by_others(mode: u32) -> bool {

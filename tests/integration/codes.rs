@@ -799,6 +799,65 @@ async fn a_code_typed_at_the_prompt_is_in_no_command_line() {
     assert_eq!(fs::read(dst.path().join("typed-in.txt")).unwrap(), b"typed");
 }
 
+/// Ctrl-C at the code prompt stops the sender as an interruption (exit
+/// code 130, one `error:` line), not as a kill that leaves echo off.
+#[test]
+fn ctrl_c_at_the_code_prompt_is_an_interruption() {
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("never-sent.txt");
+    fs::write(&file, b"x").unwrap();
+    let inner = format!(
+        "'{}' send --no-cache --code '{}' 127.0.0.1:9",
+        env!("CARGO_BIN_EXE_xfer"),
+        file.display(),
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env_remove("XFER_CODE")
+        .env("XFER_CACHE_DIR", test_cache_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut screen = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut screen, &mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut typing = child.stdin.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut typed = false;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => seen.extend_from_slice(&chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no exit: {}", String::from_utf8_lossy(&seen));
+            }
+        }
+        if !typed && String::from_utf8_lossy(&seen).contains("receiving machine): ") {
+            std::io::Write::write_all(&mut typing, b"4821-or\x03").unwrap();
+            typed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    let screen = String::from_utf8_lossy(&seen);
+    assert!(typed, "no prompt: {screen}");
+    assert_eq!(status.code(), Some(130), "{screen}");
+    assert!(screen.contains("error: interrupted"), "{screen}");
+    assert!(!screen.contains("4821-or"), "echoed: {screen}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_on_the_command_line_works_and_warns() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -56,6 +56,45 @@ fn read_line_refuses_invalid_utf8() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 }
 
+fn typed(keys: &[u8]) -> io::Result<Zeroizing<String>> {
+    read_line(&mut Cursor::new(keys.to_vec()), MAX_LINE)
+}
+
+#[test]
+fn read_line_edits_like_the_terminal() {
+    assert_eq!(typed(b"4821-orbx\x7fit\n").unwrap().as_str(), "4821-orbit");
+    assert_eq!(typed(b"4821-orbx\x08it\n").unwrap().as_str(), "4821-orbit");
+    assert_eq!(typed(b"wrong\x15right\n").unwrap().as_str(), "right");
+    assert_eq!(
+        typed(b"4821 orbit lemmon  \x17lemon\n").unwrap().as_str(),
+        "4821 orbit lemon"
+    );
+    // A character of several bytes goes in one erase; erasing an empty
+    // line does nothing.
+    assert_eq!(
+        typed("4821é\x7f-x\n".as_bytes()).unwrap().as_str(),
+        "4821-x"
+    );
+    assert_eq!(typed(b"\x7f\x7fab\n").unwrap().as_str(), "ab");
+    // Other control keys (Tab, Escape, Ctrl-Z) type nothing.
+    assert_eq!(typed(b"a\tb\x1bc\x1ad\n").unwrap().as_str(), "abcd");
+}
+
+#[test]
+fn read_line_ctrl_c_interrupts() {
+    for key in [b'\x03', b'\x1c'] {
+        let err = typed(&[b'4', b'8', key, b'\n']).expect_err("interrupted");
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+    }
+}
+
+#[test]
+fn read_line_ctrl_d_ends_the_line() {
+    assert_eq!(typed(b"4821\x04rest").unwrap().as_str(), "4821");
+    let err = typed(b"\x04").expect_err("nothing typed");
+    assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+}
+
 #[test]
 fn readable_by_others_looks_at_group_and_other_read_bits() {
     assert!(!readable_by_others(0o600));
@@ -243,6 +282,24 @@ fn prompt_reads_a_line_without_echo_and_restores_it() {
     let hex: String = typed.bytes().map(|b| format!("{b:02x}")).collect();
     assert!(output.contains(&format!("GOT[{hex}]")), "{output}");
     assert!(!output.contains(typed), "the code was echoed: {output}");
+    assert!(output.contains("ECHO=on"), "echo not restored: {output}");
+}
+
+/// Ctrl-C at the prompt is a key, not a signal that would kill the
+/// process with echo still off: the prompt ends as interrupted, and the
+/// terminal is as it was.
+#[test]
+fn prompt_ctrl_c_interrupts_and_restores_echo() {
+    if !have("script") {
+        eprintln!("skipped: util-linux 'script' is not installed");
+        return;
+    }
+    let child = child_command("script", "tty")
+        .args(["-qefc", &self_test_args().join(" "), "/dev/null"])
+        .spawn()
+        .expect("spawn script");
+    let output = run_bounded(child, QUESTION, "48\x03", Duration::from_secs(60));
+    assert!(output.contains("ERR[interrupted]"), "{output}");
     assert!(output.contains("ECHO=on"), "echo not restored: {output}");
 }
 
