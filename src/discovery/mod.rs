@@ -308,12 +308,15 @@ pub fn browse_until(
 
 /// Says so when mDNS probing finds the instance name taken and the daemon
 /// renames ours (`NAME (2)`): `--to` must then use the new name. The
-/// thread ends when the daemon stops and closes the channel.
+/// daemon may report one rename more than once on an interface (once per
+/// address family probed); it is said once per interface. The thread ends when the daemon
+/// stops and closes the channel.
 fn watch_renames(daemon: &ServiceDaemon) {
     let Ok(events) = daemon.monitor() else {
         return;
     };
     let watch = move || {
+        let mut said = std::collections::HashSet::new();
         while let Ok(event) = events.recv() {
             if let DaemonEvent::NameChange(change) = event {
                 let (Some(old), Some(new)) = (
@@ -322,6 +325,9 @@ fn watch_renames(daemon: &ServiceDaemon) {
                 ) else {
                     continue;
                 };
+                if !said.insert((new.clone(), change.intf_name.clone())) {
+                    continue;
+                }
                 log::warn!(
                     "the name '{old}' is taken on the LAN ({}); announced as '{new}' there",
                     change.intf_name

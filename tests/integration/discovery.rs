@@ -888,6 +888,11 @@ fn a_name_already_taken_on_the_lan_is_renamed_and_the_receiver_says_so() {
         stderr.contains("the name 'alpha' is taken on the LAN") && stderr.contains("'alpha (2)'"),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.matches("is taken on the LAN").count(),
+        1,
+        "said once on the one link: {stderr}"
+    );
     stop(first);
 }
 
