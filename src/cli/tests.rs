@@ -12,6 +12,7 @@ fn destinations_parse() {
     let d = |h: &str, p| Destination {
         host: h.into(),
         port: p,
+        fallback: Vec::new(),
     };
     assert_eq!(parse_destination("host:9").unwrap(), d("host", 9));
     assert_eq!(
@@ -168,7 +169,8 @@ fn send_takes_paths_then_address() {
         target,
         Target::Address(Destination {
             host: "host".into(),
-            port: 1
+            port: 1,
+            fallback: Vec::new(),
         })
     );
 }

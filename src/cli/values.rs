@@ -113,12 +113,14 @@ pub fn parse_destination(raw: &str) -> Result<Destination, Error> {
         return Ok(Destination {
             host: host.to_owned(),
             port,
+            fallback: Vec::new(),
         });
     }
     match raw.matches(':').count() {
         0 if !raw.is_empty() => Ok(Destination {
             host: raw.to_owned(),
             port: DEFAULT_PORT,
+            fallback: Vec::new(),
         }),
         0 => Err(bad("empty")),
         1 => {
@@ -129,12 +131,14 @@ pub fn parse_destination(raw: &str) -> Result<Destination, Error> {
             Ok(Destination {
                 host: host.to_owned(),
                 port: port_of(port)?,
+                fallback: Vec::new(),
             })
         }
         _ => match raw.parse::<Ipv6Addr>() {
             Ok(_) => Ok(Destination {
                 host: raw.to_owned(),
                 port: DEFAULT_PORT,
+                fallback: Vec::new(),
             }),
             Err(_) => Err(bad("write IPv6 addresses with a port as [ADDR]:PORT")),
         },

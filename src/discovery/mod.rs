@@ -115,8 +115,9 @@ impl Peer {
         self.addrs.first().copied()
     }
 
-    /// Where `xfer send` goes for this peer: its best address. A scoped
-    /// IPv6 address keeps its `%index` (the resolver understands it).
+    /// Where `xfer send` goes for this peer: its best address, then the
+    /// others it announced in turn when that one cannot be reached. A
+    /// scoped IPv6 address keeps its `%index` (the resolver understands it).
     pub fn destination(&self) -> Option<Destination> {
         self.addr().map(|addr| Destination {
             host: match addr {
@@ -126,6 +127,7 @@ impl Peer {
                 other => other.ip().to_string(),
             },
             port: addr.port(),
+            fallback: self.addrs.iter().skip(1).copied().collect(),
         })
     }
 }

@@ -178,6 +178,7 @@ fn system_resolved(name: &str, seen: &[Peer]) -> Option<Destination> {
     Some(Destination {
         host: first.to_string(),
         port,
+        fallback: Vec::new(),
     })
 }
 

@@ -110,6 +110,20 @@ fn a_scoped_address_becomes_a_destination_the_resolver_reads() {
 }
 
 #[test]
+fn a_peer_with_several_addresses_keeps_the_others_to_fall_back_on() {
+    let mut p = peer("a", 7171, None);
+    p.addrs = ["192.168.1.5:7171", "10.0.0.5:7171", "[fe80::5%3]:7171"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let d = p.destination().unwrap();
+    assert_eq!((d.host.as_str(), d.port), ("192.168.1.5", 7171));
+    assert_eq!(d.fallback, p.addrs[1..]);
+    p.addrs.truncate(1);
+    assert!(p.destination().unwrap().fallback.is_empty());
+}
+
+#[test]
 fn an_announced_service_reads_back_as_a_peer() {
     let pairs = txt::encode(PeerRole::Recv, Some(4821));
     let info = ServiceInfo::new(

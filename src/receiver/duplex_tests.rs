@@ -99,6 +99,7 @@ async fn cross_a_pipe(code: Option<Code>) {
         destination: Destination {
             host: "pipe".into(),
             port: 1,
+            fallback: Vec::new(),
         },
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
@@ -195,6 +196,7 @@ async fn a_tree_is_fetched_over_a_pipe_with_the_roles_reversed() {
             source: Destination {
                 host: "server".into(),
                 port: 1,
+                fallback: Vec::new(),
             },
             dir: dst.path().to_owned(),
             overwrite: false,

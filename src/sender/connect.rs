@@ -66,7 +66,7 @@ pub(crate) async fn connect(destination: &Destination, mode: Mode) -> Result<Tcp
             )
         })?;
     let mut last = connect_error("the host name has no addresses".into(), hints.name);
-    for candidate in candidates {
+    for candidate in candidates.chain(destination.fallback.iter().copied()) {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(candidate)).await {
             Ok(Ok(stream)) => {
                 stream
@@ -74,8 +74,12 @@ pub(crate) async fn connect(destination: &Destination, mode: Mode) -> Result<Tcp
                     .map_err(|e| connect_error(describe_io(&e), hints.running))?;
                 return Ok(stream);
             }
-            Ok(Err(e)) => last = connect_error(describe_io(&e), hints.after(&e)),
+            Ok(Err(e)) => {
+                log::info!("cannot connect to {candidate}: {}", describe_io(&e));
+                last = connect_error(describe_io(&e), hints.after(&e))
+            }
             Err(_) => {
+                log::info!("cannot connect to {candidate}: timed out");
                 last = connect_error(
                     format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
                     UNREACHABLE_HINT,
@@ -84,4 +88,46 @@ pub(crate) async fn connect(destination: &Destination, mode: Mode) -> Result<Tcp
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port nothing listens on: bound, then let go.
+    fn closed_port() -> u16 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_first_address_falls_back_to_the_others() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = listener.local_addr().unwrap();
+        let dead = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
+        let destination = Destination {
+            host: "127.0.0.1".into(),
+            port: closed_port(),
+            fallback: vec![dead, live],
+        };
+        let stream =
+            tokio::time::timeout(Duration::from_secs(10), connect(&destination, Mode::Send))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live);
+    }
+
+    #[tokio::test]
+    async fn when_no_address_answers_the_error_says_what_to_check() {
+        let destination = Destination {
+            host: "127.0.0.1".into(),
+            port: closed_port(),
+            fallback: vec![std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()))],
+        };
+        let err = connect(&destination, Mode::Send).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&destination.to_string()), "{text}");
+        assert!(matches!(err, Error::Connect { hint, .. } if hint.contains("xfer recv")));
+    }
 }

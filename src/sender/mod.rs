@@ -51,6 +51,9 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 pub struct Destination {
     pub host: String,
     pub port: u16,
+    /// Tried in order when no address of `host` can be reached: the other
+    /// addresses a peer found on the LAN announced.
+    pub fallback: Vec<std::net::SocketAddr>,
 }
 
 impl fmt::Display for Destination {

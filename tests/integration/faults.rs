@@ -189,6 +189,7 @@ async fn a_cut_session_says_how_much_was_kept_for_resume() {
         destination: xfer::sender::Destination {
             host: "127.0.0.1".into(),
             port: proxy.addr.port(),
+            fallback: Vec::new(),
         },
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,

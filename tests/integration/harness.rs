@@ -259,6 +259,7 @@ pub async fn send_with(
         destination: Destination {
             host: addr.ip().to_string(),
             port: addr.port(),
+            fallback: Vec::new(),
         },
         idle_timeout,
         digest_cache,
@@ -496,6 +497,7 @@ pub fn coded_config(paths: &[&Path], addr: SocketAddr, code: &xfer::code::Code) 
         destination: Destination {
             host: addr.ip().to_string(),
             port: addr.port(),
+            fallback: Vec::new(),
         },
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
@@ -659,6 +661,7 @@ pub async fn get_with(
         source: Destination {
             host: addr.ip().to_string(),
             port: addr.port(),
+            fallback: Vec::new(),
         },
         dir: dir.to_path_buf(),
         overwrite: options.overwrite,

@@ -23,6 +23,7 @@ fn config(paths: &[&Path], addr: std::net::SocketAddr, limit_rate: Option<u64>) 
         destination: Destination {
             host: addr.ip().to_string(),
             port: addr.port(),
+            fallback: Vec::new(),
         },
         idle_timeout: Duration::from_secs(10),
         digest_cache: None,
