@@ -316,13 +316,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Queues raw body bytes; large slices bypass the buffer. Under a rate
     /// limit they are written at once, piece by piece, each when its time
-    /// comes.
+    /// comes, and flushed at least every quarter second's worth: a sealing
+    /// transport would otherwise hold them until a record is full, which
+    /// at a low limit takes longer than the peer's idle timeout.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if let Some(pace) = self.pace.clone() {
+            let flush_every = (pace.rate() / 4).max(1);
+            let mut unflushed = 0;
             for piece in bytes.chunks(pace.piece()) {
                 pace.take(piece.len()).await;
                 self.buf.extend_from_slice(piece);
-                self.write_buffered().await?;
+                unflushed += piece.len() as u64;
+                if unflushed >= flush_every {
+                    self.flush().await?;
+                    unflushed = 0;
+                } else {
+                    self.write_buffered().await?;
+                }
             }
             return Ok(());
         }

@@ -112,6 +112,45 @@ async fn a_sender_limit_holds_on_a_coded_session() {
     assert_same_tree(src.path(), dst.path());
 }
 
+/// Under a limit so low that a whole record takes longer to fill than the
+/// receiver's idle timeout, sealed bytes still leave as they are paced
+/// (a record every quarter second's worth), not once a record is full:
+/// the receiver keeps hearing from the sender and the send completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_limit_on_a_coded_session_keeps_the_receiver_hearing() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("slow.bin");
+    write_random(&file, 6000, 5);
+    let code = xfer::code::Code::generate();
+    let rx = Receiver::start_with(
+        dst.path(),
+        RecvOptions {
+            code: Some(code.clone()),
+            idle_timeout: Duration::from_secs(1),
+            ..RecvOptions::default()
+        },
+    )
+    .await;
+    let mut config = coded_config(&[&file], rx.addr, &code);
+    config.limit_rate = Some(2000);
+    config.idle_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let summary = within(xfer::sender::send(
+        &config,
+        Arc::new(Events::default()),
+        CancellationToken::new(),
+    ))
+    .await
+    .expect("the slow coded send failed");
+    assert_eq!(summary.bytes, 6000);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_same_tree(src.path(), dst.path());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_limit_holds_and_slows_the_sender_to_it() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
