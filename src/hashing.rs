@@ -33,7 +33,7 @@ impl Hasher {
 /// hashing overlaps reading the file and moving the bytes.
 pub const BACKGROUND_MIN: u64 = 4 * 1024 * 1024;
 
-/// Chunks queued for the hashing thread before the producer waits.
+/// Batches queued for the hashing thread before the producer waits.
 const BACKLOG: usize = 4;
 
 /// SHA-256 of a stream of chunks, computed inline for short streams and on
@@ -41,7 +41,7 @@ const BACKLOG: usize = 4;
 pub enum StreamHasher {
     Inline(Hasher),
     Background {
-        chunks: std::sync::mpsc::SyncSender<Bytes>,
+        chunks: std::sync::mpsc::SyncSender<Vec<Bytes>>,
         thread: std::thread::JoinHandle<Digest>,
     },
 }
@@ -52,13 +52,13 @@ impl StreamHasher {
         if remaining < BACKGROUND_MIN {
             return StreamHasher::Inline(prefix);
         }
-        let (chunks, queue) = std::sync::mpsc::sync_channel::<Bytes>(BACKLOG);
+        let (chunks, queue) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(BACKLOG);
         let mut hasher = prefix.clone();
         let spawned = std::thread::Builder::new()
             .name("xfer-hash".into())
             .spawn(move || {
-                for chunk in queue {
-                    hasher.update(&chunk);
+                for batch in queue {
+                    batch.iter().for_each(|chunk| hasher.update(chunk));
                 }
                 hasher.finish()
             });
@@ -68,13 +68,14 @@ impl StreamHasher {
         }
     }
 
-    /// Adds a chunk (a cheap reference-counted clone when in the background).
-    pub fn update(&mut self, chunk: &Bytes) {
+    /// Adds the chunks of one batch, in order (cheap reference-counted
+    /// clones when in the background: the batch is one item of the queue).
+    pub fn update(&mut self, batch: &[Bytes]) {
         match self {
-            StreamHasher::Inline(h) => h.update(chunk),
+            StreamHasher::Inline(h) => batch.iter().for_each(|chunk| h.update(chunk)),
             StreamHasher::Background { chunks, .. } => {
                 // The thread only stops when `chunks` is dropped.
-                let _ = chunks.send(chunk.clone());
+                let _ = chunks.send(batch.to_vec());
             }
         }
     }
@@ -171,8 +172,14 @@ mod tests {
                 matches!(h, StreamHasher::Background { .. }),
                 remaining >= BACKGROUND_MIN
             );
-            for chunk in data[prefix_len..].chunks(65_536) {
-                h.update(&Bytes::copy_from_slice(chunk));
+            // Batches of one and of several chunks alike.
+            let chunks: Vec<Bytes> = data[prefix_len..]
+                .chunks(65_536)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            for batch in chunks.chunks(3) {
+                h.update(&batch[..1]);
+                h.update(&batch[1..]);
             }
             assert_eq!(h.finish(), digest(&data));
         }

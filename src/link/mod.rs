@@ -33,7 +33,8 @@ use crate::code::Code;
 use crate::error::Error;
 use crate::protocol::secure::{upgrade, Role};
 use crate::protocol::{
-    handshake_with, Connection, FrameReader, FrameWriter, Message, Mode, Transport, CAP_CODE,
+    handshake_with, Connection, FrameReader, FrameWriter, Message, Mode, Source, Transport,
+    CAP_CODE,
 };
 use guard::{Guard, Refused, COOL_DOWN, PEER_FAILURES};
 
@@ -49,7 +50,7 @@ pub trait Session: Send {
         peer_caps: u32,
     ) -> impl Future<Output = Self::Output> + Send
     where
-        R: AsyncRead + Unpin + Send + Sync + 'static,
+        R: Source + Sync + 'static,
         W: Transport + Sync + 'static;
 }
 

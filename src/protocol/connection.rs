@@ -11,18 +11,21 @@
 //! back for minutes, and that is not idleness); a write fails once it has
 //! made no progress for `idle`.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::codec::{self, CodecError};
 use super::message::Message;
 use super::rate::RateLimit;
 use super::secure::recover_error;
+use super::transport::Source;
 use super::{HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 use crate::error::Error;
 
@@ -121,12 +124,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(READ_RESERVE);
         }
+        self.wait(silence, |inner, buf, cx| {
+            tokio_util::io::poll_read_buf(Pin::new(inner), cx, buf)
+        })
+        .await
+    }
+
+    /// Polls `step` with the stream and the buffer until it is ready,
+    /// giving up once neither the peer nor the watched writer has made
+    /// progress for the idle time. `silence` begins the idle error.
+    async fn wait<T>(
+        &mut self,
+        silence: &str,
+        mut step: impl FnMut(&mut R, &mut BytesMut, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Result<T, Error> {
         // The wait's start counts as activity: time spent not reading, busy
         // with the last message, is not the peer's silence.
         let since = Instant::now();
         let mut deadline = self.deadline(since);
         loop {
-            match tokio::time::timeout_at(deadline, self.inner.read_buf(&mut self.buf)).await {
+            let (inner, buf) = (&mut self.inner, &mut self.buf);
+            let ready = std::future::poll_fn(|cx| step(inner, buf, cx));
+            match tokio::time::timeout_at(deadline, ready).await {
                 Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) => {
                     // A sealed transport says what went wrong in its own words.
@@ -190,6 +209,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads exactly `N` raw bytes (used for the fixed-layout hello).
+    pub(super) async fn read_array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        while self.buf.len() < N {
+            if self.fill("no hello within").await? == 0 {
+                return Err(self.lost("connection closed during the hello".into()));
+            }
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf.split_to(N));
+        Ok(out)
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Up to `max` body bytes (at least one), buffered bytes first. The
     /// chunk is filled as far as the socket allows without waiting twice;
     /// `max` is also how much memory a read may reserve.
@@ -198,7 +231,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.is_empty() {
             self.buf.reserve(max);
             if self.fill(NO_DATA).await? == 0 {
-                return Err(self.lost("connection closed in the middle of a file body".into()));
+                return Err(self.end_in_body());
             }
         }
         let mut n = self.buf.len().min(max);
@@ -211,16 +244,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(self.buf.split_to(n).freeze())
     }
 
-    /// Reads exactly `N` raw bytes (used for the fixed-layout hello).
-    pub(super) async fn read_array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        while self.buf.len() < N {
-            if self.fill("no hello within").await? == 0 {
-                return Err(self.lost("connection closed during the hello".into()));
-            }
+    fn end_in_body(&self) -> Error {
+        self.lost("connection closed in the middle of a file body".into())
+    }
+}
+
+impl<R: Source> FrameReader<R> {
+    /// Up to `max` body bytes (at least one) onto `out`, as
+    /// [`read_body`](Self::read_body) reads them; returns how many. A
+    /// sealed source hands over, without a copy, the payload of every
+    /// record already here, a chunk per record.
+    pub async fn read_body_chunks(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Result<usize, Error> {
+        debug_assert!(max > 0);
+        if !self.buf.is_empty() || self.inner.opened().is_none() {
+            let chunk = self.read_body(max).await?;
+            let n = chunk.len();
+            out.push(chunk);
+            return Ok(n);
         }
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.buf.split_to(N));
-        Ok(out)
+        let most = self.pace.as_ref().map_or(max, |pace| max.min(pace.piece()));
+        let n = self
+            .wait(NO_DATA, |inner, _, cx| match inner.opened() {
+                Some(opened) => opened.poll_payloads(cx, most, out),
+                None => Poll::Ready(Ok(0)),
+            })
+            .await?;
+        if n == 0 {
+            return Err(self.end_in_body());
+        }
+        if let Some(pace) = &self.pace {
+            pace.take(n).await;
+        }
+        Ok(n)
     }
 }
 
@@ -401,6 +460,7 @@ mod tests {
     use super::*;
     use crate::protocol::codec;
     use tokio::io::duplex;
+    use tokio::io::AsyncReadExt;
 
     const T: Duration = Duration::from_secs(5);
 

@@ -15,7 +15,7 @@ pub use connection::{hello_bytes, FrameReader, FrameWriter};
 pub use handshake::{handshake, handshake_with};
 pub use message::{Action, Entry, EntryKind, Message, Offer, Outcome, Plan, Verdict};
 pub use roles::{Mode, CAP_FETCHES, CAP_SERVES};
-pub use transport::{Connection, Transport};
+pub use transport::{Connection, Source, Transport};
 
 /// The first bytes either side writes. Chosen so that a stray HTTP client, a
 /// text protocol or an older binary format cannot be mistaken for xfer.

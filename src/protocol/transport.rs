@@ -2,11 +2,29 @@
 //! over it, so they run over TCP, over `tokio::io::duplex` in tests, and over
 //! any transport added later; only the plain-TCP case gets `sendfile(2)`.
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, WriteHalf};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::secure::RunSealer;
+use super::secure::{OpenedPayloads, RunSealer};
+
+/// A byte stream the reading side of a session can use.
+pub trait Source: AsyncRead + Unpin + Send {
+    /// A source that opens sealed records, handing out body bytes where
+    /// they were opened; the default, `None`, reads body bytes into the
+    /// frame reader's buffer.
+    fn opened(&mut self) -> Option<&mut dyn OpenedPayloads> {
+        None
+    }
+}
+
+impl Source for OwnedReadHalf {}
+
+impl Source for TcpStream {}
+
+impl Source for DuplexStream {}
+
+impl<T: AsyncRead + Send> Source for ReadHalf<T> {}
 
 /// A byte stream the writing side of a session can use.
 pub trait Transport: AsyncWrite + Unpin + Send {
@@ -45,7 +63,7 @@ impl<T: AsyncRead + AsyncWrite + Send> Transport for WriteHalf<T> {}
 /// A whole connection, cut into the halves a session's reader and writer
 /// own (plain TCP keeps sendfile on its writing half).
 pub trait Connection: Send + 'static {
-    type Read: AsyncRead + Unpin + Send + Sync + 'static;
+    type Read: Source + Sync + 'static;
     type Write: Transport + Sync + 'static;
     fn into_halves(self) -> (Self::Read, Self::Write);
 }

@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncRead;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +19,7 @@ use crate::error::Error;
 use crate::events::{Event, Observer, Summary};
 use crate::link::{Dialed, Ended, Link, Session};
 use crate::protocol::rate::RateLimit;
-use crate::protocol::{FrameReader, FrameWriter, Mode, Transport};
+use crate::protocol::{FrameReader, FrameWriter, Mode, Source, Transport};
 use crate::sender::Destination;
 use crate::storage::Storage;
 
@@ -149,7 +148,7 @@ impl Session for Receiving {
         peer_caps: u32,
     ) -> Self::Output
     where
-        R: AsyncRead + Unpin + Send + Sync + 'static,
+        R: Source + Sync + 'static,
         W: Transport + Sync + 'static,
     {
         self.context.peer_caps = peer_caps;

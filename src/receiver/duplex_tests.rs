@@ -259,7 +259,7 @@ async fn wrong_roles_stop_both_ends_after_the_hellos() {
             _: crate::protocol::FrameWriter<W>,
             _: u32,
         ) where
-            R: tokio::io::AsyncRead + Unpin + Send + Sync + 'static,
+            R: crate::protocol::Source + Sync + 'static,
             W: crate::protocol::Transport + Sync + 'static,
         {
             panic!("no session may run between the wrong roles");

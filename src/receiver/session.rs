@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
 
 use super::admit::Context;
@@ -24,8 +23,8 @@ use crate::events::Event;
 use crate::hashing::Hasher;
 use crate::paths::WirePath;
 use crate::protocol::{
-    Action, Digest, Entry, FrameReader, FrameWriter, Message, Offer, Outcome, Plan, Transport,
-    Verdict, CAP_TOTALS, MAX_BATCH_ENTRIES,
+    Action, Digest, Entry, FrameReader, FrameWriter, Message, Offer, Outcome, Plan, Source,
+    Transport, Verdict, CAP_TOTALS, MAX_BATCH_ENTRIES,
 };
 use crate::storage::{Claim, DirHandle, Metadata};
 
@@ -59,7 +58,7 @@ pub(super) async fn converse<R, W>(
     ledger: &Arc<Mutex<Ledger>>,
 ) -> Result<(), Error>
 where
-    R: AsyncRead + Unpin + Send,
+    R: Source,
     W: Transport + 'static,
 {
     reader.limit_rate(context.rate.clone());
@@ -170,7 +169,7 @@ struct Receive<R> {
     totals_seen: bool,
 }
 
-impl<R: AsyncRead + Unpin + Send> Receive<R> {
+impl<R: Source> Receive<R> {
     fn protocol(&self, detail: String) -> Error {
         Error::Protocol {
             peer: self.reader.peer().to_owned(),
@@ -427,16 +426,17 @@ impl<R: AsyncRead + Unpin + Send> Receive<R> {
                     .saturating_sub(self.context.sessions.available_permits()),
             );
             let want = remaining.min(piece as u64) as usize;
-            let chunk = tokio::select! {
-                c = self.reader.read_body(want) => c?,
+            let mut chunks = Vec::new();
+            let got = tokio::select! {
+                n = self.reader.read_body_chunks(want, &mut chunks) => n?,
                 _ = self.context.shutdown.cancelled() => return Err(self.lost("the receiver is shutting down")),
             };
-            remaining -= chunk.len() as u64;
-            self.ledger()?.received(id, chunk.len() as u64);
+            remaining -= got as u64;
+            self.ledger()?.received(id, got as u64);
             if whole.is_some() {
-                body.push(chunk);
+                body.append(&mut chunks);
             } else {
-                self.to_sink(SinkCommand::Data(chunk)).await?;
+                self.to_sink(SinkCommand::Data(chunks)).await?;
             }
         }
         let (sha256, error) = match self.next_message().await? {

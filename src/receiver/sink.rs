@@ -39,7 +39,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Work for the sink thread, in stream order.
 pub(super) enum SinkCommand {
     Begin(BeginFile),
-    Data(Bytes),
+    /// The next body bytes, in order: from a sealed source one chunk per
+    /// record opened, handed over together.
+    Data(Vec<Bytes>),
     End {
         sha256: Digest,
         error: Option<String>,
@@ -205,12 +207,10 @@ impl Sink {
                     error,
                 } => {
                     self.begin(begin, true, received);
-                    for chunk in &body {
-                        self.write(chunk);
-                    }
+                    self.write(&body);
                     self.end(sha256, error);
                 }
-                SinkCommand::Data(bytes) => self.write(&bytes),
+                SinkCommand::Data(chunks) => self.write(&chunks),
                 SinkCommand::End { sha256, error } => self.end(sha256, error),
                 SinkCommand::CommitNow => self.commit(),
                 SinkCommand::Finish(reply) => {
@@ -293,19 +293,20 @@ impl Sink {
         });
     }
 
-    fn write(&mut self, bytes: &Bytes) {
+    fn write(&mut self, chunks: &[Bytes]) {
         let Some(current) = self.current.as_mut() else {
             return;
         };
         if let BodyHash::Streaming(hasher) = &mut current.hasher {
-            hasher.update(bytes);
+            hasher.update(chunks);
         }
         if current.error.is_some() {
             return;
         }
         if let Some(partial) = current.partial.as_mut() {
             let checkpointed = &mut current.checkpointed;
-            let result = partial.write(bytes).and_then(|()| {
+            let written = chunks.iter().try_for_each(|chunk| partial.write(chunk));
+            let result = written.and_then(|()| {
                 if partial.written() - partial.durable() >= CHECKPOINT_BYTES
                     && checkpointed.elapsed() >= CHECKPOINT_EVERY
                 {

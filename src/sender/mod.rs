@@ -26,7 +26,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +35,7 @@ use crate::events::{Event, Observer, Summary};
 use crate::link::{self, Dialed, Link};
 use crate::protocol::rate::RateLimit;
 use crate::protocol::{
-    Connection, EntryKind, FrameReader, FrameWriter, Message, Mode, Transport, CAP_TOTALS,
+    Connection, EntryKind, FrameReader, FrameWriter, Message, Mode, Source, Transport, CAP_TOTALS,
 };
 use digest_cache::DigestCache;
 use ledger::Ledger;
@@ -344,7 +343,7 @@ impl link::Session for Talk<'_> {
         peer_caps: u32,
     ) -> impl Future<Output = Self::Output> + Send
     where
-        R: AsyncRead + Unpin + Send + Sync + 'static,
+        R: Source + Sync + 'static,
         W: Transport + Sync + 'static,
     {
         self.talk(reader, writer, peer_caps)
@@ -360,7 +359,7 @@ impl Talk<'_> {
         peer_caps: u32,
     ) -> anyhow::Result<()>
     where
-        R: AsyncRead + Unpin + Send + Sync + 'static,
+        R: Source + Sync + 'static,
         W: Transport + Sync + 'static,
     {
         let Talk {

@@ -33,7 +33,7 @@ pub use pake::{PakeError, PakeStart, SessionKeys};
 pub use record::{
     open_record, seal_record, OpenState, RecordError, RecordKind, RecordRun, SealState, RUN_PAYLOAD,
 };
-pub use stream::{RunSealer, SealedReader, SealedWriter};
+pub use stream::{OpenedPayloads, RunSealer, SealedReader, SealedWriter};
 
 /// Which end of the connection this side is: the one that connected
 /// (`Sender`) or the one that accepted (`Receiver`). It orders the

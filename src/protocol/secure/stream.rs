@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -26,7 +26,7 @@ use super::record::{
     RecordError, RecordKind, RecordRun, SealState, MAX_RECORD_LEN, MAX_RECORD_PAYLOAD,
 };
 use crate::error::Error;
-use crate::protocol::Transport;
+use crate::protocol::{Source, Transport};
 
 /// What ended a sealed reader for good: every later read repeats it.
 #[derive(Debug, Clone)]
@@ -91,6 +91,55 @@ impl<R> SealedReader<R> {
 /// Sealed bytes read from the socket at a time, at most: 16 records.
 const READ_AHEAD: usize = 16 * MAX_RECORD_LEN;
 
+impl<R: AsyncRead + Unpin> SealedReader<R> {
+    /// Opens records until one has payload: `Ready(Ok(true))` with it in
+    /// `plain`, `Ready(Ok(false))` at the clean end of the stream. Reads
+    /// the socket only when no whole record is buffered, unless
+    /// `only_buffered`, when it returns `Ready(Ok(false))` instead.
+    fn poll_open(&mut self, cx: &mut Context<'_>, only_buffered: bool) -> Poll<io::Result<bool>> {
+        debug_assert!(self.plain.is_empty());
+        loop {
+            if let Some(fault) = &self.fault {
+                return Poll::Ready(Err(self.error(fault)));
+            }
+            match open_record(&mut self.state, &mut self.sealed) {
+                Ok(Some((RecordKind::Data, payload))) => {
+                    self.plain = payload;
+                    return Poll::Ready(Ok(true));
+                }
+                // After the end record only the stream's end may follow.
+                Ok(Some((RecordKind::End, _))) => continue,
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(self.fail(Fault::Record(e)))),
+            }
+            if only_buffered {
+                return Poll::Ready(Ok(false));
+            }
+            let needed = match bytes_needed(&self.sealed) {
+                Ok(needed) => needed,
+                Err(e) => return Poll::Ready(Err(self.fail(Fault::Record(e)))),
+            };
+            // Room for the whole record and up to a few more of read-ahead,
+            // so one read takes many records: memory stays bounded (about
+            // READ_AHEAD per session) whatever the peer declares.
+            let wanted = needed.saturating_sub(self.sealed.len()).max(READ_AHEAD);
+            if self.sealed.capacity() - self.sealed.len() < wanted / 2 {
+                self.sealed.reserve(wanted);
+            }
+            let read =
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.sealed);
+            match ready!(read) {
+                Ok(0) if self.state.ended() && self.sealed.is_empty() => {
+                    return Poll::Ready(Ok(false));
+                }
+                Ok(0) => return Poll::Ready(Err(self.fail(Fault::Cut))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for SealedReader<R> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -98,70 +147,72 @@ impl<R: AsyncRead + Unpin> AsyncRead for SealedReader<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
         // Fills `buf` with as many records as are already here, so a
         // reader asking for a megabyte gets one (as from a plain socket),
         // not one 64 KiB record per call; waits for the socket only when
         // nothing at all could be handed over.
         let mut handed = false;
-        loop {
-            if !this.plain.is_empty() {
-                let n = this.plain.len().min(buf.remaining());
-                buf.put_slice(&this.plain[..n]);
-                this.plain.advance(n);
-                handed = true;
-                if !this.plain.is_empty() || buf.remaining() == 0 {
-                    return Poll::Ready(Ok(()));
-                }
+        while buf.remaining() > 0 {
+            if this.plain.is_empty() {
                 // Let the read buffer's allocation be reused.
                 this.plain = BytesMut::new();
-            }
-            if let Some(fault) = &this.fault {
-                if handed {
-                    return Poll::Ready(Ok(()));
+                match this.poll_open(cx, handed) {
+                    Poll::Ready(Ok(true)) => {}
+                    Poll::Ready(Ok(false)) => break,
+                    // What was handed over already is good; the fault
+                    // (kept) comes with the next read.
+                    Poll::Ready(Err(_)) if handed => break,
+                    other => return other.map_ok(drop),
                 }
-                return Poll::Ready(Err(this.error(fault)));
             }
-            match open_record(&mut this.state, &mut this.sealed) {
-                Ok(Some((RecordKind::Data, payload))) => {
-                    this.plain = payload;
-                    continue;
-                }
-                // After the end record only the stream's end may follow.
-                Ok(Some((RecordKind::End, _))) => continue,
-                Ok(None) if handed => return Poll::Ready(Ok(())),
-                Ok(None) => {}
-                Err(e) if handed => {
-                    // What was opened already is good; the fault comes next.
-                    let _ = this.fail(Fault::Record(e));
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) => return Poll::Ready(Err(this.fail(Fault::Record(e)))),
-            }
-            let needed = match bytes_needed(&this.sealed) {
-                Ok(needed) => needed,
-                Err(e) => return Poll::Ready(Err(this.fail(Fault::Record(e)))),
-            };
-            // Room for the whole record and up to a few more of read-ahead,
-            // so one read takes many records: memory stays bounded (about
-            // READ_AHEAD per session) whatever the peer declares.
-            let wanted = needed.saturating_sub(this.sealed.len()).max(READ_AHEAD);
-            if this.sealed.capacity() - this.sealed.len() < wanted / 2 {
-                this.sealed.reserve(wanted);
-            }
-            let read =
-                tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.sealed);
-            match ready!(read) {
-                Ok(0) if this.state.ended() && this.sealed.is_empty() => {
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(0) => return Poll::Ready(Err(this.fail(Fault::Cut))),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            let n = this.plain.len().min(buf.remaining());
+            buf.put_slice(&this.plain[..n]);
+            this.plain.advance(n);
+            handed = true;
         }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A reader that opens sealed records can hand out their payloads where
+/// they were opened, instead of copying them into its caller's buffer.
+pub trait OpenedPayloads: Send {
+    /// Opened payload, up to `max` bytes in all, pushed onto `out` one
+    /// record's worth at a time: waits for the socket only while nothing
+    /// is opened, then takes the whole records already read. `Ok(0)` at
+    /// the clean end of the stream.
+    fn poll_payloads(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<usize>>;
+}
+
+impl<R: AsyncRead + Unpin + Send> OpenedPayloads for SealedReader<R> {
+    fn poll_payloads(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<io::Result<usize>> {
+        let mut taken = 0;
+        while taken < max {
+            if self.plain.is_empty() {
+                match self.poll_open(cx, taken > 0) {
+                    Poll::Ready(Ok(true)) => {}
+                    Poll::Ready(Ok(false)) => break,
+                    // What was taken already is good; the fault (kept)
+                    // comes with the next call.
+                    Poll::Ready(Err(_)) if taken > 0 => break,
+                    other => return other.map_ok(|_| 0),
+                }
+            }
+            let n = self.plain.len().min(max - taken);
+            out.push(self.plain.split_to(n).freeze());
+            taken += n;
+        }
+        Poll::Ready(Ok(taken))
     }
 }
 
@@ -513,6 +564,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SealedWriter<W> {
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Body bytes come out of the records they were opened in.
+impl<R: AsyncRead + Unpin + Send> Source for SealedReader<R> {
+    fn opened(&mut self) -> Option<&mut dyn OpenedPayloads> {
+        Some(self)
     }
 }
 

@@ -417,6 +417,53 @@ async fn one_read_takes_every_record_already_here_and_stops_before_a_bad_one() {
     assert!(matches!(recover_error(err), Ok(Error::Protocol { .. })));
 }
 
+/// Body bytes from a sealed source come out of the records they were
+/// opened in, several records per call when they are here, never past
+/// `max`, and the good records before a bad one are all handed over
+/// before its error.
+#[tokio::test]
+async fn body_chunks_are_the_opened_records_up_to_max_then_the_fault() {
+    use crate::protocol::FrameReader;
+    let key = [6u8; 32];
+    let mut seal = SealState::new(&key);
+    let mut wire = Vec::new();
+    let data = pattern(5 * record::MAX_RECORD_PAYLOAD + 10, 4);
+    for piece in data.chunks(record::MAX_RECORD_PAYLOAD) {
+        seal_record(&mut seal, RecordKind::Data, piece, &mut wire).unwrap();
+    }
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    let sealed = SealedReader::new(&wire[..], OpenState::new(&key), "peer".into());
+    let mut fr = FrameReader::new(sealed, "peer".into(), IDLE);
+    let mut chunks = Vec::new();
+    // A max inside the second record: the first whole, then part of it.
+    let max = record::MAX_RECORD_PAYLOAD + 1000;
+    let n = tokio::time::timeout(T, fr.read_body_chunks(max, &mut chunks))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, max);
+    assert_eq!(
+        chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+        [record::MAX_RECORD_PAYLOAD, 1000]
+    );
+    // Then the rest of the good records in one call.
+    let n = tokio::time::timeout(T, fr.read_body_chunks(1 << 30, &mut chunks))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 5 * record::MAX_RECORD_PAYLOAD - max);
+    assert_eq!(chunks.len(), 6, "one chunk per record, no copies joined");
+    let got: Vec<u8> = chunks.concat();
+    assert!(got == data[..got.len()], "the good records, in order");
+    let err = tokio::time::timeout(T, fr.read_body_chunks(1 << 30, &mut chunks))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Protocol { .. }), "{err}");
+    assert_eq!(chunks.len(), 6, "nothing of the bad record");
+}
+
 /// A session's framed reader and writer run over the sealed halves
 /// unchanged, the clean close included.
 #[tokio::test]
@@ -437,8 +484,18 @@ async fn frames_and_bodies_run_over_sealed_halves() {
     let receive = async {
         let first = fr.read_message().await?;
         let mut got = Vec::new();
+        // Both ways of reading a body, in turns.
+        let mut turn = 0;
         while got.len() < body.len() {
-            got.extend_from_slice(&fr.read_body(body.len() - got.len()).await?);
+            let left = body.len() - got.len();
+            if turn % 2 == 0 {
+                got.extend_from_slice(&fr.read_body(left.min(30_000)).await?);
+            } else {
+                let mut chunks = Vec::new();
+                fr.read_body_chunks(left, &mut chunks).await?;
+                chunks.iter().for_each(|c| got.extend_from_slice(c));
+            }
+            turn += 1;
         }
         let done = fr.read_message().await?;
         let end = fr.read_message().await?;
