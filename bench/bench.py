@@ -328,11 +328,13 @@ def median_run(fn, reps, dests):
     return runs[len(runs) // 2]
 
 
-def interleaved(tools, reps, dests):
+def interleaved(tools, reps, dests, rounds=None):
     """Runs each of `tools` (name -> fn(dest)) once per round, `reps` rounds,
     starting each round with a different tool, so that slow spells of the
     VM and leftovers of earlier work hit every tool alike; returns name ->
-    the run with the median wall time."""
+    the run with the median wall time. With `rounds` (a list), appends each
+    round's wall times to it (name -> seconds), for ratios taken round by
+    round."""
     runs = {name: [] for name in tools}
     order = list(tools)
     for i in range(reps):
@@ -340,10 +342,27 @@ def interleaved(tools, reps, dests):
             dest = dests.fresh()
             drop_caches()
             runs[name].append(tools[name](dest))
+        if rounds is not None:
+            rounds.append({name: r[-1][2] for name, r in runs.items()})
     dests.clear()
     for r in runs.values():
         r.sort(key=lambda run: run[2])
     return {name: r[len(r) // 2] for name, r in runs.items()}
+
+
+def paired(rounds, over, under, label, target):
+    """The median of `over`/`under` taken within each round (both ran
+    minutes apart at most, so a slow spell of the VM that lasts a round
+    cancels out), printed with every round's ratio; returns the ratio
+    entries: that median, and the ratio of the two medians beside it."""
+    each = sorted(r[over] / r[under] for r in rounds)
+    middle = each[len(each) // 2]
+    walls_over = sorted(r[over] for r in rounds)
+    walls_under = sorted(r[under] for r in rounds)
+    of_medians = walls_over[len(rounds) // 2] / walls_under[len(rounds) // 2]
+    print(f"  {label}, round by round: " + " ".join(f"{x:.2f}" for x in each))
+    return [(f"{label}, median of rounds ({target})", middle),
+            (f"  {label}, ratio of the medians", of_medians)]
 
 
 def row(name, run, nbytes):
@@ -547,9 +566,11 @@ def main():
         }
         if sshd:
             tools["scp -c aes128-gcm (+sync)"] = lambda d: sshd.copy(f, d)
-        walls = {name: row(name, run, big) for name, run in interleaved(tools, reps, dests).items()}
-        ratios.append(("1 GiB with a code / without (target <= 1.15)",
-                       walls["xfer --code"] / walls["xfer, no code"]))
+        rounds = []
+        walls = {name: row(name, run, big)
+                 for name, run in interleaved(tools, reps, dests, rounds).items()}
+        ratios.extend(paired(rounds, "xfer --code", "xfer, no code",
+                             "1 GiB with a code / without", "target <= 1.15"))
         if sshd:
             ratios.append(("1 GiB with a code / scp aes128-gcm (target < 1)",
                            walls["xfer --code"] / walls["scp -c aes128-gcm (+sync)"]))
@@ -557,13 +578,15 @@ def main():
         f.unlink()
         tree = work / "src" / "coded-tree"
         make_tree(tree, 5000, 50, 16 * 1024)
+        rounds = []
         runs = interleaved({
             "xfer 5,000 files, no code": lambda d: xfer_once([tree], d, ["--no-cache"]),
             "xfer 5,000 files --code": lambda d: xfer_once([tree], d, ["--no-cache"], code=True),
-        }, reps, dests)
-        walls = {name: row(name, run, 5000 * 16 * 1024) for name, run in runs.items()}
-        ratios.append(("5,000 files with a code / without (target <= 1.1)",
-                       walls["xfer 5,000 files --code"] / walls["xfer 5,000 files, no code"]))
+        }, reps, dests, rounds)
+        for name, run in runs.items():
+            row(name, run, 5000 * 16 * 1024)
+        ratios.extend(paired(rounds, "xfer 5,000 files --code", "xfer 5,000 files, no code",
+                             "5,000 files with a code / without", "target <= 1.1"))
         shutil.rmtree(tree)
         one = work / "src" / "one.txt"
         one.write_text("a session\n")

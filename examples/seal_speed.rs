@@ -91,6 +91,40 @@ fn ring_key(algorithm: &'static ring::aead::Algorithm, key: &[u8]) -> ring::aead
     ring::aead::LessSafeKey::new(unbound)
 }
 
+/// aws-lc-rs's `LessSafeKey` (ring's API): the nonce discipline is the record counter.
+struct AwsLc(&'static str, aws_lc_rs::aead::LessSafeKey);
+
+impl Candidate for AwsLc {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn seal(&self, counter: u64, aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+        let n = aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce(counter));
+        let tag = self
+            .1
+            .seal_in_place_separate_tag(n, aws_lc_rs::aead::Aad::from(aad), buf)
+            .expect("a 64 KiB record seals");
+        let mut out = [0u8; 16];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+    fn open(&self, counter: u64, aad: &[u8], buf: &mut [u8], tag: &[u8; 16]) {
+        let n = aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce(counter));
+        self.1
+            .open_in_place_separate_tag(n, aws_lc_rs::aead::Aad::from(aad), tag, buf)
+            .expect("what was sealed opens");
+    }
+}
+
+fn aws_lc_key(
+    algorithm: &'static aws_lc_rs::aead::Algorithm,
+    key: &[u8],
+) -> aws_lc_rs::aead::LessSafeKey {
+    let unbound = aws_lc_rs::aead::UnboundKey::new(algorithm, key)
+        .expect("a key of the length the algorithm takes");
+    aws_lc_rs::aead::LessSafeKey::new(unbound)
+}
+
 /// MB/s of plaintext that `step` processes, one record per call, for `RUN`.
 fn rate(mut step: impl FnMut(u64)) -> f64 {
     let started = Instant::now();
@@ -168,6 +202,14 @@ fn main() {
         Box::new(RustCrypto(
             "aes-gcm AES-256-GCM",
             aes_gcm::Aes256Gcm::new((&key).into()),
+        )),
+        Box::new(AwsLc(
+            "aws-lc-rs AES-256-GCM (xfer's)",
+            aws_lc_key(&aws_lc_rs::aead::AES_256_GCM, &key),
+        )),
+        Box::new(AwsLc(
+            "aws-lc-rs AES-128-GCM",
+            aws_lc_key(&aws_lc_rs::aead::AES_128_GCM, &key[..16]),
         )),
         Box::new(Ring(
             "ring AES-256-GCM",

@@ -12,7 +12,7 @@
 //!   messages, then confirmations), returning the sealed halves.
 //!
 //! The primitives all come from maintained crates: `spake2`, `hkdf`,
-//! `hmac`, `sha2` (RustCrypto) and `ring`'s AES-256-GCM, chosen by
+//! `hmac`, `sha2` (RustCrypto) and `aws-lc-rs`'s AES-256-GCM, chosen by
 //! `examples/seal_speed.rs`.
 
 pub mod pake;

@@ -12,8 +12,8 @@
 //! record counter (u64 BE, from 0). A dropped, repeated, reordered or
 //! altered record therefore fails to open, and nothing of it is returned.
 
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use bytes::{Buf, BytesMut};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 /// Most plaintext payload one record carries.
 pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024;
@@ -586,7 +586,7 @@ mod tests {
             let start = begin_record(&mut out);
             out.extend_from_slice(payload);
             // Seal as an end (empty) or data record, then rewrite the kind
-            // before sealing by going through the raw ring key.
+            // before sealing by going through the raw AEAD key.
             let len = u32::try_from(1 + payload.len() + TAG_LEN)
                 .unwrap()
                 .to_be_bytes();
