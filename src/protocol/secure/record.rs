@@ -240,10 +240,12 @@ pub struct RecordRun {
     sealed: usize,
 }
 
+/// Empty: the room for records is made as a fill needs it, so a run for a
+/// small file costs that file's size, not a megabyte.
 impl Default for RecordRun {
     fn default() -> Self {
         RecordRun {
-            buf: vec![0; RUN_RECORDS * MAX_RECORD_LEN],
+            buf: Vec::new(),
             payload: 0,
             sealed: 0,
         }
@@ -264,6 +266,21 @@ impl RecordRun {
     pub fn clear(&mut self) {
         self.payload = 0;
         self.sealed = 0;
+    }
+
+    /// Room for `want` payload bytes: whole slots, and the last one as
+    /// long as its record. The room only grows, so a run refilled for the
+    /// next megabyte of a file keeps its buffer.
+    fn make_room(&mut self, want: usize) {
+        let (full, rest) = (want / MAX_RECORD_PAYLOAD, want % MAX_RECORD_PAYLOAD);
+        let last = match rest {
+            0 => 0,
+            n => RECORD_LEN_PREFIX + 1 + n + TAG_LEN,
+        };
+        let len = full * MAX_RECORD_LEN + last;
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
     }
 
     /// The payload places from `from` (a payload offset) up to `to`.
@@ -292,6 +309,7 @@ impl RecordRun {
         mut read: impl FnMut(usize, &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize>,
     ) -> std::io::Result<usize> {
         let want = want.min(RUN_PAYLOAD);
+        self.make_room(want);
         self.clear();
         while self.payload < want {
             let filled = self.payload;
@@ -706,6 +724,29 @@ mod tests {
             ]
         );
         assert!(run.payloads().collect::<Vec<_>>().concat() == data);
+    }
+
+    /// A run for a small file takes room for that file's one record, not
+    /// a megabyte (5,000 small coded files paid a 1 MiB zeroed buffer
+    /// each); room grown for a full run is kept for the next fill.
+    #[test]
+    fn a_run_takes_the_room_its_fill_needs_and_keeps_what_it_grew() {
+        let small = source(100);
+        let mut run = RecordRun::default();
+        fill_from(&mut run, &small, 100, usize::MAX);
+        assert_eq!(run.buf.len(), RECORD_LEN_PREFIX + 1 + 100 + TAG_LEN);
+        let (mut seal, mut open) = pair();
+        assert_eq!(run.seal(&mut seal).unwrap(), run.buf.len());
+        let (got, end) = open_all(&mut open, run.sealed());
+        assert_eq!(end, Ok(()));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].1[..] == small[..]);
+        let full = source(RUN_PAYLOAD);
+        fill_from(&mut run, &full, RUN_PAYLOAD, usize::MAX);
+        assert_eq!(run.buf.len(), RUN_RECORDS * MAX_RECORD_LEN);
+        fill_from(&mut run, &small, 100, usize::MAX);
+        assert_eq!(run.buf.len(), RUN_RECORDS * MAX_RECORD_LEN);
+        assert!(run.payloads().collect::<Vec<_>>().concat() == small);
     }
 
     /// A sealed run is the records `seal_record` would have made of the
