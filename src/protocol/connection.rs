@@ -293,7 +293,15 @@ pub struct FrameWriter<W> {
     pub(super) activity: Arc<Activity>,
     /// `--limit-rate`: body bytes are written no faster than this.
     pub(super) pace: Option<Arc<RateLimit>>,
+    /// When everything queued was last flushed.
+    flushed: Instant,
 }
+
+/// Under a rate limit, paced bytes are flushed at least this often: a
+/// sealing transport would otherwise hold them until a record (or a
+/// batch of records) is full, which at a low limit takes longer than the
+/// peer's idle timeout.
+const PACED_FLUSH: Duration = Duration::from_millis(250);
 
 /// Above this many buffered bytes, writes go straight to the socket.
 const WRITE_BUFFER: usize = 256 * 1024;
@@ -308,6 +316,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             idle,
             activity: Arc::new(Activity::new()),
             pace: None,
+            flushed: Instant::now(),
         }
     }
 
@@ -375,20 +384,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Queues raw body bytes; large slices bypass the buffer. Under a rate
     /// limit they are written at once, piece by piece, each when its time
-    /// comes, and flushed at least every quarter second's worth: a sealing
-    /// transport would otherwise hold them until a record is full, which
-    /// at a low limit takes longer than the peer's idle timeout.
+    /// comes, and flushed every [`PACED_FLUSH`] however the bytes come
+    /// (one large body, or many small ones).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if let Some(pace) = self.pace.clone() {
-            let flush_every = (pace.rate() / 4).max(1);
-            let mut unflushed = 0;
             for piece in bytes.chunks(pace.piece()) {
                 pace.take(piece.len()).await;
                 self.buf.extend_from_slice(piece);
-                unflushed += piece.len() as u64;
-                if unflushed >= flush_every {
+                if self.flushed.elapsed() >= PACED_FLUSH {
                     self.flush().await?;
-                    unflushed = 0;
                 } else {
                     self.write_buffered().await?;
                 }
@@ -423,6 +427,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn flush(&mut self) -> Result<(), Error> {
         self.write_buffered().await?;
         let result = self.inner.flush().await;
+        self.flushed = Instant::now();
         result.map_err(|e| self.lost(e))
     }
 

@@ -151,6 +151,45 @@ async fn a_slow_limit_on_a_coded_session_keeps_the_receiver_hearing() {
     assert_same_tree(src.path(), dst.path());
 }
 
+/// The same with many small files, each sent whole in one go: the flushes
+/// keep their pace across files, not only inside one body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_at_a_slow_limit_on_a_coded_session_keep_the_receiver_hearing() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..40 {
+        write_random(&src.path().join(format!("small-{i:02}.bin")), 100, i);
+    }
+    let code = xfer::code::Code::generate();
+    let rx = Receiver::start_with(
+        dst.path(),
+        RecvOptions {
+            code: Some(code.clone()),
+            idle_timeout: Duration::from_secs(1),
+            ..RecvOptions::default()
+        },
+    )
+    .await;
+    let mut config = coded_config(&[src.path()], rx.addr, &code);
+    config.limit_rate = Some(1000);
+    config.idle_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let summary = within(xfer::sender::send(
+        &config,
+        Arc::new(Events::default()),
+        CancellationToken::new(),
+    ))
+    .await
+    .expect("the slow coded send of small files failed");
+    assert_eq!(summary.bytes, 4000);
+    assert!(
+        started.elapsed() >= Duration::from_millis(3000),
+        "{:?}",
+        started.elapsed()
+    );
+    let name = src.path().file_name().unwrap();
+    assert_same_tree(src.path(), &dst.path().join(name));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_limit_holds_and_slows_the_sender_to_it() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
