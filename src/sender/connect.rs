@@ -48,12 +48,25 @@ impl Hints {
     }
 }
 
-/// A connected, no-delay TCP stream to `destination`, for `mode`.
+/// How much an error from one address says about the peer, most first:
+/// a refusal means the machine answered (xfer is not listening there),
+/// which says more than an unreachable address or a timeout.
+fn telling(e: &std::io::Error) -> u8 {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => 0,
+        _ => 1,
+    }
+}
+
+/// A connected, no-delay TCP stream to `destination`, for `mode`: the
+/// host's addresses in turn, then its fallbacks. When none answers, the
+/// error is the most telling one (see [`telling`]; the first among
+/// equals), naming the address it came from.
 pub(crate) async fn connect(destination: &Destination, mode: Mode) -> Result<TcpStream, Error> {
     let hints = Hints::of(mode);
-    let addr = destination.to_string();
-    let connect_error = |detail: String, hint| Error::Connect {
-        addr: addr.clone(),
+    let named = destination.to_string();
+    let connect_error = |addr: &str, detail: String, hint| Error::Connect {
+        addr: addr.to_owned(),
         detail,
         hint,
     };
@@ -61,33 +74,43 @@ pub(crate) async fn connect(destination: &Destination, mode: Mode) -> Result<Tcp
         .await
         .map_err(|e| {
             connect_error(
+                &named,
                 format!("cannot resolve host name: {}", describe_io(&e)),
                 hints.name,
             )
         })?;
-    let mut last = connect_error("the host name has no addresses".into(), hints.name);
-    for candidate in candidates.chain(destination.fallback.iter().copied()) {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(candidate)).await {
-            Ok(Ok(stream)) => {
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| connect_error(describe_io(&e), hints.running))?;
-                return Ok(stream);
-            }
-            Ok(Err(e)) => {
-                log::info!("cannot connect to {candidate}: {}", describe_io(&e));
-                last = connect_error(describe_io(&e), hints.after(&e))
-            }
-            Err(_) => {
-                log::info!("cannot connect to {candidate}: timed out");
-                last = connect_error(
-                    format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
-                    UNREACHABLE_HINT,
-                )
-            }
+    let fallbacks = destination.fallback.iter().map(|a| (*a, a.to_string()));
+    let mut best: Option<(u8, Error)> = None;
+    for (candidate, addr) in candidates.map(|a| (a, named.clone())).chain(fallbacks) {
+        let (rank, error) =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(candidate)).await {
+                Ok(Ok(stream)) => {
+                    stream
+                        .set_nodelay(true)
+                        .map_err(|e| connect_error(&addr, describe_io(&e), hints.running))?;
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => {
+                    log::info!("cannot connect to {candidate}: {}", describe_io(&e));
+                    (
+                        telling(&e),
+                        connect_error(&addr, describe_io(&e), hints.after(&e)),
+                    )
+                }
+                Err(_) => {
+                    log::info!("cannot connect to {candidate}: timed out");
+                    let detail = format!("timed out after {} s", CONNECT_TIMEOUT.as_secs());
+                    (2, connect_error(&addr, detail, UNREACHABLE_HINT))
+                }
+            };
+        if best.as_ref().is_none_or(|(most, _)| rank < *most) {
+            best = Some((rank, error));
         }
     }
-    Err(last)
+    Err(best.map_or_else(
+        || connect_error(&named, "the host name has no addresses".into(), hints.name),
+        |(_, error)| error,
+    ))
 }
 
 #[cfg(test)]
@@ -116,6 +139,41 @@ mod tests {
                 .unwrap()
                 .unwrap();
         assert_eq!(stream.peer_addr().unwrap(), live);
+    }
+
+    /// The best address unreachable, a fallback refusing: the refusal is
+    /// what the user hears (the machine is there, xfer is not), named
+    /// with the address that refused.
+    #[tokio::test]
+    async fn a_refusal_is_reported_before_an_unreachable_address() {
+        let refused = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
+        for (host, fallback, named) in [
+            // Unreachable first, the refusal from the fallback.
+            ("255.255.255.255", "127.0.0.1", refused.to_string()),
+            // The refusal first: it stays, though the fallback fails too.
+            (
+                "127.0.0.1",
+                "255.255.255.255",
+                format!("127.0.0.1:{}", refused.port()),
+            ),
+        ] {
+            let destination = Destination {
+                host: host.into(),
+                port: refused.port(),
+                fallback: vec![std::net::SocketAddr::new(
+                    fallback.parse().unwrap(),
+                    refused.port(),
+                )],
+            };
+            let err = connect(&destination, Mode::Send).await.unwrap_err();
+            match err {
+                Error::Connect { addr, hint, .. } => {
+                    assert_eq!(addr, named, "{host} then {fallback}");
+                    assert!(hint.contains("xfer recv"), "{hint}");
+                }
+                other => panic!("{other}"),
+            }
+        }
     }
 
     #[tokio::test]
