@@ -6,7 +6,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::termios::{self, LocalModes, OptionalActions, SpecialCodeIndex, Termios};
+use rustix::termios::{
+    self, LocalModes, OptionalActions, QueueSelector, SpecialCodeIndex, Termios,
+};
 use zeroize::Zeroizing;
 
 use super::{Code, CodeError};
@@ -29,7 +31,9 @@ const NO_TERMINAL: &str =
 /// its signal keys arrive as bytes: Ctrl-C (or Ctrl-\\) ends the prompt
 /// with an [`io::ErrorKind::Interrupted`] error instead of killing the
 /// process, which would leave echo off. Backspace, Ctrl-U and Ctrl-W edit
-/// the line as they would in the terminal's own line mode.
+/// the line as they would in the terminal's own line mode. A signal that
+/// kills the process meanwhile (SIGTERM, SIGHUP) leaves the terminal in
+/// that mode; `stty sane` or `reset` restores it.
 pub fn prompt(question: &str) -> io::Result<Zeroizing<String>> {
     let tty = OpenOptions::new()
         .read(true)
@@ -42,7 +46,13 @@ pub fn prompt(question: &str) -> io::Result<Zeroizing<String>> {
         let mut out = &tty;
         out.write_all(question.as_bytes())?;
         out.flush()?;
-        read_line(&mut &tty, MAX_LINE)
+        let line = read_line(&mut &tty, MAX_LINE);
+        if line.is_err() {
+            // What was typed past a refused line or after Ctrl-C is not
+            // for the shell that reads the terminal next.
+            let _ = termios::tcflush(&tty, QueueSelector::IFlush);
+        }
+        line
     };
     // Echo was off, so the Enter key did not show: end the prompt's line,
     // also when reading failed.

@@ -169,6 +169,10 @@ fn prompt_child() {
     let Ok(mode) = std::env::var(CHILD_ENV) else {
         return;
     };
+    let saved = (mode == "tty").then(|| {
+        let tty = File::open("/dev/tty").expect("tty");
+        termios::tcgetattr(&tty).expect("tcgetattr")
+    });
     match prompt(QUESTION) {
         Ok(line) => {
             let hex: String = line.bytes().map(|b| format!("{b:02x}")).collect();
@@ -176,17 +180,27 @@ fn prompt_child() {
         }
         Err(e) => println!("ERR[{e}]"),
     }
-    if mode == "tty" {
+    if let Some(saved) = saved {
         let tty = File::open("/dev/tty").expect("tty");
-        let modes = termios::tcgetattr(&tty).expect("tcgetattr").local_modes;
+        let now = termios::tcgetattr(&tty).expect("tcgetattr");
         println!(
             "ECHO={}",
-            if modes.contains(LocalModes::ECHO) {
+            if now.local_modes.contains(LocalModes::ECHO) {
                 "on"
             } else {
                 "off"
             }
         );
+        // The whole mode as it was: line mode, signal keys, VMIN/VTIME.
+        let same = now.local_modes == saved.local_modes
+            && [SpecialCodeIndex::VMIN, SpecialCodeIndex::VTIME]
+                .into_iter()
+                .all(|i| now.special_codes[i] == saved.special_codes[i]);
+        println!("MODE={}", if same { "restored" } else { "changed" });
+        // Nothing typed after an interrupted prompt is left for the next
+        // reader of the terminal.
+        let pending = rustix::io::ioctl_fionread(&tty).expect("FIONREAD");
+        println!("PENDING={pending}");
     }
 }
 
@@ -283,6 +297,7 @@ fn prompt_reads_a_line_without_echo_and_restores_it() {
     assert!(output.contains(&format!("GOT[{hex}]")), "{output}");
     assert!(!output.contains(typed), "the code was echoed: {output}");
     assert!(output.contains("ECHO=on"), "echo not restored: {output}");
+    assert!(output.contains("MODE=restored"), "{output}");
 }
 
 /// Ctrl-C at the prompt is a key, not a signal that would kill the
@@ -298,9 +313,19 @@ fn prompt_ctrl_c_interrupts_and_restores_echo() {
         .args(["-qefc", &self_test_args().join(" "), "/dev/null"])
         .spawn()
         .expect("spawn script");
-    let output = run_bounded(child, QUESTION, "48\x03", Duration::from_secs(60));
+    let output = run_bounded(
+        child,
+        QUESTION,
+        "48\x03typed-after\n",
+        Duration::from_secs(60),
+    );
     assert!(output.contains("ERR[interrupted]"), "{output}");
     assert!(output.contains("ECHO=on"), "echo not restored: {output}");
+    assert!(output.contains("MODE=restored"), "{output}");
+    assert!(
+        output.contains("PENDING=0"),
+        "typed-ahead left for the shell: {output}"
+    );
 }
 
 #[test]
