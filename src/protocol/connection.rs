@@ -36,7 +36,7 @@ const NO_DATA: &str = "no data for";
 
 /// When a writer last made progress, readable by the reader that watches it
 /// without a lock.
-pub(super) struct Activity {
+pub(crate) struct Activity {
     origin: Instant,
     /// Nanoseconds from `origin` to the last progress.
     last: AtomicU64,
@@ -50,7 +50,7 @@ impl Activity {
         }
     }
 
-    pub(super) fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last.fetch_max(nanos, Ordering::Relaxed);
     }

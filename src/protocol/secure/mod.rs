@@ -169,7 +169,9 @@ where
     .await?;
     write.set_idle(idle);
     let mut reader = FrameReader::new(read, Arc::clone(&peer), idle);
-    let writer = FrameWriter::new(write, peer, idle);
+    let mut writer = FrameWriter::new(write, peer, idle);
+    let activity = Arc::clone(&writer.activity);
+    writer.inner.report_to(activity);
     reader.watch(&writer);
     Ok((reader, writer))
 }

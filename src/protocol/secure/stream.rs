@@ -26,6 +26,7 @@ use super::record::{
     RecordError, RecordKind, RecordRun, SealState, MAX_RECORD_LEN, MAX_RECORD_PAYLOAD,
 };
 use crate::error::Error;
+use crate::protocol::connection::Activity;
 use crate::protocol::{Source, Transport};
 
 /// What ended a sealed reader for good: every later read repeats it.
@@ -257,6 +258,9 @@ struct Stall {
     idle: Duration,
     /// Armed when a write finds the peer not reading; disarmed by progress.
     since: Option<Pin<Box<Sleep>>>,
+    /// Told of every write that lands, so the reader watching the framed
+    /// writer sees the progress of a flush it cannot see itself.
+    activity: Option<Arc<Activity>>,
 }
 
 impl Stall {
@@ -272,6 +276,9 @@ impl Stall {
         match Pin::new(inner).poll_write(cx, bytes) {
             Poll::Ready(result) => {
                 self.since = None;
+                if let (Ok(1..), Some(activity)) = (&result, &self.activity) {
+                    activity.touch();
+                }
                 Poll::Ready(result)
             }
             Poll::Pending => {
@@ -305,6 +312,7 @@ impl<W> SealedWriter<W> {
             stall: Stall {
                 idle: DEFAULT_IDLE,
                 since: None,
+                activity: None,
             },
         }
     }
@@ -312,6 +320,11 @@ impl<W> SealedWriter<W> {
     /// Writes give up once the peer has taken nothing for `idle`.
     pub fn set_idle(&mut self, idle: Duration) {
         self.stall.idle = idle;
+    }
+
+    /// Every write that lands counts as the framed writer's progress.
+    pub(crate) fn report_to(&mut self, activity: Arc<Activity>) {
+        self.stall.activity = Some(activity);
     }
 
     /// Payload bytes in the record being filled.

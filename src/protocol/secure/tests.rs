@@ -844,3 +844,92 @@ async fn a_flush_to_a_peer_that_stopped_reading_gives_up() {
         .unwrap_err();
     assert!(err.to_string().contains("stopped reading for"), "{err}");
 }
+
+/// Reads at most `most` bytes per `every`: a slow but steady peer.
+struct SlowRead<R> {
+    inner: R,
+    most: usize,
+    every: Duration,
+    next: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SlowRead<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let every = self.every;
+        let timer = self
+            .next
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        std::task::ready!(std::future::Future::poll(timer.as_mut(), cx));
+        let most = self.most.min(buf.remaining());
+        let mut part = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(most));
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        buf.advance(n);
+        self.next = None;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A sealed flush that drains slowly but steadily is progress the reader
+/// watching its writer sees: a sender waiting for a reply while its last
+/// records trickle out does not call the peer idle.
+#[tokio::test]
+async fn a_slow_sealed_flush_counts_as_activity_for_the_watching_reader() {
+    use crate::protocol::{FrameReader, FrameWriter, Message};
+    let hellos = coded_hellos();
+    let (a, b) = duplex(1024);
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    // The receiver takes about 1 KiB every 20 ms.
+    let slow = SlowRead {
+        inner: br,
+        most: 1024,
+        every: Duration::from_millis(20),
+        next: None,
+    };
+    let (s, r) = tokio::time::timeout(T, async {
+        tokio::join!(
+            secure(ar, aw, Role::Sender, b"x", &hellos, "receiver", IDLE),
+            secure(slow, bw, Role::Receiver, b"x", &hellos, "sender", IDLE),
+        )
+    })
+    .await
+    .unwrap();
+    let ((sr, sw), (mut rr, rw)) = (s.unwrap(), r.unwrap());
+    let idle = Duration::from_millis(300);
+    let mut w = FrameWriter::new(sw, "receiver".into(), idle);
+    let activity = std::sync::Arc::clone(&w.activity);
+    w.inner.report_to(activity);
+    let mut fr = FrameReader::new(sr, "receiver".into(), idle);
+    fr.watch(&w);
+    // 48 KiB at about 50 KB/s: a flush of about a second, three idle times.
+    let body = pattern(48 * 1024, 3);
+    let sender = async {
+        w.send_raw(&body).await?;
+        w.flush().await?;
+        Ok::<_, Error>(w)
+    };
+    // The sender waits for the reply all the while its flush drains.
+    let waiting = fr.read_message();
+    let receiver = async {
+        let mut got = vec![0u8; body.len()];
+        rr.read_exact(&mut got).await.unwrap();
+        let mut replies = FrameWriter::new(rw, "sender".into(), IDLE);
+        replies.send(&Message::Done).await.unwrap();
+        replies.flush().await.unwrap();
+        (got, replies)
+    };
+    let started = std::time::Instant::now();
+    let (sent, reply, (got, _replies)) =
+        tokio::time::timeout(T, async { tokio::join!(sender, waiting, receiver) })
+            .await
+            .unwrap();
+    sent.unwrap();
+    assert!(got == body);
+    assert!(started.elapsed() > 2 * idle, "{:?}", started.elapsed());
+    assert_eq!(reply.unwrap(), Some(Message::Done));
+}
