@@ -112,18 +112,12 @@ async fn a_sender_limit_holds_on_a_coded_session() {
     assert_same_tree(src.path(), dst.path());
 }
 
-/// Under a limit so low that a whole record takes longer to fill than the
-/// receiver's idle timeout, sealed bytes still leave as they are paced
-/// (a record every quarter second's worth), not once a record is full:
-/// the receiver keeps hearing from the sender and the send completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_limit_on_a_coded_session_keeps_the_receiver_hearing() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let file = src.path().join("slow.bin");
-    write_random(&file, 6000, 5);
+/// Sends `path` coded at `rate` bytes per second to a receiver in `dst`,
+/// both sides with an idle timeout of 1 s: the bytes sent and how long.
+async fn slow_coded_send(path: &Path, dst: &Path, rate: u64) -> (u64, Duration) {
     let code = xfer::code::Code::generate();
     let rx = Receiver::start_with(
-        dst.path(),
+        dst,
         RecvOptions {
             code: Some(code.clone()),
             idle_timeout: Duration::from_secs(1),
@@ -131,8 +125,8 @@ async fn a_slow_limit_on_a_coded_session_keeps_the_receiver_hearing() {
         },
     )
     .await;
-    let mut config = coded_config(&[&file], rx.addr, &code);
-    config.limit_rate = Some(2000);
+    let mut config = coded_config(&[path], rx.addr, &code);
+    config.limit_rate = Some(rate);
     config.idle_timeout = Duration::from_secs(1);
     let started = Instant::now();
     let summary = within(xfer::sender::send(
@@ -142,12 +136,21 @@ async fn a_slow_limit_on_a_coded_session_keeps_the_receiver_hearing() {
     ))
     .await
     .expect("the slow coded send failed");
-    assert_eq!(summary.bytes, 6000);
-    assert!(
-        started.elapsed() >= Duration::from_millis(2500),
-        "{:?}",
-        started.elapsed()
-    );
+    (summary.bytes, started.elapsed())
+}
+
+/// Under a limit so low that a whole record takes longer to fill than the
+/// receiver's idle timeout, sealed bytes still leave as they are paced
+/// (flushed every quarter second), not once a record is full: the
+/// receiver keeps hearing from the sender and the send completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_limit_on_a_coded_session_keeps_the_receiver_hearing() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("slow.bin");
+    write_random(&file, 6000, 5);
+    let (bytes, took) = slow_coded_send(&file, dst.path(), 2000).await;
+    assert_eq!(bytes, 6000);
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -159,33 +162,9 @@ async fn many_small_files_at_a_slow_limit_on_a_coded_session_keep_the_receiver_h
     for i in 0..40 {
         write_random(&src.path().join(format!("small-{i:02}.bin")), 100, i);
     }
-    let code = xfer::code::Code::generate();
-    let rx = Receiver::start_with(
-        dst.path(),
-        RecvOptions {
-            code: Some(code.clone()),
-            idle_timeout: Duration::from_secs(1),
-            ..RecvOptions::default()
-        },
-    )
-    .await;
-    let mut config = coded_config(&[src.path()], rx.addr, &code);
-    config.limit_rate = Some(1000);
-    config.idle_timeout = Duration::from_secs(1);
-    let started = Instant::now();
-    let summary = within(xfer::sender::send(
-        &config,
-        Arc::new(Events::default()),
-        CancellationToken::new(),
-    ))
-    .await
-    .expect("the slow coded send of small files failed");
-    assert_eq!(summary.bytes, 4000);
-    assert!(
-        started.elapsed() >= Duration::from_millis(3000),
-        "{:?}",
-        started.elapsed()
-    );
+    let (bytes, took) = slow_coded_send(src.path(), dst.path(), 1000).await;
+    assert_eq!(bytes, 4000);
+    assert!(took >= Duration::from_millis(3000), "{took:?}");
     let name = src.path().file_name().unwrap();
     assert_same_tree(src.path(), &dst.path().join(name));
 }
