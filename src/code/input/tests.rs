@@ -274,6 +274,16 @@ fn have(program: &str) -> bool {
         .is_ok()
 }
 
+/// The prompt child under script(1), a pseudo-terminal of its own,
+/// with `keys` typed once the question shows: what it printed.
+fn prompt_on_a_terminal(keys: &str) -> String {
+    let child = child_command("script", "tty")
+        .args(["-qefc", &self_test_args().join(" "), "/dev/null"])
+        .spawn()
+        .expect("spawn script");
+    run_bounded(child, QUESTION, keys, Duration::from_secs(60))
+}
+
 #[test]
 fn prompt_reads_a_line_without_echo_and_restores_it() {
     if !have("script") {
@@ -283,16 +293,7 @@ fn prompt_reads_a_line_without_echo_and_restores_it() {
     // The question is written only after echo is off, so typing after it
     // appears is never echoed by the terminal.
     let typed = "4821-Typed-Not-Echoed";
-    let child = child_command("script", "tty")
-        .args(["-qefc", &self_test_args().join(" "), "/dev/null"])
-        .spawn()
-        .expect("spawn script");
-    let output = run_bounded(
-        child,
-        QUESTION,
-        &format!("{typed}\n"),
-        Duration::from_secs(60),
-    );
+    let output = prompt_on_a_terminal(&format!("{typed}\n"));
     let hex: String = typed.bytes().map(|b| format!("{b:02x}")).collect();
     assert!(output.contains(&format!("GOT[{hex}]")), "{output}");
     assert!(!output.contains(typed), "the code was echoed: {output}");
@@ -309,16 +310,7 @@ fn prompt_ctrl_c_interrupts_and_restores_echo() {
         eprintln!("skipped: util-linux 'script' is not installed");
         return;
     }
-    let child = child_command("script", "tty")
-        .args(["-qefc", &self_test_args().join(" "), "/dev/null"])
-        .spawn()
-        .expect("spawn script");
-    let output = run_bounded(
-        child,
-        QUESTION,
-        "48\x03typed-after\n",
-        Duration::from_secs(60),
-    );
+    let output = prompt_on_a_terminal("48\x03typed-after\n");
     assert!(output.contains("ERR[interrupted]"), "{output}");
     assert!(output.contains("ECHO=on"), "echo not restored: {output}");
     assert!(output.contains("MODE=restored"), "{output}");
