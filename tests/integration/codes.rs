@@ -811,47 +811,13 @@ fn ctrl_c_at_the_code_prompt_is_an_interruption() {
         env!("CARGO_BIN_EXE_xfer"),
         file.display(),
     );
-    let mut child = Command::new("script")
+    let mut command = Command::new("script");
+    command
         .args(["-qefc", &inner, "/dev/null"])
         .env_remove("XFER_CODE")
-        .env("XFER_CACHE_DIR", test_cache_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut screen = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 256];
-        while let Ok(n @ 1..) = std::io::Read::read(&mut screen, &mut buf) {
-            if tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut typing = child.stdin.take().unwrap();
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let mut typed = false;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => seen.extend_from_slice(&chunk),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no exit: {}", String::from_utf8_lossy(&seen));
-            }
-        }
-        if !typed && String::from_utf8_lossy(&seen).contains("receiving machine): ") {
-            std::io::Write::write_all(&mut typing, b"4821-or\x03").unwrap();
-            typed = true;
-        }
-    }
-    let status = child.wait().unwrap();
-    let screen = String::from_utf8_lossy(&seen);
+        .env("XFER_CACHE_DIR", test_cache_dir());
+    let (status, screen, typed) =
+        type_at_prompt(command, "receiving machine): ", b"4821-or\x03", TIMEOUT);
     assert!(typed, "no prompt: {screen}");
     assert_eq!(status.code(), Some(130), "{screen}");
     assert!(screen.contains("error: interrupted"), "{screen}");

@@ -958,7 +958,8 @@ fn ctrl_c_at_the_numbered_choice_stops_the_send_at_once() {
 
     // Ctrl-C typed once the prompt shows: the terminal makes it SIGINT.
     let line = format!("{} send '{}'", env!("CARGO_BIN_EXE_xfer"), file.display());
-    let mut child = Command::new("ip")
+    let mut command = Command::new("ip");
+    command
         .args([
             "netns",
             "exec",
@@ -968,45 +969,9 @@ fn ctrl_c_at_the_numbered_choice_stops_the_send_at_once() {
             &line,
             "/dev/null",
         ])
-        .env("XFER_CACHE_DIR", test_cache_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
-            if tx.send(chunk[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut stdin = child.stdin.take().unwrap();
-    let deadline = Instant::now() + SEND_LIMIT;
-    let mut screen = Vec::new();
-    let mut typed = false;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still waiting: {}", String::from_utf8_lossy(&screen));
-        }
-        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
-            screen.extend_from_slice(&chunk);
-        }
-        if !typed && String::from_utf8_lossy(&screen).contains("send to which receiver?") {
-            std::io::Write::write_all(&mut stdin, b"\x03").unwrap();
-            typed = true;
-        }
-    }
-    let status = child.wait().unwrap();
-    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
-        screen.extend_from_slice(&chunk);
-    }
-    let screen = String::from_utf8_lossy(&screen);
+        .env("XFER_CACHE_DIR", test_cache_dir());
+    let (status, screen, typed) =
+        type_at_prompt(command, "send to which receiver?", b"\x03", SEND_LIMIT);
     assert!(typed, "no prompt: {screen}");
     assert_eq!(status.code(), Some(130), "{screen}");
     assert!(screen.contains("error: interrupted"), "{screen}");

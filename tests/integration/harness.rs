@@ -724,3 +724,54 @@ pub fn run_on_terminal(cols: u16, args: &[String]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// Runs `command` (a program under script(1), so on a terminal of its
+/// own), types `keys` once `prompt` has appeared on its screen, and waits
+/// for it to exit within `limit`: its status, the whole screen, and
+/// whether the prompt showed (and the keys were typed).
+pub fn type_at_prompt(
+    mut command: Command,
+    prompt: &str,
+    keys: &[u8],
+    limit: Duration,
+) -> (std::process::ExitStatus, String, bool) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
+            if tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let mut screen = Vec::new();
+    let mut typed = false;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still waiting: {}", String::from_utf8_lossy(&screen));
+        }
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            screen.extend_from_slice(&chunk);
+        }
+        if !typed && String::from_utf8_lossy(&screen).contains(prompt) {
+            std::io::Write::write_all(&mut stdin, keys).unwrap();
+            typed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+        screen.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&screen).into_owned(), typed)
+}
