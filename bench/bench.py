@@ -16,7 +16,8 @@ reading the source while another writes and syncs as many zeros, which is
 about the least time any tool needs to read a file from this disk and
 store a durable copy on it. As root the script installs
 rsync and netcat-openbsd with apt-get when they are missing, and drops the
-page cache before each timed run.
+page cache before each timed run, except in the rounds of case 8's targets,
+which start warm (docs/PERFORMANCE.md, "Method", says why).
 
 Every run writes into a directory of its own; a case's directories are
 removed (and the removal synced) only after the case, because on some
@@ -80,7 +81,15 @@ class Timed:
             env=None if env is None else {**os.environ, **env})
 
     def wait(self, limit=600):
-        self.proc.wait(limit)
+        # A blocking wait, with a timer for the limit: `Popen.wait(timeout)`
+        # polls with sleeps of up to 50 ms, which put steps of 50 ms into
+        # every wall time (a tenth of a 5,000-file send).
+        timer = threading.Timer(limit, self.proc.kill)
+        timer.start()
+        try:
+            self.proc.wait()
+        finally:
+            timer.cancel()
         wall, user, system, rss = Path(self.stats.name).read_text().split()[-4:]
         os.unlink(self.stats.name)
         if self.proc.returncode != 0:
@@ -328,26 +337,47 @@ def median_run(fn, reps, dests):
     return runs[len(runs) // 2]
 
 
-def interleaved(tools, reps, dests, rounds=None):
+def interleaved(tools, reps, dests, rounds=None, cold=True, discard=False):
     """Runs each of `tools` (name -> fn(dest)) once per round, `reps` rounds,
     starting each round with a different tool, so that slow spells of the
     VM and leftovers of earlier work hit every tool alike; returns name ->
     the run with the median wall time. With `rounds` (a list), appends each
     round's wall times to it (name -> seconds), for ratios taken round by
-    round."""
+    round.
+
+    `cold` drops the page cache before every run, so sources come from the
+    disk; without it the caller has read them in (`read_through`).
+    `discard` removes each run's destination (and syncs) right after the
+    run, so the next run's receiver writes into memory just freed rather
+    than memory this VM has handed back to its host (see "Method" in
+    docs/PERFORMANCE.md); only for runs of a few files, as ext4 makes the
+    next run pay for many files deleted just before it."""
     runs = {name: [] for name in tools}
     order = list(tools)
     for i in range(reps):
         for name in order[i % len(order):] + order[:i % len(order)]:
             dest = dests.fresh()
-            drop_caches()
+            if cold:
+                drop_caches()
             runs[name].append(tools[name](dest))
+            if discard:
+                shutil.rmtree(dest)
+                subprocess.run(["sync"])
         if rounds is not None:
             rounds.append({name: r[-1][2] for name, r in runs.items()})
     dests.clear()
     for r in runs.values():
         r.sort(key=lambda run: run[2])
     return {name: r[len(r) // 2] for name, r in runs.items()}
+
+
+def read_through(path):
+    """Reads a file, or every file of a tree, into the page cache."""
+    for p in [path] if path.is_file() else sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                while f.read(8 * MIB):
+                    pass
 
 
 def paired(rounds, over, under, label, target):
@@ -556,33 +586,52 @@ def main():
 
     if 8 in cases:
         # Coded sessions against the same sends without a code, and scp.
+        # The target's rounds start from a warm page cache, with each run's
+        # copy removed right after it: from a cold cache this VM's first
+        # touch of memory it took back from its host lands on a random
+        # side's critical path and swings the same send 1.5-4 s (the
+        # "Method" of docs/PERFORMANCE.md). A warm source is also the
+        # strictest test of what a code costs: no disk wait hides the AES.
         f = work / "src" / "coded.bin"
         make_file(f, big)
         sshd = start_sshd(work)
-        print(f"\n8. with a code: one {big // MIB} MiB file, 5,000 files of 16 KiB, 20 sessions")
-        tools = {
+        print(f"\n8. with a code: one {big // MIB} MiB file, 5,000 files of 16 KiB, 20 sessions "
+              "(warm page cache)")
+        plain_and_coded = {
             "xfer, no code": lambda d: xfer_once([f], d, ["--no-cache"]),
             "xfer --code": lambda d: xfer_once([f], d, ["--no-cache"], code=True),
         }
+        tools = dict(plain_and_coded)
         if sshd:
             tools["scp -c aes128-gcm (+sync)"] = lambda d: sshd.copy(f, d)
+        # Round-by-round ratios need more rounds than the other cases' medians.
+        coded_reps = reps if args.quick else max(reps, 7)
+        read_through(f)
         rounds = []
         walls = {name: row(name, run, big)
-                 for name, run in interleaved(tools, reps, dests, rounds).items()}
+                 for name, run in interleaved(tools, coded_reps, dests, rounds,
+                                              cold=False, discard=True).items()}
         ratios.extend(paired(rounds, "xfer --code", "xfer, no code",
                              "1 GiB with a code / without", "target <= 1.15"))
         if sshd:
             ratios.append(("1 GiB with a code / scp aes128-gcm (target < 1)",
                            walls["xfer --code"] / walls["scp -c aes128-gcm (+sync)"]))
             sshd.stop()
+        rounds = []
+        print("  the same from a cold page cache, for information:")
+        for name, run in interleaved(plain_and_coded, coded_reps, dests, rounds).items():
+            row(name + ", cold", run, big)
+        ratios.extend(paired(rounds, "xfer --code", "xfer, no code",
+                             "1 GiB with a code / without, cold cache", "no target"))
         f.unlink()
         tree = work / "src" / "coded-tree"
         make_tree(tree, 5000, 50, 16 * 1024)
+        read_through(tree)
         rounds = []
         runs = interleaved({
             "xfer 5,000 files, no code": lambda d: xfer_once([tree], d, ["--no-cache"]),
             "xfer 5,000 files --code": lambda d: xfer_once([tree], d, ["--no-cache"], code=True),
-        }, reps, dests, rounds)
+        }, coded_reps, dests, rounds, cold=False)
         for name, run in runs.items():
             row(name, run, 5000 * 16 * 1024)
         ratios.extend(paired(rounds, "xfer 5,000 files --code", "xfer 5,000 files, no code",
