@@ -109,6 +109,7 @@ fn ended_early(reporter: &Reporter, session: u64, e: anyhow::Error) -> anyhow::E
         summary: Summary::default(),
         error: Some(format!("{e:#}")),
         exit_code: exit_code_of(&e),
+        turned_away: false,
     });
     e
 }

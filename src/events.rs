@@ -217,6 +217,10 @@ pub enum Event {
         error: Option<String>,
         /// The exit code this ending means for a sending process.
         exit_code: u8,
+        /// The listening side turned the peer away before any session: no
+        /// code, a wrong code, cooling down, or the wrong role. The error
+        /// line logged for it is all a person needs to read.
+        turned_away: bool,
     },
 }
 

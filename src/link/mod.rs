@@ -36,7 +36,7 @@ use crate::protocol::{
     handshake_with, Connection, FrameReader, FrameWriter, Message, Mode, Source, Transport,
     CAP_CODE,
 };
-use guard::{Guard, Refused, COOL_DOWN, PEER_FAILURES};
+use guard::{Guard, Refused, COOL_DOWN, FAILURES_PER_SEC, PEER_FAILURES};
 
 /// What runs once a link is up: the sender's or the receiver's session,
 /// over plain or sealed halves alike, told the capability bits of the
@@ -83,6 +83,16 @@ impl Ended {
             e,
             Error::Auth(_) | Error::CodeMismatch | Error::WrongRole(_)
         )
+    }
+
+    /// The listening side's one line about a peer it turned away (an
+    /// error for which [`Ended::not_admitted`] holds), naming the peer.
+    pub fn turned_away(peer: &str, e: &Error) -> String {
+        match e {
+            Error::CodeMismatch => format!("{peer}: {e}"),
+            // Their texts begin with the peer.
+            _ => e.to_string(),
+        }
     }
 }
 
@@ -310,10 +320,19 @@ impl<C: Connection> Link for Accepted<C> {
             log::debug!("session with {peer} started");
             return Ok(session.run(reader, writer, theirs).await);
         };
-        let attempt = gate
-            .guard
-            .attempt(peer_ip)
+        // When wrong codes from anywhere have emptied the bucket, a peer
+        // waits for a token no longer than a hello may take, holding its
+        // slot meanwhile; turned away then, it has cost no wrong code.
+        let waited = tokio::time::timeout(gate.handshake_timeout, gate.guard.attempt(peer_ip));
+        let attempt = waited
             .await
+            .map_err(|_| {
+                Error::Auth(format!(
+                    "refused {peer}: no code attempt free within {:?}, as wrong codes \
+                     are coming in faster than {FAILURES_PER_SEC} per second",
+                    gate.handshake_timeout
+                ))
+            })?
             .map_err(|Refused::CoolingDown(left)| {
                 Error::Auth(format!(
                     "refused {peer}: too many wrong codes from {peer_ip}; it may try again in {} min",
@@ -337,7 +356,13 @@ impl<C: Connection> Link for Accepted<C> {
             }
             Err(e) => {
                 // Counted whatever broke it: a guesser learns nothing by
-                // hanging up before the codes are compared.
+                // hanging up before the codes are compared. A mismatch is
+                // the session's own error line; anything else is said here.
+                if !matches!(e, Error::CodeMismatch) {
+                    log::warn!(
+                        "{peer}: the code handshake broke off, counted as a wrong code: {e}"
+                    );
+                }
                 if attempt.wrong() {
                     log::warn!(
                         "{peer_ip} sent {PEER_FAILURES} wrong codes within a minute; \

@@ -354,6 +354,7 @@ impl Observer for Reporter {
                 summary,
                 error,
                 exit_code,
+                turned_away,
             } => {
                 self.remove_bar(session);
                 let failed = self
@@ -363,7 +364,18 @@ impl Observer for Reporter {
                     .and_then(|mut s| s.remove(&session))
                     .map(|t| t.failed)
                     .unwrap_or_default();
-                self.session_ended(&peer, &summary, error.as_deref(), exit_code, &failed);
+                if self.mode.json {
+                    self.json(session_event(
+                        self.role,
+                        &peer,
+                        &summary,
+                        error.as_deref(),
+                        exit_code,
+                    ));
+                }
+                if !turned_away {
+                    self.session_ended(&peer, &summary, error.as_deref(), &failed);
+                }
             }
         }
     }
@@ -409,17 +421,7 @@ impl Reporter {
         }
     }
 
-    fn session_ended(
-        &self,
-        peer: &str,
-        summary: &Summary,
-        error: Option<&str>,
-        exit_code: u8,
-        failed: &[String],
-    ) {
-        if self.mode.json {
-            self.json(session_event(self.role, peer, summary, error, exit_code));
-        }
+    fn session_ended(&self, peer: &str, summary: &Summary, error: Option<&str>, failed: &[String]) {
         let prefix = match self.role {
             Role::Send => {
                 let to = if self.pull {

@@ -76,15 +76,15 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
     let never_in = matches!(established, Err(Error::ConnectionLost { .. }));
     let mut result = established.and_then(|r| r);
     // A getter's failure is its process's one error line.
+    let turned_away = !fetching && result.as_ref().is_err_and(Ended::not_admitted);
     if let (Err(e), false) = (&result, fetching) {
-        match e {
-            // Logged even when quiet: someone tried a wrong code, or came
-            // to the wrong place.
-            Error::Auth(_) | Error::CodeMismatch | Error::WrongRole(_) => {
-                log::warn!("session with {peer} ended: {e}")
-            }
+        if turned_away {
+            // One line, even when quiet: someone tried a wrong code, or
+            // came to the wrong place.
+            log::error!("{}", Ended::turned_away(&peer, e));
+        } else {
             // The session's summary line says so; this is for -vv.
-            _ => log::debug!("session with {peer} ended: {e}"),
+            log::debug!("session with {peer} ended: {e}");
         }
     }
     let mut summary = match ledger.lock() {
@@ -125,6 +125,7 @@ pub(super) async fn serve_one<L: Link>(peer: String, context: Context, link: L) 
         summary,
         exit_code: result.as_ref().err().map_or(0, Error::exit_code),
         error: result.as_ref().err().map(|e| e.to_string()),
+        turned_away,
     });
     Finished {
         ended,
@@ -198,6 +199,7 @@ pub async fn fetch(
                 summary: Summary::default(),
                 exit_code: crate::error::EXIT_FAILED,
                 error: Some(format!("{e:#}")),
+                turned_away: false,
             });
             return Err(e);
         }

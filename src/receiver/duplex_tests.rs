@@ -250,21 +250,6 @@ async fn a_tree_is_fetched_over_a_pipe_with_the_roles_reversed() {
 /// stops after the hellos with the wrong-role error, and nothing moves.
 #[tokio::test]
 async fn wrong_roles_stop_both_ends_after_the_hellos() {
-    struct Nothing;
-    impl crate::link::Session for Nothing {
-        type Output = ();
-        async fn run<R, W>(
-            self,
-            _: crate::protocol::FrameReader<R>,
-            _: crate::protocol::FrameWriter<W>,
-            _: u32,
-        ) where
-            R: crate::protocol::Source + Sync + 'static,
-            W: crate::protocol::Transport + Sync + 'static,
-        {
-            panic!("no session may run between the wrong roles");
-        }
-    }
     use crate::link::Link;
     for (dialer, listener) in [(Mode::Send, Mode::Serve), (Mode::Get, Mode::Recv)] {
         let (near, far) = tokio::io::duplex(64 * 1024);
@@ -297,5 +282,78 @@ async fn wrong_roles_stop_both_ends_after_the_hellos() {
                 "{dialer:?}: {e}"
             );
         }
+    }
+}
+
+/// A session that never runs: for link checks that must stop before it.
+struct Nothing;
+
+impl crate::link::Session for Nothing {
+    type Output = ();
+    async fn run<R, W>(
+        self,
+        _: crate::protocol::FrameReader<R>,
+        _: crate::protocol::FrameWriter<W>,
+        _: u32,
+    ) where
+        R: crate::protocol::Source + Sync + 'static,
+        W: crate::protocol::Transport + Sync + 'static,
+    {
+        panic!("no session may run here");
+    }
+}
+
+/// When wrong codes from elsewhere have emptied the guessing bucket, a
+/// coded peer waits for a code attempt no longer than the handshake
+/// timeout, is turned away with a reason, and is not charged a wrong code.
+#[tokio::test(start_paused = true)]
+async fn a_code_attempt_waits_no_longer_than_the_handshake_timeout() {
+    use crate::link::Link;
+    let code = Code::generate();
+    let mut gate = Gate::new(Mode::Recv, Some(code.clone()), 1);
+    gate.handshake_timeout = Duration::from_millis(200);
+    let gate = Arc::new(gate);
+    // Ten wrong codes from ten addresses: the bucket is empty, and the
+    // next token comes in 500 ms.
+    for last in 1..=10u8 {
+        let attempt = gate.guard.attempt([10, 0, 0, last].into()).await.unwrap();
+        assert!(!attempt.wrong());
+    }
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let hellos = Arc::new(Semaphore::new(1));
+    let peer_ip: std::net::IpAddr = [10, 0, 0, 99].into();
+    let accepted = Accepted {
+        stream: far,
+        peer: "10.0.0.99:5000".into(),
+        peer_ip,
+        gate: Arc::clone(&gate),
+        hello_permit: hellos.try_acquire_owned().unwrap(),
+        stopping: CancellationToken::new(),
+    };
+    let cancel = CancellationToken::new();
+    let dialed = crate::link::Dialed {
+        open: std::future::ready(Ok(near)),
+        peer: "receiver".into(),
+        mode: Mode::Send,
+        code: Some(&code),
+        idle: Duration::from_secs(30),
+        cancel: &cancel,
+    };
+    let started = tokio::time::Instant::now();
+    let (_, turned_away) = tokio::join!(dialed.establish(Nothing), accepted.establish(Nothing));
+    let e = turned_away.unwrap_err();
+    assert!(
+        matches!(e, crate::error::Error::Auth(_))
+            && e.to_string()
+                == "refused 10.0.0.99:5000: no code attempt free within 200ms, as wrong codes \
+                    are coming in faster than 2 per second",
+        "{e}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(200));
+    assert!(Ended::not_admitted(&e));
+    // Not charged: four more wrong codes from it do not cool it down.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for _ in 1..crate::link::guard::PEER_FAILURES {
+        assert!(!gate.guard.attempt(peer_ip).await.unwrap().wrong());
     }
 }

@@ -218,6 +218,7 @@ impl Offering<'_> {
             summary,
             error: result.as_ref().err().map(|e| format!("{e:#}")),
             exit_code: result.as_ref().err().map_or(EXIT_OK, exit_code_of),
+            turned_away: false,
         });
         (result.map(|()| summary), admitted)
     }

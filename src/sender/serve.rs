@@ -130,7 +130,10 @@ impl Server {
                         let refused = typed.is_some_and(Ended::not_admitted);
                         // Gone before it got in (a port scan, no hello, busy).
                         let gone = !admitted && matches!(typed, Some(Error::ConnectionLost { .. }));
-                        if !gone {
+                        if let Some(e) = typed.filter(|_| refused) {
+                            // Someone tried a wrong code, or came to the wrong place.
+                            log::error!("{}", Ended::turned_away(&peer, e));
+                        } else if !gone {
                             log::warn!("session with {peer} ended: {e:#}");
                         } else {
                             // A port scan, or a peer that never said hello.

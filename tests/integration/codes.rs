@@ -288,6 +288,9 @@ async fn a_wrong_code_fails_both_sides_and_writes_nothing() {
     );
 }
 
+/// Also the receiver's side: each sender it turns away (a wrong code, no
+/// code) is one `error:` line naming that sender, and no session summary,
+/// even without `--quiet`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -301,7 +304,6 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
             "--listen",
             "127.0.0.1:0",
             "--once",
-            "--quiet",
             "--dir",
             dst_arg,
             "--code",
@@ -335,6 +337,18 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains(MISMATCH), "{err}");
     assert_eq!(tree_listing(dst.path()), Default::default());
+    let (status, err) = finish(xfer(
+        &[
+            "send",
+            "--quiet",
+            "--no-cache",
+            file.to_str().unwrap(),
+            &addr,
+        ],
+        None,
+    ))
+    .await;
+    assert_eq!(status, 5, "{err}");
     assert!(
         receiver.child.try_wait().unwrap().is_none(),
         "--once waits for a sender that gets in"
@@ -344,14 +358,84 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
     assert_eq!(status, 0, "{err}");
     let (status, err) = blocking(move || receiver.wait(TIMEOUT)).await;
     assert!(status.success(), "{err}");
+    let errors = error_lines(&err);
+    assert_eq!(errors.len(), 2, "one line per sender turned away: {err}");
     assert!(
-        err.contains(MISMATCH),
-        "the receiver logs the wrong code: {err}"
+        errors[0].starts_with("error: 127.0.0.1:") && errors[0].contains(MISMATCH),
+        "{err}"
+    );
+    assert!(
+        errors[1].starts_with("error: 127.0.0.1:")
+            && errors[1].contains("sent no code, and this receiver requires one"),
+        "{err}"
+    );
+    assert!(!err.contains("session ended early"), "{err}");
+    assert!(
+        err.contains("received 1 file"),
+        "the sender that got in has its summary: {err}"
     );
     assert_eq!(
         fs::read(dst.path().join("plans.txt")).unwrap(),
         b"the plans"
     );
+}
+
+/// A peer that hangs up in the middle of the code handshake costs a wrong
+/// code, and the receiver says so with the peer's address, even when quiet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_handshake_cut_short_is_logged_with_the_peer() {
+    let dst = tempfile::tempdir().unwrap();
+    let code = Code::generate();
+    let dst_arg = dst.path().to_str().unwrap().to_owned();
+    let recv = xfer(
+        &[
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--quiet",
+            "--dir",
+            &dst_arg,
+            "--code",
+        ],
+        Some(&code),
+    );
+    let (lines, local) = blocking(move || {
+        use std::io::{BufRead, Read, Write};
+        let mut receiver = XferProcess::start(recv, Stdio::null());
+        let line = receiver.next_line().expect("no 'listening on' line");
+        let addr = line.strip_prefix("listening on ").unwrap().to_owned();
+        let stderr = std::io::BufReader::new(receiver.child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut peer = std::net::TcpStream::connect(&addr).unwrap();
+        peer.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let caps = xfer::protocol::CAP_CODE | xfer::protocol::CAP_TOTALS;
+        peer.write_all(&xfer::protocol::hello_bytes(caps)).unwrap();
+        let mut hello = vec![0; xfer::protocol::hello_bytes(0).len()];
+        peer.read_exact(&mut hello).unwrap();
+        let local = peer.local_addr().unwrap().to_string();
+        drop(peer);
+        let mut lines = Vec::new();
+        while !lines.iter().any(|l: &String| l.contains("handshake")) {
+            lines.push(rx.recv_timeout(TIMEOUT).expect("no line about the cut"));
+        }
+        receiver.signal(libc::SIGTERM);
+        let (status, _) = receiver.wait(TIMEOUT);
+        assert!(status.success());
+        lines.extend(rx.iter());
+        (lines, local)
+    })
+    .await;
+    let cut: Vec<&String> = lines.iter().filter(|l| l.contains("handshake")).collect();
+    let expected = format!(
+        "warning: {local}: the code handshake broke off, counted as a wrong code: \
+         connection with {local} lost: "
+    );
+    assert!(cut.len() == 1 && cut[0].starts_with(&expected), "{lines:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
