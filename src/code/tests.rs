@@ -328,3 +328,25 @@ proptest::proptest! {
         proptest::prop_assert_eq!(back.number(), number);
     }
 }
+
+/// docs/PROTOCOL.md §9.2: the typed example and the `pw` it gives.
+#[test]
+fn the_canonical_text_example_in_the_protocol_document_holds() {
+    let typed = "  4821 Orbit BICY_tiger,,brick ";
+    let pw = "4821-orbit-bicycle-tiger-brick";
+    let code = Code::parse(typed).unwrap();
+    assert_eq!(canonical(&code), pw);
+    assert_eq!(pw.len(), 30);
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    assert!(doc.contains(&format!("typed                \"{typed}\"")));
+    assert!(doc.contains(&format!("pw (canonical text)  \"{pw}\" (30 bytes)")));
+    // Leading zeros are kept; the texts are 20 to 36 bytes long.
+    let short = Code::parse("7 act add ago act");
+    assert!(short.is_err(), "the number has four digits");
+    let short = Code::parse("0007 ACT add ago act").unwrap();
+    assert_eq!(canonical(&short), "0007-act-add-ago-act");
+    let lengths = words().iter().map(|w| w.len());
+    let (min, max) = (lengths.clone().min().unwrap(), lengths.max().unwrap());
+    assert_eq!((4 + 4 * (1 + min), 4 + 4 * (1 + max)), (20, 36));
+    assert!(doc.contains("`NNNN-word-word-word-word`, 20 to 36 bytes"));
+}
