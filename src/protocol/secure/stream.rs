@@ -51,7 +51,9 @@ pub struct SealedReader<R> {
 }
 
 impl<R> SealedReader<R> {
-    pub(super) fn new(inner: R, state: OpenState, peer: Arc<str>) -> Self {
+    /// A reader of records from `inner`, opened with `state`. Sessions get
+    /// theirs from [`super::secure`]; this is public for the fuzz targets.
+    pub fn new(inner: R, state: OpenState, peer: Arc<str>) -> Self {
         SealedReader {
             inner,
             state,
