@@ -238,7 +238,9 @@ pub struct RecvArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub idle_timeout: u64,
 
-    /// Drop a connection that has not said hello within this many seconds.
+    /// Drop a connection that has not said hello within this many seconds
+    /// (with --code, also the longest wait for each step of the code
+    /// handshake, and for a code attempt while wrong codes are refused).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
 
@@ -309,7 +311,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub idle_timeout: u64,
 
-    /// Drop a connection that has not said hello within this many seconds.
+    /// Drop a connection that has not said hello within this many seconds
+    /// (with --code, also the longest wait for each step of the code
+    /// handshake, and for a code attempt while wrong codes are refused).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
 

@@ -356,13 +356,14 @@ impl<C: Connection> Link for Accepted<C> {
             }
             Err(e) => {
                 // Counted whatever broke it: a guesser learns nothing by
-                // hanging up before the codes are compared. A mismatch is
-                // the session's own error line; anything else is said here.
-                if !matches!(e, Error::CodeMismatch) {
-                    log::warn!(
-                        "{peer}: the code handshake broke off, counted as a wrong code: {e}"
-                    );
-                }
+                // hanging up before the codes are compared. Either way the
+                // peer never got in, which its error says.
+                let e = match e {
+                    Error::CodeMismatch => e,
+                    other => Error::Auth(format!(
+                        "{peer}: the code handshake broke off, counted as a wrong code: {other}"
+                    )),
+                };
                 if attempt.wrong() {
                     log::warn!(
                         "{peer_ip} sent {PEER_FAILURES} wrong codes within a minute; \

@@ -381,7 +381,8 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
 }
 
 /// A peer that hangs up in the middle of the code handshake costs a wrong
-/// code, and the receiver says so with the peer's address, even when quiet.
+/// code, and the receiver says so in one line with the peer's address (no
+/// session summary), and it does not end `--once`: that peer never got in.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_handshake_cut_short_is_logged_with_the_peer() {
     let dst = tempfile::tempdir().unwrap();
@@ -392,7 +393,7 @@ async fn a_code_handshake_cut_short_is_logged_with_the_peer() {
             "recv",
             "--listen",
             "127.0.0.1:0",
-            "--quiet",
+            "--once",
             "--dir",
             &dst_arg,
             "--code",
@@ -423,6 +424,11 @@ async fn a_code_handshake_cut_short_is_logged_with_the_peer() {
         while !lines.iter().any(|l: &String| l.contains("handshake")) {
             lines.push(rx.recv_timeout(TIMEOUT).expect("no line about the cut"));
         }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            receiver.child.try_wait().unwrap().is_none(),
+            "--once waits for a sender that gets in"
+        );
         receiver.signal(libc::SIGTERM);
         let (status, _) = receiver.wait(TIMEOUT);
         assert!(status.success());
@@ -430,12 +436,15 @@ async fn a_code_handshake_cut_short_is_logged_with_the_peer() {
         (lines, local)
     })
     .await;
-    let cut: Vec<&String> = lines.iter().filter(|l| l.contains("handshake")).collect();
     let expected = format!(
-        "warning: {local}: the code handshake broke off, counted as a wrong code: \
+        "error: {local}: the code handshake broke off, counted as a wrong code: \
          connection with {local} lost: "
     );
-    assert!(cut.len() == 1 && cut[0].starts_with(&expected), "{lines:?}");
+    let about: Vec<&String> = lines.iter().filter(|l| l.contains(&local)).collect();
+    assert!(
+        about.len() == 1 && about[0].starts_with(&expected),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

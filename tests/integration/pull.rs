@@ -334,6 +334,14 @@ fn serve_once_exits_0_after_a_complete_get_and_1_after_an_incomplete_one() {
     assert!(status.success(), "{err}");
     let (status, err) = server.wait(Duration::from_secs(10));
     assert!(status.success(), "{err}");
+    // The server turned the sender away in one line naming it.
+    let errors = error_lines(&err);
+    assert!(
+        errors.len() == 1
+            && errors[0].starts_with("error: 127.0.0.1:")
+            && errors[0].contains("tried to send files, but this is 'xfer serve'"),
+        "{err}"
+    );
 
     // The getter refuses the big file: both sides fail, with exit 1.
     let again = tempfile::tempdir().unwrap();
