@@ -16,16 +16,20 @@ reading the source while another writes and syncs as many zeros, which is
 about the least time any tool needs to read a file from this disk and
 store a durable copy on it. As root the script installs
 rsync and netcat-openbsd with apt-get when they are missing, and drops the
-page cache before each timed run, except in the rounds of case 8's targets,
-which start warm (docs/PERFORMANCE.md, "Method", says why).
+page cache before each timed run (case 8 adds rounds from a warm cache).
+As root it also holds back this VM's free page reporting while it runs
+(docs/PERFORMANCE.md, "Method", says why).
 
 Every run writes into a directory of its own; a case's directories are
 removed (and the removal synced) only after the case, because on some
-filesystems deleting a large tree slows down whichever run comes next.
+filesystems deleting a large tree slows down whichever run comes next
+(ext4 searches past recently deleted inodes). Case 8's warm 1 GiB rounds
+are the exception: each run's single file is removed right after it.
 """
 
 import argparse
 import asyncio
+import atexit
 import os
 import shutil
 import socket
@@ -53,6 +57,28 @@ def ensure_tools():
     for tool in ("rsync", "nc"):
         if shutil.which(tool) is None:
             print(f"note: {tool} not installed; its baseline is skipped")
+
+
+# This VM gives memory that was free for a moment back to its host (free
+# page reporting); the next touch of such a page is slow, about 1 s per
+# GiB, and lands on whichever side of a transfer touches it first. A
+# machine of our own has no such cost, so while the benchmark runs,
+# memory is reported only after a minute free (docs/PERFORMANCE.md,
+# "Method"): the same plain 1 GiB send then takes 1.42-1.47 s instead of
+# anywhere in 1.4-2.6 s.
+REPORTING_DELAY = Path("/sys/module/page_reporting/parameters/min_free_ms")
+
+
+def hold_back_page_reporting():
+    """Sets this VM's page-reporting delay to a minute, if it has one and we
+    may, until the script exits."""
+    try:
+        before = REPORTING_DELAY.read_text().strip()
+        REPORTING_DELAY.write_text("60000\n")
+    except OSError:
+        return
+    atexit.register(lambda: REPORTING_DELAY.write_text(before + "\n"))
+    print(f"note: free page reporting held back for the run (min_free_ms {before} -> 60000)")
 
 
 def drop_caches():
@@ -84,12 +110,22 @@ class Timed:
         # A blocking wait, with a timer for the limit: `Popen.wait(timeout)`
         # polls with sleeps of up to 50 ms, which put steps of 50 ms into
         # every wall time (a tenth of a 5,000-file send).
-        timer = threading.Timer(limit, self.proc.kill)
+        timed_out = threading.Event()
+
+        def kill():
+            # What /usr/bin/time runs, then time itself.
+            timed_out.set()
+            subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)])
+            self.proc.kill()
+
+        timer = threading.Timer(limit, kill)
         timer.start()
         try:
             self.proc.wait()
         finally:
             timer.cancel()
+        if timed_out.is_set():
+            raise RuntimeError(f"{self.proc.args} did not finish within {limit} s")
         wall, user, system, rss = Path(self.stats.name).read_text().split()[-4:]
         os.unlink(self.stats.name)
         if self.proc.returncode != 0:
@@ -419,6 +455,7 @@ def main():
 
     sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
     ensure_tools()
+    hold_back_page_reporting()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     (work / "src").mkdir(parents=True)
@@ -585,18 +622,13 @@ def main():
         dests.clear()
 
     if 8 in cases:
-        # Coded sessions against the same sends without a code, and scp.
-        # The target's rounds start from a warm page cache, with each run's
-        # copy removed right after it: from a cold cache this VM's first
-        # touch of memory it took back from its host lands on a random
-        # side's critical path and swings the same send 1.5-4 s (the
-        # "Method" of docs/PERFORMANCE.md). A warm source is also the
-        # strictest test of what a code costs: no disk wait hides the AES.
+        # Coded sessions against the same sends without a code, and scp,
+        # from a cold page cache like every other case; then the same
+        # from a warm one, where nothing waits on the source disk.
         f = work / "src" / "coded.bin"
         make_file(f, big)
         sshd = start_sshd(work)
-        print(f"\n8. with a code: one {big // MIB} MiB file, 5,000 files of 16 KiB, 20 sessions "
-              "(warm page cache)")
+        print(f"\n8. with a code: one {big // MIB} MiB file, 5,000 files of 16 KiB, 20 sessions")
         plain_and_coded = {
             "xfer, no code": lambda d: xfer_once([f], d, ["--no-cache"]),
             "xfer --code": lambda d: xfer_once([f], d, ["--no-cache"], code=True),
@@ -606,32 +638,36 @@ def main():
             tools["scp -c aes128-gcm (+sync)"] = lambda d: sshd.copy(f, d)
         # Round-by-round ratios need more rounds than the other cases' medians.
         coded_reps = reps if args.quick else max(reps, 7)
-        read_through(f)
         rounds = []
         walls = {name: row(name, run, big)
-                 for name, run in interleaved(tools, coded_reps, dests, rounds,
-                                              cold=False, discard=True).items()}
+                 for name, run in interleaved(tools, coded_reps, dests, rounds).items()}
         ratios.extend(paired(rounds, "xfer --code", "xfer, no code",
                              "1 GiB with a code / without", "target <= 1.15"))
         if sshd:
             ratios.append(("1 GiB with a code / scp aes128-gcm (target < 1)",
                            walls["xfer --code"] / walls["scp -c aes128-gcm (+sync)"]))
             sshd.stop()
+        print("  the same from a warm page cache, each copy removed at once:")
+        read_through(f)
+        # One untimed send first: the first run's receiver would otherwise
+        # be alone in writing into memory no earlier run has freed.
+        warm_up = dests.fresh()
+        xfer_once([f], warm_up, ["--no-cache"])
+        shutil.rmtree(warm_up)
         rounds = []
-        print("  the same from a cold page cache, for information:")
-        for name, run in interleaved(plain_and_coded, coded_reps, dests, rounds).items():
-            row(name + ", cold", run, big)
+        for name, run in interleaved(plain_and_coded, coded_reps, dests, rounds,
+                                     cold=False, discard=True).items():
+            row(name + ", warm", run, big)
         ratios.extend(paired(rounds, "xfer --code", "xfer, no code",
-                             "1 GiB with a code / without, cold cache", "no target"))
+                             "1 GiB with a code / without, warm cache", "no target"))
         f.unlink()
         tree = work / "src" / "coded-tree"
         make_tree(tree, 5000, 50, 16 * 1024)
-        read_through(tree)
         rounds = []
         runs = interleaved({
             "xfer 5,000 files, no code": lambda d: xfer_once([tree], d, ["--no-cache"]),
             "xfer 5,000 files --code": lambda d: xfer_once([tree], d, ["--no-cache"], code=True),
-        }, coded_reps, dests, rounds, cold=False)
+        }, coded_reps, dests, rounds)
         for name, run in runs.items():
             row(name, run, 5000 * 16 * 1024)
         ratios.extend(paired(rounds, "xfer 5,000 files --code", "xfer 5,000 files, no code",
