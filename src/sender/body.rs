@@ -194,10 +194,14 @@ impl Read for Paced<'_> {
     }
 }
 
-/// Bytes of a file the kernel is asked to fetch ahead of the reading.
-/// From a cold cache (1 GiB coded, 5 rounds) 16 MiB took 1.85-1.98 s;
-/// no hint 1.65-3.22 s, 64 MiB 1.87-2.33 s.
-const READ_AHEAD: u64 = 16 * 1024 * 1024;
+/// Bytes of a file the kernel is asked to fetch ahead of the reading: as
+/// far as a plain send's hashing thread reads ahead of sendfile at least
+/// ([`MIN_HASH_LEAD`]), so the disk streams while runs wait to be sealed.
+/// 1 GiB coded from a cold cache against plain, median of 5-7 with this
+/// VM's page reporting held back: 16 MiB 1.20, 64 MiB 1.12, 128 MiB 1.02,
+/// 256 MiB 0.97-1.04, 1 GiB 0.97. (Measured with the page reporting on,
+/// 16 MiB had looked best: its noise hid the difference.)
+const READ_AHEAD: u64 = MIN_HASH_LEAD;
 /// Runs read ahead of the one being hashed.
 const TO_HASH_AHEAD: usize = 2;
 /// Runs read (and hashed) ahead of the one being written, enough for the
