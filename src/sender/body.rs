@@ -194,14 +194,6 @@ impl Read for Paced<'_> {
     }
 }
 
-/// Bytes of a file the kernel is asked to fetch ahead of the reading: as
-/// far as a plain send's hashing thread reads ahead of sendfile at least
-/// ([`MIN_HASH_LEAD`]), so the disk streams while runs wait to be sealed.
-/// 1 GiB coded from a cold cache against plain, median of 5-7 with this
-/// VM's page reporting held back: 16 MiB 1.20, 64 MiB 1.12, 128 MiB 1.02,
-/// 256 MiB 0.97-1.04, 1 GiB 0.97. (Measured with the page reporting on,
-/// 16 MiB had looked best: its noise hid the difference.)
-const READ_AHEAD: u64 = MIN_HASH_LEAD;
 /// Runs read ahead of the one being hashed.
 const TO_HASH_AHEAD: usize = 2;
 /// Runs read (and hashed) ahead of the one being written, enough for the
@@ -267,22 +259,16 @@ fn read_runs(
     spares: &std::sync::mpsc::Receiver<RecordRun>,
 ) {
     let mut position = if hash { 0 } else { offset };
-    // Asked of the kernel ahead of the reads, so the disk is busy while a
-    // run is hashed and sealed, not only while it is read.
-    let mut advised = position;
+    // No hints to the kernel: its own read-ahead of sequential reads keeps
+    // the disk ahead of the runs. 1 GiB coded from a cold cache against
+    // plain sends in the same rounds (median of 7, this VM's page reporting
+    // held back): no hint 1.02, POSIX_FADV_SEQUENTIAL 1.00, WillNeed 16 MiB
+    // ahead 1.15, 256 MiB ahead 1.05. Each WillNeed is cut by the kernel to
+    // one read-ahead window (8 MiB here), and the pages it brings carry no
+    // read-ahead mark, so the hints broke the kernel's streaming.
     let end = loop {
         if position >= size {
             break Ok(());
-        }
-        if advised < size && advised - position < READ_AHEAD / 2 {
-            let len = (size - advised).min(READ_AHEAD);
-            let _ = rustix::fs::fadvise(
-                file,
-                advised,
-                std::num::NonZeroU64::new(len),
-                rustix::fs::Advice::WillNeed,
-            );
-            advised += len;
         }
         let mut run = spares.try_recv().unwrap_or_default();
         // Up to `offset` (only hashed, never sent) and from it, apart.
