@@ -5,7 +5,7 @@ Runs on loopback with fresh destination directories, a few repetitions per
 case (the median is reported), and prints wall seconds, MB/s, CPU seconds and
 peak RSS of each side, then the ratios the performance targets are stated in.
 
-    python3 bench/bench.py            # everything (needs ~16 GB of disk, ~20 min)
+    python3 bench/bench.py            # everything (needs ~24 GB of disk, ~10 min)
     python3 bench/bench.py --quick    # smaller inputs, one repetition each
     python3 bench/bench.py --cases 1,3 # only some cases (numbers as printed)
 
@@ -32,6 +32,7 @@ import asyncio
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,21 +65,29 @@ def ensure_tools():
 # GiB, and lands on whichever side of a transfer touches it first. A
 # machine of our own has no such cost, so while the benchmark runs,
 # memory is reported only after a minute free (docs/PERFORMANCE.md,
-# "Method"): the same plain 1 GiB send then takes 1.42-1.47 s instead of
-# anywhere in 1.4-2.6 s.
+# "Method"): the same plain 1 GiB send then takes 1.42-1.47 s, run after
+# run, instead of anywhere from 1.4 to 2.6 s.
 REPORTING_DELAY = Path("/sys/module/page_reporting/parameters/min_free_ms")
 
 
 def hold_back_page_reporting():
     """Sets this VM's page-reporting delay to a minute, if it has one and we
-    may, until the script exits."""
+    may, until the script exits (SIGTERM and SIGHUP included)."""
+    if not REPORTING_DELAY.exists():
+        return
     try:
         before = REPORTING_DELAY.read_text().strip()
         REPORTING_DELAY.write_text("60000\n")
-    except OSError:
+    except OSError as e:
+        print(f"note: cannot hold back free page reporting ({e}); expect noisy times")
         return
     atexit.register(lambda: REPORTING_DELAY.write_text(before + "\n"))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda number, _: sys.exit(128 + number))
     print(f"note: free page reporting held back for the run (min_free_ms {before} -> 60000)")
+    if before == "60000":
+        print(f"note: it was 60000 already: a killed run may have left it so; "
+              f"'echo 0 > {REPORTING_DELAY}' restores this VM's default")
 
 
 def drop_caches():
@@ -125,6 +134,7 @@ class Timed:
         finally:
             timer.cancel()
         if timed_out.is_set():
+            os.unlink(self.stats.name)
             raise RuntimeError(f"{self.proc.args} did not finish within {limit} s")
         wall, user, system, rss = Path(self.stats.name).read_text().split()[-4:]
         os.unlink(self.stats.name)
@@ -642,7 +652,7 @@ def main():
         walls = {name: row(name, run, big)
                  for name, run in interleaved(tools, coded_reps, dests, rounds).items()}
         ratios.extend(paired(rounds, "xfer --code", "xfer, no code",
-                             "1 GiB with a code / without", "target <= 1.15"))
+                             "1 GiB with a code / without, cold cache", "target <= 1.15"))
         if sshd:
             ratios.append(("1 GiB with a code / scp aes128-gcm (target < 1)",
                            walls["xfer --code"] / walls["scp -c aes128-gcm (+sync)"]))
@@ -654,6 +664,7 @@ def main():
         warm_up = dests.fresh()
         xfer_once([f], warm_up, ["--no-cache"])
         shutil.rmtree(warm_up)
+        subprocess.run(["sync"])
         rounds = []
         for name, run in interleaved(plain_and_coded, coded_reps, dests, rounds,
                                      cold=False, discard=True).items():
