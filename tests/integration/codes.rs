@@ -70,6 +70,35 @@ fn xfer(args: &[&str], code: Option<&Code>) -> Command {
     command
 }
 
+/// `xfer recv --once --code` into `dir` on a free loopback port, with
+/// `code` as XFER_CODE.
+fn coded_recv_once(dir: &str, code: &Code) -> Command {
+    let args = [
+        "recv",
+        "--listen",
+        "127.0.0.1:0",
+        "--once",
+        "--dir",
+        dir,
+        "--code",
+    ];
+    xfer(&args, Some(code))
+}
+
+/// `xfer send --quiet --no-cache FILE ADDR` with no code anywhere.
+fn plain_send(file: &Path, addr: &str) -> Command {
+    xfer(
+        &[
+            "send",
+            "--quiet",
+            "--no-cache",
+            file.to_str().unwrap(),
+            addr,
+        ],
+        None,
+    )
+}
+
 /// Runs `command` to its end (bounded); returns the exit code and stderr.
 async fn finish(command: Command) -> (i32, String) {
     blocking(move || {
@@ -297,19 +326,7 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
     let file = src.path().join("plans.txt");
     fs::write(&file, b"the plans").unwrap();
     let code = Code::generate();
-    let dst_arg = dst.path().to_str().unwrap();
-    let recv = xfer(
-        &[
-            "recv",
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-            "--dir",
-            dst_arg,
-            "--code",
-        ],
-        Some(&code),
-    );
+    let recv = coded_recv_once(dst.path().to_str().unwrap(), &code);
     let (mut receiver, addr) = blocking(move || {
         let mut receiver = XferProcess::start(recv, Stdio::null());
         let line = receiver.next_line().expect("no 'listening on' line");
@@ -337,17 +354,7 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains(MISMATCH), "{err}");
     assert_eq!(tree_listing(dst.path()), Default::default());
-    let (status, err) = finish(xfer(
-        &[
-            "send",
-            "--quiet",
-            "--no-cache",
-            file.to_str().unwrap(),
-            &addr,
-        ],
-        None,
-    ))
-    .await;
+    let (status, err) = finish(plain_send(&file, &addr)).await;
     assert_eq!(status, 5, "{err}");
     assert!(
         receiver.child.try_wait().unwrap().is_none(),
@@ -387,19 +394,7 @@ async fn a_sender_process_with_a_wrong_code_exits_5_and_the_receiver_serves_on()
 async fn a_code_handshake_cut_short_is_logged_with_the_peer() {
     let dst = tempfile::tempdir().unwrap();
     let code = Code::generate();
-    let dst_arg = dst.path().to_str().unwrap().to_owned();
-    let recv = xfer(
-        &[
-            "recv",
-            "--listen",
-            "127.0.0.1:0",
-            "--once",
-            "--dir",
-            &dst_arg,
-            "--code",
-        ],
-        Some(&code),
-    );
+    let recv = coded_recv_once(dst.path().to_str().unwrap(), &code);
     let (lines, local) = blocking(move || {
         use std::io::{BufRead, Read, Write};
         let mut receiver = XferProcess::start(recv, Stdio::null());
@@ -454,17 +449,7 @@ async fn a_plain_sender_to_a_coded_receiver_is_told_to_add_a_code() {
     fs::write(&file, b"a").unwrap();
     let rx = Receiver::start_with(dst.path(), coded(&Code::generate())).await;
     let addr = rx.addr.to_string();
-    let (status, err) = finish(xfer(
-        &[
-            "send",
-            "--quiet",
-            "--no-cache",
-            file.to_str().unwrap(),
-            &addr,
-        ],
-        None,
-    ))
-    .await;
+    let (status, err) = finish(plain_send(&file, &addr)).await;
     assert_eq!(status, 5, "{err}");
     let errors = error_lines(&err);
     assert_eq!(errors.len(), 1, "{err}");
