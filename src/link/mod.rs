@@ -159,16 +159,19 @@ where
     }
 }
 
-/// A listener that refuses this address (too many wrong codes) closes the
-/// connection before its code message: say so.
+/// A coded listener that turns this peer away before comparing codes
+/// (busy, this address cooling down, no code attempt free in time) can
+/// only close the connection before its code message: say what that means.
 fn refused_hint(e: Error) -> Error {
     match e {
         Error::ConnectionLost { peer, detail } if detail.contains("during the code message") => {
             Error::ConnectionLost {
                 peer,
                 detail: format!(
-                    "{detail} (a listener closes at once on an address that recently \
-                     sent several wrong codes; wait and check the code)"
+                    "{detail} (a coded listener closes here, before comparing codes, \
+                     when it is busy, when this address recently sent several wrong codes, \
+                     or when wrong codes come in faster than it checks them: wait, check \
+                     the code, and try again)"
                 ),
             }
         }

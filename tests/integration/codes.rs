@@ -719,7 +719,8 @@ async fn thirty_wrong_codes_cool_one_address_down_and_not_another() {
             assert!(err.contains(MISMATCH), "attempt {attempt}: {err}");
         } else {
             assert!(
-                err.contains("connection closed during the code message"),
+                err.contains("connection closed during the code message")
+                    && err.contains("when this address recently sent several wrong codes"),
                 "attempt {attempt}: {err}"
             );
         }
