@@ -47,6 +47,19 @@ impl Recorder {
     }
 }
 
+/// The listening end of `stream`, as a listener accepts it: `peer` at
+/// `peer_ip`, let in through `gate`, its hello slot its own.
+fn accepted<C>(stream: C, peer: &str, peer_ip: std::net::IpAddr, gate: Arc<Gate>) -> Accepted<C> {
+    Accepted {
+        stream,
+        peer: peer.into(),
+        peer_ip,
+        gate,
+        hello_permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+        stopping: CancellationToken::new(),
+    }
+}
+
 /// A sender and a receiver session joined by an in-memory pipe: no
 /// socket, no listener, no sendfile (the copy path carries the bodies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,15 +95,8 @@ async fn cross_a_pipe(code: Option<Code>) {
         peer_caps: 0,
         rate: None,
     };
-    let hellos = Arc::new(Semaphore::new(1));
-    let link = Accepted {
-        stream: far,
-        peer: "pipe".into(),
-        peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        gate: Arc::new(Gate::new(Mode::Recv, code.clone(), 1)),
-        hello_permit: hellos.try_acquire_owned().unwrap(),
-        stopping: CancellationToken::new(),
-    };
+    let gate = Arc::new(Gate::new(Mode::Recv, code.clone(), 1));
+    let link = accepted(far, "pipe", std::net::Ipv4Addr::LOCALHOST.into(), gate);
     let receiving =
         tokio::spawn(async move { serve_one("pipe".into(), context, link).await.ended });
 
@@ -167,15 +173,7 @@ async fn a_tree_is_fetched_over_a_pipe_with_the_roles_reversed() {
         let gate = Arc::new(Gate::new(Mode::Serve, code.clone(), 1));
         let serving = {
             let served = served.clone();
-            let hellos = Arc::new(Semaphore::new(1));
-            let link = Accepted {
-                stream: far,
-                peer: "getter".into(),
-                peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-                gate,
-                hello_permit: hellos.try_acquire_owned().unwrap(),
-                stopping: CancellationToken::new(),
-            };
+            let link = accepted(far, "getter", std::net::Ipv4Addr::LOCALHOST.into(), gate);
             tokio::spawn(async move {
                 let cancel = CancellationToken::new();
                 let paths = [tree];
@@ -253,15 +251,8 @@ async fn wrong_roles_stop_both_ends_after_the_hellos() {
     use crate::link::Link;
     for (dialer, listener) in [(Mode::Send, Mode::Serve), (Mode::Get, Mode::Recv)] {
         let (near, far) = tokio::io::duplex(64 * 1024);
-        let hellos = Arc::new(Semaphore::new(1));
-        let accepted = Accepted {
-            stream: far,
-            peer: "dialer".into(),
-            peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            gate: Arc::new(Gate::new(listener, None, 1)),
-            hello_permit: hellos.try_acquire_owned().unwrap(),
-            stopping: CancellationToken::new(),
-        };
+        let gate = Arc::new(Gate::new(listener, None, 1));
+        let listening = accepted(far, "dialer", std::net::Ipv4Addr::LOCALHOST.into(), gate);
         let cancel = CancellationToken::new();
         let dialed = crate::link::Dialed {
             open: std::future::ready(Ok(near)),
@@ -272,7 +263,7 @@ async fn wrong_roles_stop_both_ends_after_the_hellos() {
             cancel: &cancel,
         };
         let (d, l) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(dialed.establish(Nothing), accepted.establish(Nothing))
+            tokio::join!(dialed.establish(Nothing), listening.establish(Nothing))
         })
         .await
         .unwrap();
@@ -320,16 +311,8 @@ async fn a_code_attempt_waits_no_longer_than_the_handshake_timeout() {
         assert!(!attempt.wrong());
     }
     let (near, far) = tokio::io::duplex(64 * 1024);
-    let hellos = Arc::new(Semaphore::new(1));
     let peer_ip: std::net::IpAddr = [10, 0, 0, 99].into();
-    let accepted = Accepted {
-        stream: far,
-        peer: "10.0.0.99:5000".into(),
-        peer_ip,
-        gate: Arc::clone(&gate),
-        hello_permit: hellos.try_acquire_owned().unwrap(),
-        stopping: CancellationToken::new(),
-    };
+    let listening = accepted(far, "10.0.0.99:5000", peer_ip, Arc::clone(&gate));
     let cancel = CancellationToken::new();
     let dialed = crate::link::Dialed {
         open: std::future::ready(Ok(near)),
@@ -340,7 +323,7 @@ async fn a_code_attempt_waits_no_longer_than_the_handshake_timeout() {
         cancel: &cancel,
     };
     let started = tokio::time::Instant::now();
-    let (_, turned_away) = tokio::join!(dialed.establish(Nothing), accepted.establish(Nothing));
+    let (_, turned_away) = tokio::join!(dialed.establish(Nothing), listening.establish(Nothing));
     let e = turned_away.unwrap_err();
     assert!(
         matches!(e, crate::error::Error::Auth(_))
